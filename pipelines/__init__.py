@@ -1,0 +1,1 @@
+"""robocurate's Dagster code location: ingestion, validation wiring, publishing, orchestration."""

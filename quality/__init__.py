@@ -1,0 +1,1 @@
+"""Validation suites, episode quality scores and the referee."""

@@ -1,0 +1,1 @@
+"""The simulated fleet, offline RL with a LoRA mixture of experts, and evaluation."""
