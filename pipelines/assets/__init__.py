@@ -1,0 +1,1 @@
+"""Dagster assets, one module per stage group; domain logic lives in plain functions elsewhere."""

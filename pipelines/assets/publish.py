@@ -1,0 +1,105 @@
+"""Group `publish`: one asset per dataset recipe in datasets/, each an immutable versioned HF dataset."""
+
+import dagster as dg
+import polars as pl
+
+from pipelines import storage
+from pipelines.code_version import code_version
+from pipelines.publish import publish
+from pipelines.recipes import list_recipes, load_recipe, select_episodes
+
+# Tables every recipe reads; the referee's rewards join them once labelled.
+UPSTREAM = ["validated_episodes", "episode_scores", "quarantine"]
+
+
+def dataset_asset(recipe_name: str) -> dg.AssetsDefinition:
+    recipe = load_recipe(recipe_name)
+
+    @dg.asset(
+        key=dg.AssetKey(["hub", recipe.name]),
+        group_name="publish",
+        deps=UPSTREAM,
+        description=f"{recipe.description} Recipe: datasets/{recipe_name}.yaml. A new version is published "
+        "only when the selected content changed.",
+        kinds={"huggingface", "parquet"},
+        tags={"recipe": recipe_name},
+    )
+    def _dataset(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        episodes = storage.read_table("validated_episodes")
+        scores = storage.read_table("episode_scores")
+        if episodes is None or scores is None:
+            raise dg.Failure("no validated and scored episodes yet: run ingest_job on a landing batch first")
+        # The scores table repeats the instruction and length for readers; the episode table owns them.
+        scores = scores.drop("language_instruction", "n_steps", strict=False)
+        table, per_episode = select_episodes(recipe, episodes, scores)
+        result = publish(
+            recipe,
+            table,
+            sources=_sources(),
+            validation=validation_summary(),
+            quality_stats=_quality_stats(per_episode),
+            code_version=code_version(),
+        )
+        context.log.info(
+            f"{result.name} {result.version}: {'published' if result.created else 'unchanged, nothing published'} at {result.path}"
+        )
+        return dg.MaterializeResult(
+            metadata={
+                "version": result.version,
+                "content_hash": result.content_hash,
+                "path": dg.MetadataValue.path(str(result.path)),
+                "new_version": result.created,
+                "episodes": result.n_episodes,
+                "dagster/row_count": result.n_steps,
+                "splits": dg.MetadataValue.json(result.splits),
+                "load_with": dg.MetadataValue.md(f"`datasets.load_dataset('{result.path}')`"),
+            }
+        )
+
+    return _dataset
+
+
+def dataset_assets() -> list[dg.AssetsDefinition]:
+    return [dataset_asset(name) for name in list_recipes()]
+
+
+def _sources() -> pl.DataFrame:
+    """Every landed file (first delivery of each content) with its hash: lineage for the card,
+    including files that gave no accepted episode."""
+    raw = storage.read_table("raw_log_files")
+    return (
+        raw.filter(pl.col("status") == "new")
+        .select(pl.col("file").alias("source_file"), pl.col("sha256").alias("source_sha256"))
+        .sort("source_file")
+    )
+
+
+def validation_summary() -> dict:
+    """Episode counts and quarantine reasons over every ingested batch."""
+    episodes = storage.read_table("episodes")
+    accepted = storage.read_table("validated_episodes")
+    quarantine = storage.read_table("quarantine")
+    reasons = (
+        dict(quarantine.group_by("check").len().sort("check").iter_rows()) if quarantine is not None else {}
+    )
+    return {
+        "episodes_ingested": episodes["episode_id"].n_unique() if episodes is not None else 0,
+        "episodes_accepted": accepted["episode_id"].n_unique() if accepted is not None else 0,
+        "episodes_quarantined": quarantine["episode_id"].drop_nulls().n_unique() if quarantine is not None else 0,
+        "files_quarantined": quarantine.filter(pl.col("episode_id").is_null()).height if quarantine is not None else 0,
+        "quarantine_reasons": reasons,
+        "suite": "quality.validation (Great Expectations)",
+    }
+
+
+def _quality_stats(per_episode: pl.DataFrame) -> dict:
+    per_episode = per_episode.filter(pl.col("selected"))
+    cols = [c for c in per_episode.columns if per_episode[c].dtype.is_float()]
+    return {
+        c: {
+            "mean": float(per_episode[c].mean() or 0.0),
+            "min": float(per_episode[c].min() or 0.0),
+            "max": float(per_episode[c].max() or 0.0),
+        }
+        for c in cols
+    }

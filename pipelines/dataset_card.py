@@ -1,0 +1,182 @@
+"""The dataset card (README.md) of a published version, with the YAML header the Hub reads.
+
+The header declares the splits' Parquet files (`configs`), the features
+(`dataset_info`, written by `datasets` itself so the format matches the installed
+version), licence, task category and tags, plus a `robocurate` block with the
+version, content hash and every source file's sha256. The body records lineage,
+the recipe, code version, validation results, quality and feature statistics.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import polars as pl
+import yaml
+
+from pipelines.recipes import Recipe
+
+if TYPE_CHECKING:
+    import datasets
+
+TAGS = ["robocurate", "LeRobot-style"]
+_SIZES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+          (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B")]
+
+
+def jsonable(value: Any) -> Any:
+    """Plain JSON/YAML types for summaries that may hold numpy, polars, paths or dates."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, pl.DataFrame):
+        return jsonable(value.to_dicts())
+    if isinstance(value, (pl.Series, np.ndarray)):
+        return jsonable(value.to_list() if isinstance(value, pl.Series) else value.tolist())
+    if isinstance(value, np.generic):
+        return jsonable(value.item())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (str, int, bool)) or value is None:
+        return value
+    if isinstance(value, (Path, dt.date, dt.datetime)):
+        return str(value)
+    return repr(value)
+
+
+def size_category(n_rows: int) -> str:
+    return next((label for bound, label in _SIZES if n_rows < bound), "n>1B")
+
+
+def card_header(
+    *, recipe: Recipe, version: dict[str, Any], features: "datasets.Features",
+    splits: dict[str, dict[str, int]], download_size: int, sources: pl.DataFrame,
+) -> dict[str, Any]:
+    """The YAML header as a dict (see module docstring)."""
+    import datasets
+    from datasets.splits import SplitDict, SplitInfo
+
+    split_dict = SplitDict({name: SplitInfo(name=name, num_bytes=s["num_bytes"], num_examples=s["num_examples"])
+                            for name, s in splits.items()})
+    info = datasets.DatasetInfo(features=features, splits=split_dict, download_size=download_size,
+                                dataset_size=sum(s["num_bytes"] for s in splits.values()))
+    n_rows = sum(s["num_examples"] for s in splits.values())
+    return {
+        "license": recipe.license,
+        "task_categories": ["robotics"],
+        "tags": TAGS,
+        "pretty_name": recipe.name,
+        "size_categories": [size_category(n_rows)],
+        "configs": [{
+            "config_name": "default",
+            "default": True,
+            "data_files": [{"split": name, "path": f"data/{name}-*.parquet"} for name in splits],
+        }],
+        "dataset_info": info._to_yaml_dict(),
+        "robocurate": {
+            "name": recipe.name,
+            "version": version["version"],
+            "content_hash": version["content_hash"],
+            "parent_version": version.get("parent_version"),
+            "code_version": version.get("code_version"),
+            "sources": [{"file": f, "sha256": h} for f, h in
+                        zip(sources.get_column("source_file").to_list(), sources.get_column("source_sha256").to_list())],
+        },
+    }
+
+
+def render_card(
+    *, recipe: Recipe, version: dict[str, Any], features: "datasets.Features",
+    splits: dict[str, dict[str, int]], download_size: int, sources: pl.DataFrame,
+    validation: dict[str, Any], quality_stats: dict[str, Any], episode_scores: pl.DataFrame,
+    stats: dict[str, dict[str, Any]], specs: dict[str, dict[str, Any]],
+) -> str:
+    """README.md text: YAML header between `---` lines, then the body."""
+    header = card_header(recipe=recipe, version=version, features=features, splits=splits,
+                         download_size=download_size, sources=sources)
+    ver, name = version["version"], recipe.name
+    lines = [
+        "---", yaml.safe_dump(header, sort_keys=False, allow_unicode=True).rstrip(), "---", "",
+        f"# {name} v{ver}", "",
+        recipe.description or "",
+        "",
+        f"Published by robocurate on {version['created_at']}. Content hash `{version['content_hash']}` "
+        f"(sha256 over the rows sorted by episode_id, step; see `pipelines/content_hash.py`).",
+        "",
+        "| split | episodes | steps |", "|---|---:|---:|",
+        *[f"| {s} | {v['episodes']} | {v['num_examples']} |" for s, v in splits.items()],
+        "",
+        *([f"Recipe splits with no episode in this version: {', '.join(empty)}.", ""]
+          if (empty := [s for s in recipe.splits if s not in splits]) else []),
+        "## Loading", "",
+        "```python", "from datasets import load_dataset",
+        f'ds = load_dataset("<this folder or hub repo>", revision="v{ver}")  # revision only on the Hub',
+        "```", "",
+        "Layout: `data/<split>-NNNNN-of-NNNNN.parquet` (one row per control step, RLDS step flags), "
+        "`meta/info.json` (features, shapes, element names, normalisation statistics), "
+        "`meta/episodes.parquet` (one row per episode with its scores and split), `version.json`.",
+        "",
+        "## Lineage", "",
+        f"- code version: `{version.get('code_version')}`",
+        f"- parent version: {('v' + version['parent_version']) if version.get('parent_version') else 'none (first version)'}",
+        f"- source files: {sources.height}", "",
+        "| source file | sha256 | episodes | steps |", "|---|---|---:|---:|",
+        *[f"| {_cell(r['source_file'])} | `{r['source_sha256']}` | {r['episodes']} | {r['steps']} |"
+          for r in sources.iter_rows(named=True)],
+        "",
+        "## Recipe", "", "```yaml", recipe.to_yaml().rstrip(), "```", "",
+        "## Validation", "", "```yaml", _yaml_block(validation), "```", "",
+        "## Quality", "", "Quality statistics of the run:", "", "```yaml", _yaml_block(quality_stats), "```", "",
+        *_score_table(episode_scores),
+        "## Features", "",
+        "Per-feature summary over all published steps; for vectors, the mean and std columns average the "
+        "per-element values and min/max span all elements (element-wise statistics are in `meta/info.json`).", "",
+        "| feature | dtype | shape | mean | std | min | max |", "|---|---|---|---:|---:|---:|---:|",
+        *[_feature_row(col, spec, stats.get(col)) for col, spec in specs.items()],
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _yaml_block(value: Any) -> str:
+    data = jsonable(value)
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True).rstrip() if data else "{}"
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _num(x: Any) -> str:
+    return "" if x is None else f"{x:.4g}"
+
+
+def _score_table(episode_scores: pl.DataFrame) -> list[str]:
+    """Distribution of each numeric score column over the published episodes."""
+    cols = [c for c, t in episode_scores.schema.items() if t.is_numeric() and t != pl.Boolean]
+    if not cols:
+        return []
+    desc = episode_scores.select(
+        pl.concat_list([pl.col(c).cast(pl.Float64).mean(), pl.col(c).cast(pl.Float64).min(),
+                        pl.col(c).cast(pl.Float64).median(), pl.col(c).cast(pl.Float64).max()]).alias(c)
+        for c in cols
+    ).row(0, named=True)
+    rows = [f"| {c} | {' | '.join(_num(v) for v in desc[c])} |" for c in cols]
+    return ["Per-episode scores of the published episodes:", "",
+            "| score | mean | min | median | max |", "|---|---:|---:|---:|---:|", *rows, ""]
+
+
+def _feature_row(col: str, spec: dict[str, Any], stat: dict[str, Any] | None) -> str:
+    shape = "variable" if spec.get("shape") is None else "×".join(map(str, spec["shape"]))
+    if stat is None:
+        return f"| {_cell(col)} | {spec['dtype']} | {shape} | | | | |"
+    finite = lambda key: [v for v in stat[key] if v is not None]  # noqa: E731
+    mean = float(np.mean(finite("mean"))) if finite("mean") else None
+    std = float(np.mean(finite("std"))) if finite("std") else None
+    lo = min(finite("min")) if finite("min") else None
+    hi = max(finite("max")) if finite("max") else None
+    return f"| {_cell(col)} | {spec['dtype']} | {shape} | {_num(mean)} | {_num(std)} | {_num(lo)} | {_num(hi)} |"

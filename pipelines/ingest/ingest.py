@@ -1,0 +1,154 @@
+"""Ingest ROS 2 MCAP files into the canonical episode table, quarantining what is bad.
+
+`ingest_file` never raises on bad input: an unreadable file, a missing topic, a
+mapped field that does not fit the messages or a malformed episode becomes a
+quarantine record (stage "ingest") with a reason that says what to fix.
+"""
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+from tqdm.auto import tqdm
+
+from pipelines.ingest.align import Lineage, build_episodes, size_problems
+from pipelines.ingest.mapping import SourceMapping
+from pipelines.ingest.mcap_source import FieldMismatch, McapLog, UnreadableLog, read_mcap
+from pipelines.schema import POLARS_SCHEMA, QUARANTINE_SCHEMA
+from pipelines.storage import sha256_file
+
+
+@dataclass
+class IngestResult:
+    """Canonical rows (POLARS_SCHEMA + the mapping's extra features) and quarantine records."""
+
+    episodes: pl.DataFrame
+    quarantine: pl.DataFrame
+    messages: int = 0  # messages decoded (throughput accounting)
+    files: int = 0
+
+
+def empty_result(mapping: SourceMapping) -> IngestResult:
+    """An empty result with the exact columns `ingest_file` produces for `mapping`."""
+    schema = dict(POLARS_SCHEMA) | {name: pl.List(pl.Float32) for name in mapping.extra_features}
+    return IngestResult(pl.DataFrame(schema=schema), pl.DataFrame(schema=QUARANTINE_SCHEMA))
+
+
+def _file_rejection(mapping: SourceMapping, source_file: str, sha: str | None, checks: list[tuple[str, str]], messages: int = 0) -> IngestResult:
+    result = empty_result(mapping)
+    result.quarantine = pl.DataFrame(
+        {
+            "episode_id": [None] * len(checks),
+            "source_file": [source_file] * len(checks),
+            "source_sha256": [sha] * len(checks),
+            "stage": ["ingest"] * len(checks),
+            "check": [c for c, _ in checks],
+            "reason": [r for _, r in checks],
+        },
+        schema=QUARANTINE_SCHEMA,
+    )
+    result.messages, result.files = messages, 1
+    return result
+
+
+def _robot_id(log: McapLog, mapping: SourceMapping, path: Path) -> str:
+    spec = mapping.robot_id
+    if spec.value is not None:
+        return spec.value
+    if spec.metadata is not None:
+        value = log.metadata.get(spec.metadata, {}).get(spec.key or "")
+        if value:
+            return value
+    return path.stem
+
+
+def _topic_problems(log: McapLog, mapping: SourceMapping) -> list[tuple[str, str]]:
+    problems = []
+    found = ", ".join(log.topics_found) or "no topics"
+    for topic in mapping.required_topics:
+        if topic not in log.topics_found:
+            problems.append(("missing_topic", (
+                f"required topic {topic} not in file (found: {found}); fix the recording or map the topic "
+                f"in {mapping.file_hint}")))
+        elif not log.frames[topic].height:
+            check = "no_control_messages" if topic == mapping.control.topic else "empty_topic"
+            problems.append((check, f"required topic {topic} has no readable messages in this file; re-export the log"))
+    return problems
+
+
+def ingest_file(path: Path, mapping: SourceMapping, sha256: str | None = None) -> IngestResult:
+    """Turn one MCAP file into canonical episode rows plus quarantine records; never raises on bad input.
+
+    `sha256` is the file's content hash when the caller already has it (it keys
+    the episode ids); otherwise it is computed here.
+    """
+    path = Path(path)
+    source_file = path.name
+    if sha256 is None:
+        try:
+            sha256 = sha256_file(path)
+        except OSError as exc:
+            return _file_rejection(mapping, source_file, None, [("unreadable_file", f"cannot read file: {exc}; check the landing area")])
+    try:
+        log = read_mcap(path, mapping)
+    except UnreadableLog as exc:
+        return _file_rejection(mapping, source_file, sha256, [(
+            "unreadable_mcap", f"unreadable MCAP (truncated or corrupt): {exc}; re-export the log")])
+    except FieldMismatch as exc:
+        return _file_rejection(mapping, source_file, sha256, [(
+            "field_mismatch", f"{exc}; fix the recording or the field in {mapping.file_hint}")])
+    lost = [(
+        "lost_chunks",
+        f"{len(log.lost_chunks)} MCAP chunk(s) unreadable (first: {log.lost_chunks[0][2]}); "
+        "episodes overlapping them were quarantined, the rest salvaged; re-export the log",
+    )] if log.lost_chunks else []
+    problems = _topic_problems(log, mapping) or size_problems(log, mapping)
+    if problems:
+        return _file_rejection(mapping, source_file, sha256, lost + problems, log.messages)
+    lineage = Lineage(source_file, sha256, _robot_id(log, mapping, path))
+    episodes, quarantine = build_episodes(log, mapping, lineage)
+    if lost:
+        quarantine = pl.concat([_file_rejection(mapping, source_file, sha256, lost).quarantine, quarantine])
+    return IngestResult(episodes, quarantine, log.messages, 1)
+
+
+def ingest_files(
+    paths: Iterable[Path],
+    mapping: SourceMapping,
+    hashes: Mapping[str | Path, str] | None = None,
+    progress: bool = True,
+    workers: int = 1,
+) -> IngestResult:
+    """Ingest many files (a tqdm bar shows progress) and concatenate their results in input order.
+
+    `hashes` maps a path (as given, or its string) to its known sha256.
+    `workers` > 1 decodes files in that many processes (CDR decoding is CPU-bound Python).
+    """
+    hashes = hashes or {}
+    paths = list(paths)
+    jobs = [(Path(p), hashes.get(p) or hashes.get(str(p))) for p in paths]
+    bar = tqdm(total=len(jobs), desc=f"ingest {mapping.name}", unit="file", disable=not progress)
+    parts = [empty_result(mapping)]
+    if workers > 1 and len(jobs) > 1:
+        # spawn, not fork: forking a process that has polars' thread pool running can deadlock.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
+            futures = [pool.submit(ingest_file, path, mapping, sha) for path, sha in jobs]
+            for future in futures:
+                parts.append(future.result())
+                bar.update()
+    else:
+        for path, sha in jobs:
+            parts.append(ingest_file(path, mapping, sha))
+            bar.update()
+    bar.close()
+    return IngestResult(
+        episodes=pl.concat([p.episodes for p in parts], how="vertical"),
+        quarantine=pl.concat([p.quarantine for p in parts], how="vertical"),
+        messages=sum(p.messages for p in parts),
+        files=len(paths),
+    )

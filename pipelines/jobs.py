@@ -1,0 +1,27 @@
+"""Named asset jobs: what the UI, the schedule and the sensors trigger."""
+import dagster as dg
+
+from pipelines.partitions import landing_batches
+
+INGEST_GROUPS = dg.AssetSelection.groups("ingest", "quality")
+
+# One landing batch through ingestion, validation, quarantine and scores.
+ingest_job = dg.define_asset_job(
+    "ingest_job",
+    selection=INGEST_GROUPS,
+    partitions_def=landing_batches,
+    description="Ingest, validate and score one landing batch (a partition).",
+)
+
+# Everything downstream of the per-batch tables: publish every recipe, then train and evaluate.
+curate_job = dg.define_asset_job(
+    "curate_job",
+    selection=dg.AssetSelection.all() - INGEST_GROUPS,
+    description="Publish new dataset versions from all ingested batches, then retrain and evaluate.",
+)
+
+publish_job = dg.define_asset_job(
+    "publish_job",
+    selection=dg.AssetSelection.groups("publish"),
+    description="Publish a new version of every dataset recipe whose content changed.",
+)

@@ -1,0 +1,50 @@
+"""Running the graph from the command line (the demo) on the embedded Dagster instance.
+
+The same jobs the UI, sensor and schedule use are executed in-process against
+the instance in `$DAGSTER_HOME`, so every run shows up in `dagster dev` later.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import dagster as dg
+
+from pipelines import landing, storage
+
+REPO_DAGSTER_YAML = Path(__file__).resolve().parents[1] / "dagster.yaml"
+
+
+def dagster_home() -> Path:
+    """`$DAGSTER_HOME` (default `<data root>/dagster`), created with the repo's dagster.yaml in it."""
+    home = Path(os.environ.get("DAGSTER_HOME") or storage.data_root() / "dagster").expanduser().resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    target = home / "dagster.yaml"
+    if REPO_DAGSTER_YAML.exists() and not target.exists():
+        shutil.copyfile(REPO_DAGSTER_YAML, target)
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+def pending_batches(instance: dg.DagsterInstance, file_glob: str) -> list[str]:
+    """Landing batches never ingested, or whose file listing changed since they were."""
+    pending = []
+    for batch in landing.list_batches():
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("raw_log_files"), asset_partitions=[batch]), limit=1
+        ).records
+        seen = records[0].asset_materialization.metadata.get("fingerprint") if records else None
+        if seen is None or seen.value != landing.batch_fingerprint(batch, file_glob):
+            pending.append(batch)
+    return pending
+
+
+def run_job(defs: dg.Definitions, instance: dg.DagsterInstance, name: str, partition_key: str | None = None):
+    result = defs.resolve_job_def(name).execute_in_process(
+        instance=instance, partition_key=partition_key, raise_on_error=False
+    )
+    if not result.success:
+        failed = [e.step_key for e in result.all_events if e.is_step_failure]
+        raise RuntimeError(f"{name} failed (steps: {', '.join(failed) or 'see the Dagster UI'}); run `robocurate dev` to inspect")
+    return result

@@ -1,0 +1,237 @@
+"""Per-episode quality scores: named components in [0, 1] (higher is better) and their weighted mean.
+
+Components (columns of `score_episodes`):
+
+- progress: how far the episode got toward its instruction, from the base pose (see
+  `quality.progress`): forward metres along the initial heading for "walk forward", signed
+  unwrapped yaw for turns, divided by the skill's target and clipped to [0, 1]. Null when
+  the instruction is unknown; `progress_note` says why.
+- smoothness: mean of two robust jerk scores, each 1 / (1 + (j / scale)^2) of a median
+  over the episode's steps (a median, so a few spikes do not dominate):
+  action jerk = RMS over action dimensions of the second difference a[t] - 2 a[t-1] + a[t-2]
+  (command units per step^2; scale ACTION_JERK_SCALE = 0.3: a 1 Hz gait at amplitude 0.6
+  gives about 0.04, uniform random commands in [-1, 1] about 1.4), and joint jerk = RMS of
+  the second difference of joint velocities divided by dt^2 (rad/s^3; scale
+  JOINT_JERK_SCALE = 1500: stable Ant-v5 gaits measured 50 to 1000, random flailing about
+  2900). Joint velocities are `observation.state[19:27]` in the Ant-v5 layout; episodes
+  whose state is shorter use the action term alone.
+- idle: 1 - idle_fraction, where a step is idle when the robot is essentially still (base
+  speed < IDLE_SPEED m/s, |yaw rate| < IDLE_YAW_RATE rad/s, every joint speed <
+  IDLE_JOINT_SPEED rad/s) and every command is near zero (|a| < IDLE_ACTION).
+- saturation: 1 - saturated_fraction, the share of action values within
+  SATURATION_MARGIN of the action range from a bound.
+- completeness: 0 when the episode ended terminal (the robot fell); otherwise its length
+  relative to the nominal length, min(1, n_steps / nominal). The nominal length is
+  `nominal_steps` when given, else the longest episode with the same instruction in the
+  table (pass `nominal_steps` for scores that do not depend on what else is in the table).
+
+quality_score is the weighted mean of the components that are not null, with
+DEFAULT_WEIGHTS (progress weighted most); weights passed in override the defaults per
+component, and a weight of 0 drops a component.
+"""
+from __future__ import annotations
+
+import io
+import math
+from typing import Any, Mapping
+
+import polars as pl
+
+from pipelines.schema import ACTION, POSE, STATE
+from quality.progress import episode_progress, step_progress, wrap_angle
+
+__all__ = [
+    "COMPONENTS", "DEFAULT_WEIGHTS", "episode_progress", "score_episodes", "score_histogram_png", "step_progress",
+]
+
+COMPONENTS = ("progress", "smoothness", "completeness", "idle", "saturation")
+DEFAULT_WEIGHTS: dict[str, float] = {
+    "progress": 0.4, "smoothness": 0.25, "completeness": 0.15, "idle": 0.1, "saturation": 0.1,
+}
+ACTION_JERK_SCALE = 0.3  # command units per step^2
+JOINT_JERK_SCALE = 1500.0  # rad/s^3
+ANT_JOINT_VELOCITY = (19, 8)  # (offset, count) of joint velocities in observation.state
+IDLE_ACTION = 0.05
+IDLE_SPEED = 0.05  # m/s
+IDLE_YAW_RATE = 0.05  # rad/s
+IDLE_JOINT_SPEED = 0.2  # rad/s
+SATURATION_MARGIN = 0.01  # fraction of the action range
+
+_EP = "episode_id"
+
+
+def _weights(weights: Mapping[str, float] | None) -> dict[str, float]:
+    merged = {**DEFAULT_WEIGHTS, **(weights or {})}
+    unknown = sorted(set(merged) - set(COMPONENTS))
+    if unknown:
+        raise ValueError(f"unknown score components {unknown}; weights may name {', '.join(COMPONENTS)}")
+    bad = {k: v for k, v in merged.items() if not (isinstance(v, (int, float)) and v >= 0 and math.isfinite(v))}
+    if bad or sum(merged.values()) <= 0:
+        raise ValueError(f"weights must be finite and >= 0 with a positive sum, got {merged}")
+    return {k: float(v) for k, v in merged.items()}
+
+
+def _rms(expr: pl.Expr) -> pl.Expr:
+    """Root mean square over the elements of a list expression."""
+    return expr.list.eval(pl.element().cast(pl.Float64).pow(2)).list.mean().sqrt()
+
+
+def _second_difference(col: pl.Expr) -> pl.Expr:
+    return (col - 2 * col.shift(1) + col.shift(2)).over(_EP)
+
+
+def _step_measures(df: pl.DataFrame, action_bounds: tuple[float, float],
+                   joint_velocity: tuple[int, int] | None) -> pl.LazyFrame:
+    """Per-step jerk, stillness and saturation, sorted by (episode_id, step)."""
+    low, high = action_bounds
+    margin = SATURATION_MARGIN * (high - low)
+    action = pl.col(ACTION)
+    dt = pl.col("timestamp").diff().over(_EP)
+    dt_episode = dt.median().over(_EP)
+    saturated = action.list.eval(
+        ((pl.element() >= high - margin) | (pl.element() <= low + margin)).cast(pl.Float64)).list.mean()
+    command_max = action.list.eval(pl.element().abs()).list.max()
+    columns = [
+        _rms(_second_difference(action)).alias("action_jerk"),
+        saturated.alias("saturated"),
+        command_max.alias("command_max"),
+    ]
+    if joint_velocity is not None and STATE in df.columns:
+        offset, count = joint_velocity
+        qd = pl.when(pl.col(STATE).list.len() >= offset + count).then(pl.col(STATE).list.slice(offset, count))
+        columns += [
+            (_rms(_second_difference(qd)) / dt_episode.pow(2)).alias("joint_jerk"),
+            qd.list.eval(pl.element().abs()).list.max().alias("joint_speed"),
+        ]
+    else:
+        columns += [pl.lit(None, pl.Float64).alias("joint_jerk"), pl.lit(0.0).alias("joint_speed")]
+    if POSE in df.columns:
+        pose = pl.col(POSE)
+        dx, dy = (pose.list.get(i, null_on_oob=True).cast(pl.Float64).diff().over(_EP) for i in range(2))
+        dyaw = wrap_angle(pose.list.get(2, null_on_oob=True).cast(pl.Float64).diff().over(_EP))
+        columns += [((dx.pow(2) + dy.pow(2)).sqrt() / dt).alias("speed"), (dyaw.abs() / dt).alias("yaw_rate")]
+    else:
+        columns += [pl.lit(None, pl.Float64).alias("speed"), pl.lit(None, pl.Float64).alias("yaw_rate")]
+    still = ((pl.col("speed") < IDLE_SPEED) & (pl.col("yaw_rate") < IDLE_YAW_RATE)
+             & (pl.col("joint_speed").fill_null(0.0) < IDLE_JOINT_SPEED))
+    return (
+        df.lazy().sort(_EP, "step")
+        .with_columns(columns)
+        # The first step has no motion to measure; it counts as idle only if the next step does.
+        .with_columns(idle=(still & (pl.col("command_max") < IDLE_ACTION)).cast(pl.Float64).backward_fill(1).over(_EP))
+    )
+
+
+def _robust(col: str, scale: float) -> pl.Expr:
+    return 1.0 / (1.0 + (pl.col(col) / scale).pow(2))
+
+
+def score_episodes(
+    df: pl.DataFrame,
+    skills: Mapping[str, Any],
+    weights: Mapping[str, float] | None = None,
+    *,
+    action_bounds: tuple[float, float] = (-1.0, 1.0),
+    nominal_steps: int | None = None,
+    joint_velocity: tuple[int, int] | None = ANT_JOINT_VELOCITY,
+) -> pl.DataFrame:
+    """Score every episode of an (accepted) episode table; one row per episode_id, sorted by it.
+
+    Columns: episode_id, language_instruction, n_steps, the components progress,
+    smoothness, completeness, idle, saturation (each in [0, 1], higher is better; see the
+    module docstring), quality_score, and the raw measures behind them: progress_raw
+    (metres or radians), progress_note (why progress is null, else null), action_jerk,
+    joint_jerk (medians), idle_fraction, saturated_fraction, terminal.
+
+    skills: the source mapping's `skills:` (instruction -> {measure, target}, as dicts or
+        objects with those attributes such as pipelines.ingest's SkillSpec).
+    weights: per-component weights overriding DEFAULT_WEIGHTS.
+    action_bounds: the action range, for saturation.
+    nominal_steps: intended episode length for completeness (default: see module docstring).
+    joint_velocity: (offset, count) of joint velocities in observation.state, or None.
+    """
+    w = _weights(weights)
+    if nominal_steps is not None and nominal_steps < 1:
+        raise ValueError(f"nominal_steps must be >= 1, got {nominal_steps}")
+    if df.is_empty():
+        return _empty_scores()
+    steps = _step_measures(df, action_bounds, joint_velocity)
+    per_episode = (
+        steps.group_by(_EP)
+        .agg(
+            n_steps=pl.len().cast(pl.Int64),
+            action_jerk=pl.col("action_jerk").median(),
+            joint_jerk=pl.col("joint_jerk").median(),
+            idle_fraction=pl.col("idle").mean(),
+            saturated_fraction=pl.col("saturated").mean(),
+            terminal=pl.col("is_terminal").any(),
+        )
+        .join(episode_progress(df, skills).lazy(), on=_EP, how="left")
+        .with_columns(
+            nominal=pl.lit(nominal_steps, pl.Int64) if nominal_steps is not None
+            else pl.col("n_steps").max().over("language_instruction")
+        )
+    )
+    smooth_terms = pl.concat_list(_robust("action_jerk", ACTION_JERK_SCALE),
+                                  _robust("joint_jerk", JOINT_JERK_SCALE)).list.drop_nulls()
+    scored = per_episode.with_columns(
+        smoothness=pl.when(smooth_terms.list.len() > 0).then(smooth_terms.list.mean()),
+        idle=1.0 - pl.col("idle_fraction"),
+        saturation=1.0 - pl.col("saturated_fraction"),
+        completeness=pl.when(pl.col("terminal")).then(0.0)
+        .otherwise((pl.col("n_steps") / pl.col("nominal")).clip(0.0, 1.0)),
+    )
+    weighted = [pl.col(c) * w[c] for c in COMPONENTS]
+    present = [pl.when(pl.col(c).is_not_null()).then(w[c]).otherwise(0.0) for c in COMPONENTS]
+    total_weight = pl.sum_horizontal(present)
+    quality = pl.when(total_weight > 0).then(pl.sum_horizontal(weighted) / total_weight)
+    return (
+        scored.with_columns(quality_score=quality)
+        .select(_EP, "language_instruction", "n_steps", *COMPONENTS, "quality_score", "progress_raw",
+                "progress_note", "action_jerk", "joint_jerk", "idle_fraction", "saturated_fraction", "terminal")
+        .with_columns(pl.col(*COMPONENTS, "quality_score", "action_jerk", "joint_jerk", "idle_fraction",
+                             "saturated_fraction").cast(pl.Float64))
+        .sort(_EP)
+        .collect()
+    )
+
+
+def _empty_scores() -> pl.DataFrame:
+    floats = [*COMPONENTS, "quality_score", "progress_raw"]
+    schema = {_EP: pl.String, "language_instruction": pl.String, "n_steps": pl.Int64,
+              **{c: pl.Float64 for c in floats}, "progress_note": pl.String, "action_jerk": pl.Float64,
+              "joint_jerk": pl.Float64, "idle_fraction": pl.Float64, "saturated_fraction": pl.Float64,
+              "terminal": pl.Boolean}
+    return pl.DataFrame(schema=schema)
+
+
+def score_histogram_png(scores: pl.DataFrame) -> bytes:
+    """PNG of quality_score and each component as small-multiple histograms over [0, 1]."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    labels = {"quality_score": "quality score", "idle": "idle (1 - idle share)",
+              "saturation": "saturation (1 - saturated share)"}
+    fig = Figure(figsize=(11, 6.5), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, 3)
+    bins = [i / 20 for i in range(21)]
+    for ax, name in zip(axes.flat, ["quality_score", *COMPONENTS]):
+        column = scores.get_column(name).drop_nulls() if name in scores.columns else pl.Series([], dtype=pl.Float64)
+        missing = scores.height - column.len()
+        ax.hist(column.to_numpy(), bins=bins, color="tab:blue" if name == "quality_score" else "tab:gray",
+                edgecolor="white")
+        notes = [f"median {column.median():.2f}"] if column.len() else []
+        notes += [f"{missing} not measured"] if missing else []
+        ax.set_title(labels.get(name, name) + (f"\n({', '.join(notes)})" if notes else ""), fontsize=10,
+                     fontweight="bold" if name == "quality_score" else "normal")
+        ax.set_xlim(0, 1)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("score (higher is better)", fontsize=9)
+        ax.set_ylabel("episodes", fontsize=9)
+    fig.suptitle(f"Episode quality scores ({scores.height} episodes)", fontsize=13)
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()

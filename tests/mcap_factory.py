@@ -1,0 +1,209 @@
+"""Small real ROS 2 MCAP logs for tests, written with mcap_ros2.writer.Writer.
+
+The message definitions are the real ROS 2 ones, concatenated with their
+dependencies as ROS 2 records them in MCAP schemas. Values encode their own
+message time, so tests can check alignment against an independent numpy
+computation; `FleetLog` returns that ground truth.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from mcap_ros2.writer import Writer
+
+SEP = "=" * 80
+HEADER = "builtin_interfaces/Time stamp\nstring frame_id"
+TIME = "int32 sec\nuint32 nanosec"
+VECTOR3 = "float64 x\nfloat64 y\nfloat64 z"
+
+MSGDEFS = {
+    "sensor_msgs/msg/JointState": "\n".join([
+        "std_msgs/Header header", "string[] name", "float64[] position", "float64[] velocity", "float64[] effort",
+        SEP, "MSG: std_msgs/Header", HEADER,
+        SEP, "MSG: builtin_interfaces/Time", TIME,
+    ]),
+    "nav_msgs/msg/Odometry": "\n".join([
+        "std_msgs/Header header", "string child_frame_id",
+        "geometry_msgs/PoseWithCovariance pose", "geometry_msgs/TwistWithCovariance twist",
+        SEP, "MSG: std_msgs/Header", HEADER,
+        SEP, "MSG: builtin_interfaces/Time", TIME,
+        SEP, "MSG: geometry_msgs/PoseWithCovariance", "Pose pose", "float64[36] covariance",
+        SEP, "MSG: geometry_msgs/Pose", "Point position", "Quaternion orientation",
+        SEP, "MSG: geometry_msgs/Point", "float64 x\nfloat64 y\nfloat64 z",
+        SEP, "MSG: geometry_msgs/Quaternion", "float64 x 0\nfloat64 y 0\nfloat64 z 0\nfloat64 w 1",
+        SEP, "MSG: geometry_msgs/TwistWithCovariance", "Twist twist", "float64[36] covariance",
+        SEP, "MSG: geometry_msgs/Twist", "Vector3  linear", "Vector3  angular",
+        SEP, "MSG: geometry_msgs/Vector3", VECTOR3,
+    ]),
+    "std_msgs/msg/Float64MultiArray": "\n".join([
+        "MultiArrayLayout layout", "float64[] data",
+        SEP, "MSG: std_msgs/MultiArrayLayout", "MultiArrayDimension[] dim", "uint32 data_offset",
+        SEP, "MSG: std_msgs/MultiArrayDimension", "string label", "uint32 size", "uint32 stride",
+    ]),
+    "std_msgs/msg/String": "string data",
+}
+JOINTS = [f"joint_{i}" for i in range(8)]
+T0 = 1_700_000_000 * 10**9
+MS = 10**6
+
+
+def joint_values(t_ns: int) -> list[float]:
+    """Position j of the joint message at time t: t in ms plus j/10 (identifies the message)."""
+    base = (t_ns - T0) / MS
+    return [base + j / 10 for j in range(8)]
+
+
+def odom_z(t_ns: int) -> float:
+    return (t_ns - T0) / MS
+
+
+def action_values(t_ns: int) -> list[float]:
+    base = (t_ns - T0) / 1e9
+    return [math.sin(base + j) for j in range(8)]
+
+
+def header(t_ns: int) -> dict:
+    return {"stamp": {"sec": t_ns // 10**9, "nanosec": t_ns % 10**9}, "frame_id": "odom"}
+
+
+@dataclass
+class Episode:
+    """One episode of the synthetic log."""
+
+    duration_s: float = 1.0  # control steps at 20 Hz from its start, end marker at the last one
+    instruction: str | None = "walk forward"  # None: no instruction message in this episode
+    fall_at_s: float | None = None  # a fall_detected marker this long after the start
+    end_marker: bool = True
+
+
+@dataclass
+class FleetLog:
+    """What was written: topic -> message times (ns), plus per-episode control times."""
+
+    path: Path
+    times: dict[str, list[int]] = field(default_factory=dict)
+    episode_steps: list[list[int]] = field(default_factory=list)
+
+
+def write_fleet_log(
+    path: Path,
+    episodes: list[Episode] | None = None,
+    *,
+    markers: bool = True,
+    robot_id: str | None = "ant-03",
+    gap_s: float = 0.5,
+    joint_gap: tuple[float, float] | None = None,  # no /joint_states in [a, b) s since the first step
+    nan_joint_at: float | None = None,  # one /joint_states message near this time carries NaN
+    rename: dict[str, str] | None = None,  # write a topic under another name (recording faults)
+    drop: tuple[str, ...] = (),
+    instructions: bool = True,
+    joint_size: int = 8,
+    events: list[tuple[float, str]] | None = None,  # explicit /events (s since the first step, text) instead of markers
+    chunk_size: int = 1024 * 1024,
+) -> FleetLog:
+    """Write a fleet-like log: 100 Hz joints (3 ms phase), 50 Hz odom (5 ms phase), 20 Hz commands."""
+    episodes = episodes if episodes is not None else [Episode()]
+    rename = rename or {}
+    out = FleetLog(Path(path))
+    starts, t = [], T0
+    for ep in episodes:
+        starts.append(t)
+        t += int(round(ep.duration_s * 1e9)) + int(gap_s * 1e9)
+    t_end = t
+    with open(path, "wb") as fh:
+        writer = Writer(fh, chunk_size=chunk_size)
+        schemas = {name: writer.register_msgdef(name, text) for name, text in MSGDEFS.items()}
+        messages: list[tuple[int, str, str, dict]] = []
+
+        def add(t_ns: int, topic: str, type_name: str, msg: dict) -> None:
+            if topic in drop:
+                return
+            topic = rename.get(topic, topic)
+            messages.append((t_ns, topic, type_name, msg))
+            out.times.setdefault(topic, []).append(t_ns)
+
+        nan_done = False
+        for t_ns in range(T0 - 20 * MS + 3 * MS, t_end, 10 * MS):
+            rel = (t_ns - T0) / 1e9
+            if joint_gap and joint_gap[0] <= rel < joint_gap[1]:
+                continue
+            pos = joint_values(t_ns)[:joint_size]
+            if nan_joint_at is not None and not nan_done and rel >= nan_joint_at:
+                pos[2] = float("nan")
+                nan_done = True
+            vel = [-p for p in pos]
+            add(t_ns, "/joint_states", "sensor_msgs/msg/JointState",
+                {"header": header(t_ns), "name": JOINTS[:joint_size], "position": pos, "velocity": vel, "effort": [0.0] * joint_size})
+        for t_ns in range(T0 - 20 * MS + 5 * MS, t_end, 20 * MS):
+            z = odom_z(t_ns)
+            yaw = (t_ns - T0) / 1e9 * 0.1
+            add(t_ns, "/odom", "nav_msgs/msg/Odometry", {
+                "header": header(t_ns), "child_frame_id": "base",
+                "pose": {"pose": {"position": {"x": z * 1e-3, "y": -z * 1e-3, "z": z},
+                                  "orientation": {"w": math.cos(yaw / 2), "x": 0.0, "y": 0.0, "z": math.sin(yaw / 2)}},
+                         "covariance": [0.0] * 36},
+                "twist": {"twist": {"linear": {"x": 1.0, "y": 2.0, "z": 3.0}, "angular": {"x": 4.0, "y": 5.0, "z": 6.0}},
+                          "covariance": [0.0] * 36},
+            })
+        for ep, start in zip(episodes, starts):
+            n_steps = int(round(ep.duration_s * 20))
+            steps = [start + i * 50 * MS for i in range(n_steps)]
+            out.episode_steps.append(steps)
+            for s in steps:
+                add(s, "/cmd_joint", "std_msgs/msg/Float64MultiArray",
+                    {"layout": {"dim": [], "data_offset": 0}, "data": action_values(s)})
+            if instructions and ep.instruction is not None:
+                for s in range(start, start + int(ep.duration_s * 1e9), 10**9):
+                    add(s, "/instruction", "std_msgs/msg/String", {"data": ep.instruction})
+            if markers:
+                add(start, "/events", "std_msgs/msg/String", {"data": "episode_start"})
+                if ep.fall_at_s is not None:
+                    add(start + int(ep.fall_at_s * 1e9), "/events", "std_msgs/msg/String", {"data": "fall_detected"})
+                if ep.end_marker and steps:
+                    add(steps[-1], "/events", "std_msgs/msg/String", {"data": "episode_end"})
+        for rel, text in events or []:
+            add(T0 + int(round(rel * 1e9)), "/events", "std_msgs/msg/String", {"data": text})
+        messages.sort(key=lambda m: m[0])  # stable: same-time messages keep the order they were added
+        for t_ns, topic, type_name, msg in messages:
+            writer.write_message(topic, schemas[type_name], msg, log_time=t_ns, publish_time=t_ns)
+        if robot_id is not None:
+            writer.add_metadata("robot", {"robot_id": robot_id})
+        writer.finish()
+    for topic in out.times:
+        out.times[topic] = sorted(out.times[topic])
+    return out
+
+
+def latest_at_or_before(times: list[int], t_ns: np.ndarray, tolerance_ns: int) -> np.ndarray:
+    """Index of the latest message at or before each time within tolerance, -1 where none."""
+    arr = np.asarray(times, dtype=np.int64)
+    idx = np.searchsorted(arr, t_ns, side="right") - 1
+    ok = (idx >= 0) & (t_ns - arr[np.clip(idx, 0, None)] <= tolerance_ns)
+    return np.where(ok, idx, -1)
+
+
+def strip_summary(src: Path, dst: Path) -> None:
+    """Re-write an MCAP without summary or indexes (as some recorders stream it), same messages."""
+    from mcap.reader import make_reader
+    from mcap.writer import IndexType
+    from mcap.writer import Writer as McapWriter
+
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        reader = make_reader(fin)
+        writer = McapWriter(fout, index_types=IndexType.NONE, repeat_channels=False, repeat_schemas=False,
+                            use_statistics=False, use_summary_offsets=False)
+        writer.start(profile="ros2", library="robocurate-tests")
+        schema_ids: dict[int, int] = {}
+        channel_ids: dict[int, int] = {}
+        for schema, channel, message in reader.iter_messages():
+            if schema.id not in schema_ids:
+                schema_ids[schema.id] = writer.register_schema(schema.name, schema.encoding, schema.data)
+            if channel.id not in channel_ids:
+                channel_ids[channel.id] = writer.register_channel(channel.topic, channel.message_encoding, schema_ids[schema.id])
+            writer.add_message(channel_ids[channel.id], message.log_time, message.data, message.publish_time)
+        for meta in reader.iter_metadata():
+            writer.add_metadata(meta.name, meta.metadata)
+        writer.finish()

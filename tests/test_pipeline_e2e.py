@@ -1,0 +1,122 @@
+"""The whole data half as Dagster runs it: a small simulated fleet from landing to a published version."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import datasets
+import polars as pl
+import pytest
+
+from pipelines import landing, storage
+from pipelines.runner import dagster_home, pending_batches, run_job
+
+N_EPISODES = 12
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory) -> Path:
+    """One simulated fleet shared by the tests of this module (simulation is the slow part)."""
+    from training.sim.fleet import simulate_fleet
+
+    out = tmp_path_factory.mktemp("fleet")
+    simulate_fleet(N_EPISODES, out, seed=7, fault_rate=0.4, episode_steps=100)
+    return out
+
+
+@pytest.fixture
+def instance(tmp_path, monkeypatch, data_root):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    dagster_home()
+    with dg.DagsterInstance.get() as inst:
+        yield inst
+
+
+def _truth(fleet: Path) -> pl.DataFrame:
+    return pl.read_ndjson(fleet / "ground_truth.jsonl")
+
+
+def _ingest(defs, instance, batch: str) -> None:
+    instance.add_dynamic_partitions("landing_batch", [batch])
+    run_job(defs, instance, "ingest_job", partition_key=batch)
+
+
+def test_definitions_are_loadable():
+    from pipelines import definitions
+
+    dg.Definitions.validate_loadable(definitions.defs)
+    job_names = {j.name for j in definitions.defs.jobs}
+    assert {"ingest_job", "curate_job", "publish_job"} <= job_names
+
+
+def test_fleet_to_published_dataset(fleet, instance):
+    from pipelines.definitions import defs
+
+    batch = landing.land_files(sorted(fleet.glob("*.mcap")), "batch-a")
+    assert pending_batches(instance, "*.mcap") == [batch]
+    _ingest(defs, instance, batch)
+    assert pending_batches(instance, "*.mcap") == []
+
+    truth = _truth(fleet)
+    episodes = storage.read_table("episodes")
+    accepted = storage.read_table("validated_episodes")
+    quarantine = storage.read_table("quarantine")
+
+    # Invariant: every ingested episode is accepted or quarantined, never both.
+    ingested = set(episodes["episode_id"])
+    ok = set(accepted["episode_id"])
+    rejected = set(quarantine["episode_id"].drop_nulls())
+    assert ingested == ok | rejected and not ok & rejected
+
+    # Every file is accounted for: parsed into episodes or quarantined as a whole file.
+    parsed_files = {Path(f).name for f in episodes["source_file"]}
+    unreadable = {Path(f).name for f in quarantine.filter(pl.col("episode_id").is_null())["source_file"]}
+    assert parsed_files | unreadable == set(truth["file"]) and not parsed_files & unreadable
+
+    # Planted faults never reach the accepted table; each comes with a readable reason.
+    faulty = set(truth.filter(pl.col("fault").is_not_null())["file"])
+    assert faulty, "the fixture must plant faults"
+    accepted_files = {Path(f).name for f in accepted["source_file"]}
+    assert not faulty & accepted_files
+    assert quarantine["reason"].str.len_chars().min() > 20
+
+    scores = storage.read_table("episode_scores")
+    assert set(scores["episode_id"]) == ok
+    assert scores["quality_score"].is_between(0, 1).all()
+
+    run_job(defs, instance, "publish_job")
+    from pipelines.publish import list_versions
+
+    versions = list_versions("ant_skills")
+    assert [v["version"] for v in versions] == ["1.0.0"]
+    loaded = datasets.load_dataset(str(versions[0]["path"]))
+    n_rows = sum(len(split) for split in loaded.values())
+    assert n_rows == accepted.height
+    assert {"observation.state", "action", "episode_id", "quality_score"} <= set(loaded["train"].column_names)
+
+    # Nothing new: a second publish creates no version.
+    run_job(defs, instance, "publish_job")
+    assert len(list_versions("ant_skills")) == 1
+
+    # A re-delivered identical file in a new batch is recognised and not parsed again.
+    again = landing.land_files([sorted(fleet.glob("*.mcap"))[0]], "batch-b")
+    _ingest(defs, instance, again)
+    raw = storage.read_partition("raw_log_files", again)
+    assert raw["status"].to_list() == ["duplicate"]
+    assert storage.read_partition("episodes", again).is_empty()
+    run_job(defs, instance, "publish_job")
+    assert len(list_versions("ant_skills")) == 1
+
+
+def test_landing_sensor_registers_new_batches(fleet, instance):
+    from pipelines.definitions import defs
+    from pipelines.sensors import landing_sensor
+
+    landing.land_files(sorted(fleet.glob("*.mcap"))[:2], "batch-s")
+    with dg.build_sensor_context(instance=instance, definitions=defs) as ctx:
+        result = landing_sensor(ctx)
+    assert [r.partition_key for r in result.run_requests] == ["batch-s"]
+    assert result.dynamic_partitions_requests[0].partition_keys == ["batch-s"]

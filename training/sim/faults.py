@@ -1,0 +1,79 @@
+"""Faults planted in some logs, one per faulty file, so the pipeline's checks have work.
+
+nan          NaN in a few /joint_states positions for 0.12-0.3 s mid-episode (a glitching encoder;
+             long enough to span at least two 20 Hz control steps, so it reaches the episode table)
+dropped      /joint_states and /odom silent for more than 0.5 s mid-episode
+time_jump    every topic's clock jumps forward by several seconds mid-episode
+truncated    the written file is cut to a fraction of its bytes (as by a full disk or a crash)
+wrong_topic  /joint_states recorded under the misspelt name /joint_state
+
+Falls are not faults: they are real outcomes of the physics.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .mcap_log import NS, EpisodeLog
+
+FAULT_KINDS = ("nan", "dropped", "time_jump", "truncated", "wrong_topic")
+# Faults placed inside the episode need room around them; shorter episodes (early
+# falls) get a truncation instead.
+MIN_SECONDS_FOR_MID_EPISODE = 2.0
+
+
+def check_fault(kind: str | None) -> str | None:
+    if kind is not None and kind not in FAULT_KINDS:
+        raise ValueError(f"unknown fault {kind!r}; known faults: {list(FAULT_KINDS)}")
+    return kind
+
+
+def effective_kind(kind: str, duration_s: float) -> str:
+    """The fault that fits an episode of this length (see MIN_SECONDS_FOR_MID_EPISODE)."""
+    if kind in ("nan", "dropped", "time_jump") and duration_s < MIN_SECONDS_FOR_MID_EPISODE:
+        return "truncated"
+    return kind
+
+
+def plant_in_log(log: EpisodeLog, kind: str, rng: np.random.Generator) -> str:
+    """Apply a message-level fault to `log` in place; returns a readable description.
+
+    `truncated` is planted on the written file by `truncate_file` instead.
+    """
+    duration = (log.end_ns - log.start_ns) / NS
+    at_s = float(rng.uniform(0.3, 0.6) * duration)
+    at_ns = log.start_ns + int(at_s * NS)
+    if kind == "nan":
+        js = log.topic("/joint_states")
+        first = int(np.searchsorted(js.stamp, at_ns))
+        rows = np.arange(first, min(first + int(rng.integers(12, 31)), len(js)))
+        joints = rng.choice(8, size=int(rng.integers(1, 4)), replace=False)
+        js.payload["position"][np.ix_(rows, joints)] = np.nan
+        return f"NaN in /joint_states position[{sorted(joints.tolist())}] for {len(rows)} messages from {at_s:.2f} s"
+    if kind == "dropped":
+        gap_s = float(min(rng.uniform(0.6, 1.5), 0.35 * duration))
+        end_ns = at_ns + int(gap_s * NS)
+        for name in ("/joint_states", "/odom"):
+            t = log.topic(name)
+            t.keep((t.stamp < at_ns) | (t.stamp >= end_ns))
+        return f"/joint_states and /odom dropped for {gap_s:.2f} s from {at_s:.2f} s"
+    if kind == "time_jump":
+        jump_ns = int(rng.uniform(3.0, 8.0) * NS)
+        for t in log.topics.values():
+            t.shift(at_ns, jump_ns)
+        return f"clock jumps forward {jump_ns / NS:.2f} s at {at_s:.2f} s on all topics"
+    if kind == "wrong_topic":
+        log.topic("/joint_states").name = "/joint_state"
+        return "/joint_states recorded as /joint_state"
+    raise ValueError(f"fault {kind!r} is not planted in messages")
+
+
+def truncate_file(path: Path, rng: np.random.Generator) -> str:
+    """Cut the file to 30-80 % of its bytes; returns a readable description."""
+    size = os.path.getsize(path)
+    keep = int(size * rng.uniform(0.3, 0.8))
+    with open(path, "r+b") as fh:
+        fh.truncate(keep)
+    return f"file cut to {keep} of {size} bytes"
