@@ -40,9 +40,22 @@ def pending_batches(instance: dg.DagsterInstance, file_glob: str) -> list[str]:
     return pending
 
 
-def run_job(defs: dg.Definitions, instance: dg.DagsterInstance, name: str, partition_key: str | None = None):
+def run_job(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    name: str,
+    partition_key: str | None = None,
+    log_level: str = "WARNING",
+):
+    """Execute a named job in this process; the run and its events are stored in `instance`.
+
+    Console logging defaults to warnings: the full event log is in the Dagster UI.
+    """
     result = defs.resolve_job_def(name).execute_in_process(
-        instance=instance, partition_key=partition_key, raise_on_error=False
+        instance=instance,
+        partition_key=partition_key,
+        raise_on_error=False,
+        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
     )
     if not result.success:
         failed = [e.step_key for e in result.all_events if e.is_step_failure]

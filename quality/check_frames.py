@@ -135,6 +135,9 @@ def episode_frame(df: pl.DataFrame) -> pl.DataFrame:
         .group_by("episode_id")
         .agg(
             n_steps=pl.len().cast(pl.Int64),
+            # Length of an episode that did not end in a failure state; a fall (RLDS is_terminal)
+            # is a real outcome and may be short, so only truncated episodes need min_steps.
+            n_steps_truncated=pl.when(pl.col("is_terminal").any()).then(None).otherwise(pl.len()).cast(pl.Int64),
             n_instructions=pl.col("language_instruction").drop_nulls().n_unique().cast(pl.Int64),
             source_file=pl.col("source_file").first(),
             source_sha256=pl.col("source_sha256").first(),

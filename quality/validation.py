@@ -32,6 +32,7 @@ from quality.text import fixed, fixed_value, integer
 STAGE = "validation"
 # Allowed deviation of a time step from the control period, as a fraction of that period.
 DEFAULT_RATE_TOLERANCE = 0.2
+MIN_TRANSITION_STEPS = 2  # the shortest episode that still holds one transition
 
 
 class ValidationError(ValueError):
@@ -129,7 +130,10 @@ def _build_checks(feats: list[cf.Feature], p: _Params, has_action_bounds: bool) 
     checks += [
         _Check("episode_length", "episode", "episode",
                expectation("ExpectColumnValuesToBeBetween", "episode_length:episode", column="n_steps",
-                           min_value=p.min_steps, max_value=p.max_steps), n, pl.lit(0.0)),
+                           min_value=MIN_TRANSITION_STEPS, max_value=p.max_steps), n, pl.lit(0.0)),
+        _Check("episode_length", "episode", "episode",
+               expectation("ExpectColumnValuesToBeBetween", "episode_length:episode:truncated",
+                           column="n_steps_truncated", min_value=p.min_steps), n, pl.lit(0.0)),
         _Check("instruction_constant", "language_instruction", "episode",
                expectation("ExpectColumnValuesToBeBetween", "instruction_constant:language_instruction",
                            column="n_instructions", max_value=1), pl.col("n_instructions"), pl.lit(0.0)),
@@ -172,7 +176,10 @@ def _reason_templates(p: _Params) -> dict[str, Callable[[], pl.Expr]]:
             pl.lit("; extreme value "), fixed(v, 2), pl.lit(" at step "), worst_step]),
         "episode_length": lambda: pl.concat_str([
             pl.lit("episode has "), n, pl.lit(" steps; "),
-            pl.when(pl.col("n_steps") < p.min_steps).then(pl.lit(f"at least {p.min_steps} are required"))
+            pl.when(pl.col("n_steps") < MIN_TRANSITION_STEPS)
+            .then(pl.lit(f"at least {MIN_TRANSITION_STEPS} are needed for one transition"))
+            .when(pl.col("n_steps") < p.min_steps)
+            .then(pl.lit(f"at least {p.min_steps} are required unless it ends in a fall (is_terminal)"))
             .otherwise(pl.lit(f"at most {p.max_steps} are allowed"))]),
         "instruction_constant": lambda: pl.concat_str([
             pl.lit("language_instruction changes within the episode ("), integer(v), pl.lit(" distinct values)")]),
@@ -312,7 +319,7 @@ def validate_episodes(
         gx_columns = list(dict.fromkeys([cf.ROW, *(c.expectation.configuration.kwargs["column"] for c in step_checks)]))
         outcomes |= run_suite(steps.select(gx_columns), cf.ROW, [c.expectation for c in step_checks], batch_rows)
         episode_checks = [c for c in checks if c.level == "episode"]
-        outcomes |= run_suite(episodes.select(cf.EPISODE, "n_steps", "n_instructions"), cf.EPISODE,
+        outcomes |= run_suite(episodes.select(cf.EPISODE, "n_steps", "n_steps_truncated", "n_instructions"), cf.EPISODE,
                               [c.expectation for c in episode_checks], batch_rows)
 
     failures = _failures(df, steps, episodes, checks, outcomes) if outcomes else pl.DataFrame()

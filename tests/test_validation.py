@@ -27,6 +27,8 @@ def _planted() -> dict[str, pl.DataFrame]:
          "two_instructions"])}
     e["clean_turn"] = episode("turn_left", "clean_turn", n=N)
     e["clean_fall"] = episode("walker", "clean_fall", n=40, terminal=True)
+    # A fall one second in is a real (short) outcome, not a fault.
+    e["early_fall"] = episode("walker", "early_fall", n=12, terminal=True)
     e["nan_state"] = e["nan_state"].with_columns(_at([41, 50], STATE, pl.col(STATE).list.eval(pl.element() * np.nan)))
     e["gap"] = e["gap"].with_columns(_at([30, 31, 32, 33], STATE, None))
     e["jump"] = e["jump"].with_columns(pl.when(pl.col("step") >= 87).then(pl.col("timestamp") + 3.15)
@@ -66,7 +68,7 @@ def test_every_episode_is_accepted_or_rejected_exactly_once(dirty, report):
     rejected = set(report.rejected.get_column("episode_id").drop_nulls())
     assert accepted | rejected == ids
     assert not accepted & rejected
-    assert accepted == {"clean", "clean_turn", "clean_fall"}
+    assert accepted == {"clean", "clean_turn", "clean_fall", "early_fall"}
     assert report.accepted.height == dirty.filter(pl.col("episode_id").is_in(list(accepted))).height
     summary = report.summary
     assert summary["episodes"] == len(ids) == summary["accepted_episodes"] + summary["rejected_episodes"]
