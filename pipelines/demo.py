@@ -61,6 +61,10 @@ def print_summary(instance: dg.DagsterInstance, seconds: float, home) -> None:
         print(f"    {n:3d} x {check}")
     for line in _published_lines(instance):
         print(line)
+    for line in _referee_lines(accepted):
+        print(line)
+    for line in _policy_lines():
+        print(line)
     print(f"took {seconds:.0f} s; open the Dagster UI with `make dev` (DAGSTER_HOME={home})")
 
 
@@ -74,4 +78,33 @@ def _published_lines(instance: dg.DagsterInstance) -> list[str]:
         if versions:
             v = versions[-1]
             lines.append(f"dataset {name}: version {v['version']} (content {v['content_hash'][:12]}) at {v['path']}")
+    return lines
+
+
+def _referee_lines(accepted: pl.DataFrame | None) -> list[str]:
+    from quality.referee import referee_agreement
+
+    segments = storage.read_table("referee_segments")
+    if segments is None or accepted is None:
+        return ["referee: no labels yet"]
+    steps = int(segments["n_steps"].max())
+    a = referee_agreement(segments, accepted, segment_steps=steps)
+    return [
+        f"referee agreement with true progress ({a['segments']} segments of {a['episodes']} episodes):",
+        f"    value-order correlation {a['voc']} (a referee adding a constant per segment: {a['voc_time_baseline']})",
+        f"    Spearman(segment reward, segment progress) {a['spearman_segment']}",
+        f"    label accuracy {a['accuracy']} (always the most common label: {a['majority_accuracy']})",
+    ]
+
+
+def _policy_lines() -> list[str]:
+    table = storage.read_partition("policy_evaluation", "latest")
+    if table is None:
+        return ["policy: not evaluated yet"]
+    wide = table.pivot(on="policy", index="instruction", values="normalized_score").sort("instruction")
+    lines = ["normalized score per skill (0 = random operator, 100 = expert operator):",
+             f"    {'skill':<14}{'IQL + LoRA-MoE':>16}{'BC (all data)':>16}"]
+    for row in wide.iter_rows(named=True):
+        lines.append(f"    {row['instruction']:<14}{row.get('policy_checkpoint', float('nan')):>16.1f}"
+                     f"{row.get('baseline_checkpoint', float('nan')):>16.1f}")
     return lines

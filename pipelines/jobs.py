@@ -3,14 +3,14 @@ import dagster as dg
 
 from pipelines.partitions import landing_batches
 
-INGEST_GROUPS = dg.AssetSelection.groups("ingest", "quality")
+INGEST_GROUPS = dg.AssetSelection.groups("ingest", "quality", "labels")
 
-# One landing batch through ingestion, validation, quarantine and scores.
+# One landing batch through ingestion, validation, quarantine, scores and referee labels.
 ingest_job = dg.define_asset_job(
     "ingest_job",
     selection=INGEST_GROUPS,
     partitions_def=landing_batches,
-    description="Ingest, validate and score one landing batch (a partition).",
+    description="Ingest, validate, score and referee-label one landing batch (a partition).",
 )
 
 # Everything downstream of the per-batch tables: publish every recipe, then train and evaluate.
@@ -24,4 +24,10 @@ publish_job = dg.define_asset_job(
     "publish_job",
     selection=dg.AssetSelection.groups("publish"),
     description="Publish a new version of every dataset recipe whose content changed.",
+)
+
+train_job = dg.define_asset_job(
+    "train_job",
+    selection=dg.AssetSelection.groups("train"),
+    description="Train the policy and the behaviour-cloning baseline on the newest dataset version, then evaluate.",
 )

@@ -46,16 +46,25 @@ def run_job(
     name: str,
     partition_key: str | None = None,
     log_level: str = "WARNING",
+    resources: dict | None = None,
+    ops: dict | None = None,
 ):
     """Execute a named job in this process; the run and its events are stored in `instance`.
 
     Console logging defaults to warnings: the full event log is in the Dagster UI.
+    `resources` and `ops` configure this run, e.g. resources={"referee": {"segment_steps": 40}},
+    ops={"policy_checkpoint": {"n_steps": 200}}.
     """
+    run_config: dict = {"loggers": {"console": {"config": {"log_level": log_level}}}}
+    if resources:
+        run_config["resources"] = {key: {"config": cfg} for key, cfg in resources.items()}
+    if ops:
+        run_config["ops"] = {key: {"config": cfg} for key, cfg in ops.items()}
     result = defs.resolve_job_def(name).execute_in_process(
         instance=instance,
         partition_key=partition_key,
         raise_on_error=False,
-        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+        run_config=run_config,
     )
     if not result.success:
         failed = [e.step_key for e in result.all_events if e.is_step_failure]

@@ -3,7 +3,7 @@ import dagster as dg
 
 from pipelines import landing
 from pipelines.ingest.mapping import load_mapping
-from pipelines.jobs import ingest_job
+from pipelines.jobs import ingest_job, train_job
 from pipelines.partitions import landing_batches
 
 DEFAULT_MAPPING = "ant_fleet_ros2"
@@ -29,3 +29,17 @@ def landing_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.
         run_requests=requests,
         dynamic_partitions_requests=[landing_batches.build_add_request(new)] if new else [],
     )
+
+
+@dg.asset_sensor(
+    asset_key=dg.AssetKey(["hub", "ant_skills_curated"]),
+    job=train_job,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def new_dataset_version_sensor(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
+    """Retrains when the curated dataset the policy learns from got a new version (not when nothing changed)."""
+    meta = asset_event.asset_materialization.metadata
+    if not meta.get("new_version") or not meta["new_version"].value:
+        return dg.SkipReason("the dataset was materialized without a new version")
+    version = meta["version"].value
+    return dg.RunRequest(run_key=f"ant_skills_curated:{version}", tags={"dataset_version": version})

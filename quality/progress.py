@@ -99,9 +99,9 @@ def step_progress(df: pl.DataFrame, skills: Mapping[str, Any]) -> pl.DataFrame:
     raw = (pl.when(pl.col("measure") == "forward_m").then(forward)
            .when(pl.col("measure") == "yaw_rad").then(turned))
     return (
-        base.sort(ep, "step")
-        .with_columns(x=x, y=y, yaw=yaw, key=instruction_key(pl.col("language_instruction")))
+        base.with_columns(x=x, y=y, yaw=yaw, key=instruction_key(pl.col("language_instruction")))
         .join(table.lazy().select("key", "measure", "target"), on="key", how="left")
+        .sort(ep, "step")  # after the join, which does not keep row order; first() and diff() need it
         .with_columns(progress_raw=raw)
         .with_columns(progress_note=_note(table).otherwise(
             pl.when(pl.col("progress_raw").is_null())

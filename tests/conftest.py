@@ -1,6 +1,8 @@
 """Shared fixtures: every test gets its own data root, never the developer's `.robocurate/`."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 
@@ -9,3 +11,13 @@ def data_root(tmp_path, monkeypatch):
     root = tmp_path / "robocurate-home"
     monkeypatch.setenv("ROBOCURATE_HOME", str(root))
     return root
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(pytestconfig, tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct converted from GGUF, kept in pytest's cache so later runs skip the ~30 s."""
+    from quality.llm_backends import smollm2_model_dir
+
+    cache = getattr(pytestconfig, "cache", None)
+    root = cache.mkdir("robocurate-smollm2") if cache is not None else tmp_path_factory.mktemp("smollm2")
+    return smollm2_model_dir(cache_dir=Path(root))

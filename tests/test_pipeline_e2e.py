@@ -8,6 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 import datasets
+import numpy as np
 import polars as pl
 import pytest
 
@@ -39,9 +40,15 @@ def _truth(fleet: Path) -> pl.DataFrame:
     return pl.read_ndjson(fleet / "ground_truth.jsonl")
 
 
-def _ingest(defs, instance, batch: str) -> None:
+@pytest.fixture
+def referee(smollm2_dir) -> dict:
+    """The real SmolLM2 referee, with long segments to keep the test short."""
+    return {"referee": {"model_dir": str(smollm2_dir), "segment_steps": 50}}
+
+
+def _ingest(defs, instance, batch: str, referee: dict) -> None:
     instance.add_dynamic_partitions("landing_batch", [batch])
-    run_job(defs, instance, "ingest_job", partition_key=batch)
+    run_job(defs, instance, "ingest_job", partition_key=batch, resources=referee)
 
 
 def test_definitions_are_loadable():
@@ -52,12 +59,12 @@ def test_definitions_are_loadable():
     assert {"ingest_job", "curate_job", "publish_job"} <= job_names
 
 
-def test_fleet_to_published_dataset(fleet, instance):
+def test_fleet_to_published_dataset(fleet, instance, referee):
     from pipelines.definitions import defs
 
     batch = landing.land_files(sorted(fleet.glob("*.mcap")), "batch-a")
     assert pending_batches(instance, "*.mcap") == [batch]
-    _ingest(defs, instance, batch)
+    _ingest(defs, instance, batch, referee)
     assert pending_batches(instance, "*.mcap") == []
 
     truth = _truth(fleet)
@@ -92,10 +99,20 @@ def test_fleet_to_published_dataset(fleet, instance):
 
     versions = list_versions("ant_skills")
     assert [v["version"] for v in versions] == ["1.0.0"]
+    curated = storage.read_table("episode_scores").filter(pl.col("quality_score") >= 0.7)
+    if curated.height:  # the curated recipe keeps exactly the high scorers
+        rows = datasets.load_dataset(str(list_versions("ant_skills_curated")[-1]["path"]))
+        assert set().union(*(set(split["episode_id"]) for split in rows.values())) == set(curated["episode_id"])
     loaded = datasets.load_dataset(str(versions[0]["path"]))
     n_rows = sum(len(split) for split in loaded.values())
     assert n_rows == accepted.height
-    assert {"observation.state", "action", "episode_id", "quality_score"} <= set(loaded["train"].column_names)
+    assert {"observation.state", "action", "episode_id", "quality_score", "referee_reward", "combined_reward"} <= set(
+        loaded["train"].column_names
+    )
+    # The referee judged every accepted episode; rewards are bounded per step.
+    rewards = storage.read_table("referee_rewards")
+    assert set(rewards["episode_id"]) == ok
+    assert rewards["referee_reward"].drop_nulls().abs().max() <= 1.0
 
     # Nothing new: a second publish creates no version.
     run_job(defs, instance, "publish_job")
@@ -103,7 +120,7 @@ def test_fleet_to_published_dataset(fleet, instance):
 
     # A re-delivered identical file in a new batch is recognised and not parsed again.
     again = landing.land_files([sorted(fleet.glob("*.mcap"))[0]], "batch-b")
-    _ingest(defs, instance, again)
+    _ingest(defs, instance, again, referee)
     raw = storage.read_partition("raw_log_files", again)
     assert raw["status"].to_list() == ["duplicate"]
     assert storage.read_partition("episodes", again).is_empty()
@@ -120,3 +137,43 @@ def test_landing_sensor_registers_new_batches(fleet, instance):
         result = landing_sensor(ctx)
     assert [r.partition_key for r in result.run_requests] == ["batch-s"]
     assert result.dynamic_partitions_requests[0].partition_keys == ["batch-s"]
+
+
+def test_training_and_evaluation_assets(fleet, instance, referee):
+    """The learning half on the published data: IQL with the real MiniLM LoRA-MoE, BC, closed-loop scores."""
+    from pipelines.definitions import defs
+    from training.checkpoints import latest_checkpoint, list_checkpoints, load_checkpoint
+
+    batch = landing.land_files(sorted(fleet.glob("*.mcap")), "batch-t")
+    _ingest(defs, instance, batch, referee)
+    run_job(defs, instance, "publish_job")
+    # The small test fleet leaves few episodes above the curated cut: train both on all accepted data.
+    quick = {"n_steps": 20, "n_steps_per_epoch": 10, "recipe": "ant_skills"}
+    ops = {
+        "policy_checkpoint": quick,
+        "baseline_checkpoint": quick,
+        "policy_evaluation": {"seeds": [1000], "steps": 40},
+    }
+    run_job(defs, instance, "train_job", ops=ops)
+
+    policy = latest_checkpoint("policy_checkpoint")
+    manifest = json.loads((policy / "manifest.json").read_text())
+    assert manifest["dataset"] == {"name": "ant_skills", "version": "1.0.0"}
+    assert manifest["train_config"]["reward_column"] == "combined_reward"
+    assert (policy / "adapters.safetensors").exists()
+    ckpt = load_checkpoint(policy)
+    state = storage.read_table("validated_episodes")["observation.state"].to_numpy()[:4]
+    state = np.stack(state)
+    actions = ckpt.act(state, ["walk forward"])
+    assert actions.shape == (4, 8) and np.abs(actions).max() <= 1.0
+    np.testing.assert_array_equal(actions, load_checkpoint(policy).act(state, ["walk forward"]))
+
+    table = storage.read_partition("policy_evaluation", "latest")
+    assert set(table["policy"]) == {"policy_checkpoint", "baseline_checkpoint"}
+    assert set(table["instruction"]) == {"walk forward", "turn left", "turn right", "all skills"}
+    assert table["normalized_score"].is_finite().all()
+
+    # Same data, same config: the re-run trains nothing and reuses the checkpoints.
+    run_job(defs, instance, "train_job", ops=ops)
+    assert len(list_checkpoints("policy_checkpoint")) == 1
+    assert len(list_checkpoints("baseline_checkpoint")) == 1

@@ -6,10 +6,10 @@ import polars as pl
 from pipelines import storage
 from pipelines.code_version import code_version
 from pipelines.publish import publish
-from pipelines.recipes import list_recipes, load_recipe, select_episodes
+from pipelines.recipes import list_recipes, load_recipe, select_episodes, with_rewards
 
 # Tables every recipe reads; the referee's rewards join them once labelled.
-UPSTREAM = ["validated_episodes", "episode_scores", "quarantine"]
+UPSTREAM = ["validated_episodes", "episode_scores", "quarantine", "referee_rewards"]
 
 
 def dataset_asset(recipe_name: str) -> dg.AssetsDefinition:
@@ -31,6 +31,7 @@ def dataset_asset(recipe_name: str) -> dg.AssetsDefinition:
             raise dg.Failure("no validated and scored episodes yet: run ingest_job on a landing batch first")
         # The scores table repeats the instruction and length for readers; the episode table owns them.
         scores = scores.drop("language_instruction", "n_steps", strict=False)
+        episodes = with_rewards(episodes, storage.read_table("referee_rewards"), recipe)
         table, per_episode = select_episodes(recipe, episodes, scores)
         result = publish(
             recipe,

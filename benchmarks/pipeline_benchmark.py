@@ -1,0 +1,82 @@
+"""Quality-score separation and incremental runs (DESIGN.md section 11), on a simulated fleet.
+
+In one process, on a temporary data root and Dagster instance:
+  * quality score: AUROC of `quality_score` for telling expert and medium episodes from
+    poor and random ones (ground truth from the simulator's sidecar), beside the AUROC of
+    episode length alone as the naive baseline;
+  * incremental runs: wall time of `ingest_job` + `publish_job` when nothing new landed,
+    as a ratio of the first, full run.
+
+    python benchmarks/pipeline_benchmark.py --episodes 48
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from scipy.stats import rankdata
+
+
+def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Mann-Whitney AUROC with tied ranks averaged."""
+    ranks = rankdata(scores)
+    n_pos, n_neg = positive.sum(), (~positive).sum()
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--episodes", type=int, default=48)
+    parser.add_argument("--seed", type=int, default=11)
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="robocurate-bench-"))
+    os.environ["ROBOCURATE_HOME"] = str(work / "home")
+    os.environ["DAGSTER_HOME"] = str(work / "dagster")
+    import dagster as dg
+
+    from pipelines import landing, storage
+    from pipelines.runner import dagster_home, run_job
+    from training.sim.fleet import read_ground_truth, simulate_fleet
+
+    dagster_home()
+    from pipelines.definitions import defs
+
+    sim = work / "fleet"
+    simulate_fleet(args.episodes, sim, seed=args.seed)
+    batch = landing.land_files(sorted(sim.glob("*.mcap")), "bench")
+    # The referee is measured in referee_benchmark.py; here it runs a tiny segment count quickly.
+    referee = {"referee": {"segment_steps": 200}}
+    with dg.DagsterInstance.get() as instance:
+        instance.add_dynamic_partitions("landing_batch", [batch])
+        timings = []
+        for _ in range(2):
+            start = time.perf_counter()
+            run_job(defs, instance, "ingest_job", partition_key=batch, resources=referee)
+            run_job(defs, instance, "publish_job")
+            timings.append(time.perf_counter() - start)
+
+    truth = pl.DataFrame(read_ground_truth(sim)).select("sha256", "operator")
+    scores = storage.read_table("episode_scores").join(
+        storage.read_table("validated_episodes").group_by("episode_id").agg(pl.col("source_sha256").first()),
+        on="episode_id",
+    ).join(truth, left_on="source_sha256", right_on="sha256")
+    good = scores["operator"].is_in(["expert", "medium"]).to_numpy()
+    print("=" * 72)
+    print(f"quality score over {scores.height} accepted episodes ({good.sum()} expert/medium, {(~good).sum()} poor/random)")
+    print(f"  AUROC quality_score        {auroc(scores['quality_score'].to_numpy(), good):.3f}")
+    print(f"  AUROC episode length alone {auroc(scores['n_steps'].to_numpy().astype(float), good):.3f}  (baseline)")
+    for op in ("expert", "medium", "poor", "random"):
+        sub = scores.filter(pl.col("operator") == op)["quality_score"]
+        print(f"  mean score {op:<7} {sub.mean():.3f}  (n={sub.len()})")
+    print(f"incremental run: full {timings[0]:.1f} s, nothing new {timings[1]:.1f} s, ratio {timings[1] / timings[0]:.3f}")
+    print("=" * 72)
+
+
+if __name__ == "__main__":
+    main()

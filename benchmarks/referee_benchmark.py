@@ -1,0 +1,163 @@
+"""Referee benchmark (DESIGN.md section 11): throughput, cache, and agreement with true progress.
+
+In one process, on the same prompts and the same loaded model:
+  * throughput: prompts/s judged one at a time against batched (left padding after the
+    shared prefix), and batched without sharing the prefix;
+  * cache: `label_episodes` on an empty judgement cache against the same call again
+    (nothing new: the model is asked nothing);
+  * agreement: value-order correlation (Spearman of cumulative referee reward against true
+    cumulative progress, per episode) beside the time baseline (a referee that adds a
+    constant per segment), per-segment Spearman, graded-label accuracy beside always
+    answering the most common true label.
+
+Episodes come from the simulated fleet (training.sim, ingested like real logs), from a
+Parquet file of the canonical table (--episodes), or, with --kinematic, from a kinematic
+stand-in (straight-line motion of graded quality, no physics) for when the simulator is
+not available.
+
+    python benchmarks/referee_benchmark.py --sim 6 --prompts 16
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from pipelines.schema import POSE, STATE
+from quality.llm_backends import LocalLLMBackend
+from quality.referee import label_episodes, referee_agreement
+from quality.referee_cache import JudgementCache
+from quality.referee_segments import segment_table
+
+RATE_HZ = 20.0
+
+
+def simulated_episodes(n: int, seed: int, steps: int) -> pl.DataFrame:
+    """`n` episodes of the simulated fleet (graded operators), written as MCAP and ingested."""
+    from pipelines.ingest.ingest import ingest_files
+    from pipelines.ingest.mapping import load_mapping
+    from training.sim.fleet import simulate_fleet
+
+    with tempfile.TemporaryDirectory() as tmp:
+        simulate_fleet(n, Path(tmp), seed=seed, fault_rate=0.0, episode_steps=steps)
+        result = ingest_files(sorted(Path(tmp).glob("*.mcap")), load_mapping("ant_fleet_ros2"), progress=False)
+    return result.episodes
+
+
+def kinematic_episodes(n: int, seed: int, steps: int) -> pl.DataFrame:
+    """Stand-in episodes: per 1 s stretch, an operator of graded quality moves toward the
+    skill's goal at full pace, hesitates, goes the wrong way, or jitters; poor ones may fall."""
+    rng = np.random.default_rng(seed)
+    skills = {"walk forward": (0.3, 0.0), "turn left": (0.0, 0.4), "turn right": (0.0, -0.4)}
+    # operator -> probabilities of (good, hesitate, wrong, jitter) per stretch, chance of a fall
+    operators = {"expert": ([0.9, 0.1, 0.0, 0.0], 0.0), "medium": ([0.6, 0.3, 0.1, 0.0], 0.0),
+                 "poor": ([0.3, 0.3, 0.3, 0.1], 0.3), "random": ([0.0, 0.2, 0.1, 0.7], 0.2)}  # fmt: skip
+    frames = []
+    for i in range(n):
+        skill = list(skills)[i % 3]
+        operator = list(operators)[(i // 3) % 4]
+        mix, p_fall = operators[operator]
+        speed, yaw_rate = skills[skill]
+        mode = np.repeat(rng.choice(4, size=math.ceil(steps / RATE_HZ), p=mix), int(RATE_HZ))[:steps]
+        scale = np.select([mode == 0, mode == 1, mode == 2], [1.0, 0.1, -0.7], default=0.0)
+        v = speed * scale + (mode == 3) * rng.normal(0, 0.1, steps)
+        w = yaw_rate * scale + (mode == 3) * rng.normal(0, 0.3, steps)
+        yaw = rng.uniform(-math.pi, math.pi) + np.cumsum(w) / RATE_HZ
+        x, y = np.cumsum(v * np.cos(yaw)) / RATE_HZ, np.cumsum(v * np.sin(yaw)) / RATE_HZ
+        z = np.full(steps, 0.55)
+        n_steps = steps
+        if rng.random() < p_fall:
+            n_steps = int(rng.integers(steps // 3, steps))
+            z[max(0, n_steps - 10) : n_steps] = np.linspace(0.55, 0.15, min(10, n_steps))
+        quat = np.stack([np.cos(yaw / 2), np.zeros(steps), np.zeros(steps), np.sin(yaw / 2)], 1)
+        state = np.concatenate([z[:, None], quat, np.zeros((steps, 22))], 1)[:n_steps]
+        pose = np.stack([x, y, (yaw + math.pi) % (2 * math.pi) - math.pi], 1)[:n_steps]
+        fell = n_steps < steps  # a fall ends the episode as terminal; a full-length one is truncated
+        frames.append(pl.DataFrame(
+            {"episode_id": [f"{operator}-{i:03d}"] * n_steps, "step": np.arange(n_steps, dtype=np.int32),
+             "timestamp": np.arange(n_steps) / RATE_HZ, STATE: state.astype(np.float32).tolist(),
+             POSE: pose.astype(np.float32).tolist(), "is_terminal": fell & (np.arange(n_steps) == n_steps - 1),
+             "language_instruction": [skill] * n_steps},
+            schema_overrides={STATE: pl.List(pl.Float32), POSE: pl.List(pl.Float32)},
+        ))  # fmt: skip
+    return pl.concat(frames)
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sim", type=int, default=6, help="simulated episodes (default 6)")
+    parser.add_argument("--steps", type=int, default=200, help="control steps per simulated episode")
+    parser.add_argument("--episodes", type=Path, help="a Parquet canonical table to label instead")
+    parser.add_argument("--kinematic", action="store_true", help="use the kinematic stand-in, not the simulator")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prompts", type=int, default=16, help="prompts in the throughput comparison")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--model-dir", type=Path, help="transformers folder (default: SmolLM2-135M-Instruct)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+
+    if args.episodes:
+        df, source = pl.read_parquet(args.episodes), str(args.episodes)
+    elif args.kinematic:
+        df, source = kinematic_episodes(args.sim, args.seed, args.steps), "kinematic stand-in"
+    else:
+        df, source = simulated_episodes(args.sim, args.seed, args.steps), "simulated fleet (MuJoCo Ant)"
+    print(f"episodes: {df['episode_id'].n_unique()} from {source}, {df.height} steps")
+
+    backend = LocalLLMBackend(args.model_dir, batch_size=args.batch_size, num_threads=args.threads)
+    _, seg = segment_table(df)
+    texts = seg["text"].drop_nulls().to_list()[: args.prompts]
+    _, load_s = timed(lambda: backend.judge(texts[:1]))  # loads the model, computes the shared prefix
+    print(f"model {backend.model_id}: loaded and first prompt in {load_s:.1f} s")
+
+    rates = {}
+    for name, batch_size, share in (("unbatched", 1, True), ("batched", args.batch_size, True),
+                                    ("batched, no shared prefix", args.batch_size, False)):  # fmt: skip
+        backend.batch_size, backend.share_prefix = batch_size, share
+        tokens_before = backend.computed_tokens
+        probs, seconds = timed(lambda: backend.judge(texts))
+        rates[name] = len(texts) / seconds
+        computed = backend.computed_tokens - tokens_before  # deterministic, unlike time on a shared CPU
+        print(f"  {name:28s} {len(texts)} prompts in {seconds:6.1f} s = {rates[name]:6.2f} prompts/s, "
+              f"{computed} tokens through the model")
+    backend.batch_size, backend.share_prefix = args.batch_size, True
+    print(f"throughput: batched / unbatched = {rates['batched'] / rates['unbatched']:.2f}x; "
+          f"shared prefix gains {rates['batched'] / rates['batched, no shared prefix']:.2f}x")  # fmt: skip
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = JudgementCache(Path(tmp) / "judgements.sqlite")
+        (labels_cold, cold_s) = timed(lambda: label_episodes(df, backend, batch_size=args.batch_size, cache=cache))
+        (labels_warm, warm_s) = timed(lambda: label_episodes(df, backend, batch_size=args.batch_size, cache=cache,
+                                                             progress_bar=False))  # fmt: skip
+    cold, warm = labels_cold.stats, labels_warm.stats
+    print(f"cache: cold run {cold_s:.1f} s ({cold['calls']} prompts, {cold['prompt_tokens']} tokens), "
+          f"rerun {warm_s:.3f} s ({warm['calls']} prompts, {warm['cache_hits']} hits) = {cold_s / warm_s:.0f}x faster")  # fmt: skip
+
+    agreement = referee_agreement(labels_cold.segments, df)
+    print(f"labels: {cold['label_counts']}; true labels: {agreement.get('true_label_counts')}")
+    print(f"agreement over {agreement['segments']} segments of {agreement['episodes']} episodes:")
+    print(f"  value-order correlation {agreement['voc']}  (time baseline {agreement['voc_time_baseline']})")
+    print(f"  per-segment Spearman    {agreement['spearman_segment']}  (no signal: 0)")
+    print(f"  label accuracy          {agreement['accuracy']}  (majority label {agreement['majority_accuracy']}); "
+          f"balanced {agreement['balanced_accuracy']} (chance 0.25)")  # fmt: skip
+    if args.json:
+        results = {"source": source, "model_id": backend.model_id, "prompts_per_s": rates, "cold_s": cold_s,
+                   "rerun_s": warm_s, "cold": cold, "rerun": warm, "agreement": agreement}  # fmt: skip
+        args.json.write_text(json.dumps(results, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

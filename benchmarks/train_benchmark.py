@@ -1,0 +1,174 @@
+"""Training cost of the LoRA-MoE encoder (DESIGN.md sections 8 and 11), all in one process.
+
+Measures, on the same canonical-schema data and the same mini-batches:
+  * seconds per d3rlpy update of IQL and BC with the LoRA-MoE encoder (MiniLM,
+    trailing 1 and 2 layers) against d3rlpy's plain VectorEncoder MLP (256, 256);
+  * dense-mix against routed-only expert compute, for one state-action encoder
+    (forward + backward), at several batch sizes and expert counts;
+  * optionally (--threads-compare) the same IQL update with 2 torch threads;
+  * optionally (--demo) a whole CPU-preset run, IQL then BC, through `train`.
+
+The data are synthetic Ant-shaped episodes (27 state values, 8 actions, three
+instructions): update cost does not depend on what the numbers mean.
+
+    python benchmarks/train_benchmark.py --batch 64 --updates 8 --threads 1 [--demo]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+
+import numpy as np
+import polars as pl
+import torch
+
+from pipelines.schema import ACTION, POLARS_SCHEMA, STATE
+from training.lora_moe import LoRAMoEEncoderFactory
+from training.offline_rl import (
+    TrainConfig,
+    build_mdp_dataset,
+    make_algo,
+    make_encoder_factory,
+    quiet_d3rlpy,
+    train,
+)
+
+INSTRUCTIONS = ["turn left", "turn right", "walk forward"]
+
+
+def synthetic_table(n_episodes: int, steps: int, seed: int = 0) -> pl.DataFrame:
+    """Canonical rows: random-walk states, bounded actions, one fall in four episodes."""
+    rng = np.random.default_rng(seed)
+    n = n_episodes * steps
+    episode = np.repeat(np.arange(n_episodes), steps)
+    step = np.tile(np.arange(steps), n_episodes)
+    states = np.cumsum(rng.normal(scale=0.1, size=(n, 27)), axis=0).astype(np.float32)
+    actions = np.tanh(rng.normal(size=(n, 8))).astype(np.float32)
+    is_last = step == steps - 1
+    return pl.DataFrame(
+        {
+            "episode_id": np.char.add("ep-", episode.astype(str)),
+            "step": step.astype(np.int32),
+            "timestamp": step * 0.05,
+            STATE: pl.Series(STATE, states).cast(pl.List(pl.Float32)),
+            ACTION: pl.Series(ACTION, actions).cast(pl.List(pl.Float32)),
+            "reward": rng.normal(1.0, 0.5, n).astype(np.float32),
+            "is_first": step == 0,
+            "is_last": is_last,
+            "is_terminal": is_last & (episode % 4 == 0),
+            "language_instruction": np.array(INSTRUCTIONS)[episode % 3],
+            "robot_id": "ant-0",
+            "source_file": "synthetic",
+            "source_sha256": "0" * 64,
+        }
+    ).cast(POLARS_SCHEMA)  # type: ignore[arg-type]
+
+
+def seconds_per_update(config: TrainConfig, table: pl.DataFrame, batches: list, warmup: int) -> tuple[float, float]:
+    """Mean (wall, process CPU) seconds of `algo.update` over the batches, after `warmup` updates.
+
+    On a CPU shared with other work, wall time swings with their load; with one
+    torch thread the process CPU time is the steadier measure of the cost.
+    """
+    algo = make_algo(config, make_encoder_factory(config, INSTRUCTIONS, table), 1.0)
+    algo.create_impl(algo_observation_shape(table), 8)
+    for batch in batches[:warmup]:
+        algo.update(batch)
+    wall, cpu = time.perf_counter(), time.process_time()
+    for batch in batches[warmup:]:
+        algo.update(batch)
+    n = len(batches) - warmup
+    return (time.perf_counter() - wall) / n, (time.process_time() - cpu) / n
+
+
+def algo_observation_shape(table: pl.DataFrame) -> tuple[int]:
+    return (len(table[STATE][0]) + 1,)
+
+
+def encoder_seconds(factory: LoRAMoEEncoderFactory, batch: int, repeats: int) -> float:
+    """Forward + backward process CPU seconds of one state-action encoder."""
+    enc = factory.create_with_action((28,), 8)
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(np.concatenate([rng.normal(size=(batch, 27)), rng.integers(0, 3, (batch, 1))], 1).astype(np.float32))
+    a = torch.rand(batch, 8) * 2 - 1
+    for _ in range(2):
+        enc(x, a).sum().backward()
+    start = time.process_time()
+    for _ in range(repeats):
+        enc(x, a).sum().backward()
+    return (time.process_time() - start) / repeats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--updates", type=int, default=8, help="timed updates per configuration")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids OpenMP stalls on shared CPUs)")
+    parser.add_argument("--threads-compare", action="store_true", help="also time IQL LoRA-MoE with 2 threads")
+    parser.add_argument("--demo", action="store_true", help="also run a whole CPU-preset IQL + BC training")
+    parser.add_argument("--demo-episodes", type=int, default=60)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    table = synthetic_table(n_episodes=24, steps=100)
+    dataset = build_mdp_dataset(table, "reward", INSTRUCTIONS)
+    np.random.seed(0)
+    batches = [dataset.sample_transition_batch(args.batch) for _ in range(args.warmup + args.updates)]
+    base = TrainConfig(batch_size=args.batch, instructions=INSTRUCTIONS)
+    cpu = dataclasses.replace(base.encoder, expert_compute="dense")  # the CPU preset: 1 layer, 2 state tokens
+    variants = {
+        "LoRA-MoE 1 layer, 2 tok, dense": cpu,
+        "LoRA-MoE 1 layer, 2 tok, routed": dataclasses.replace(cpu, expert_compute="routed"),
+        "LoRA-MoE 1 layer, 4 tok, dense": dataclasses.replace(cpu, n_state_tokens=4),
+        "LoRA-MoE 2 layers, 4 tok, dense": dataclasses.replace(cpu, n_layers=2, n_state_tokens=4),
+    }
+
+    print(f"torch threads {torch.get_num_threads()}, batch {args.batch}, {args.updates} timed updates each")
+    print("(tok = projected state tokens; the sequence adds the instruction token, and an action token in Q)\n")
+    print(f"{'algorithm':10} {'encoder':34} {'wall s/upd':>10} {'CPU s/upd':>10} {'CPU x MLP':>10}")
+    results: dict[tuple, float] = {}
+    for algorithm in ("iql", "bc"):
+        configs = {"MLP (256, 256)": dataclasses.replace(base, algorithm=algorithm, encoder_type="mlp")}
+        configs.update({name: dataclasses.replace(base, algorithm=algorithm, encoder=enc) for name, enc in variants.items()})
+        for name, config in configs.items():
+            wall, cpu_s = seconds_per_update(config, table, batches, args.warmup)
+            results[(algorithm, name)] = wall
+            results[(algorithm, name, "cpu")] = cpu_s
+            ratio = cpu_s / results[(algorithm, "MLP (256, 256)", "cpu")]
+            print(f"{algorithm:10} {name:34} {wall:10.3f} {cpu_s:10.3f} {ratio:10.1f}")
+
+    if args.threads_compare:
+        torch.set_num_threads(2)
+        name = "LoRA-MoE 1 layer, 2 tok, dense"
+        wall, _ = seconds_per_update(dataclasses.replace(base, algorithm="iql", encoder=cpu), table, batches, args.warmup)
+        print(f"{'iql':10} {name + ', 2 thr':34} {wall:10.3f}"
+              f"  wall = {wall / results[('iql', name)]:.2f}x the {args.threads}-thread wall time")
+        torch.set_num_threads(args.threads)
+
+    print("\nexpert compute, one state-action encoder (1 MiniLM layer, 4 tok), forward + backward CPU seconds")
+    print(f"{'batch':>6} {'experts':>8} {'top-k':>6} {'dense':>8} {'routed':>8} {'routed/dense':>13}")
+    for batch, n_experts, top_k in [(64, 4, 2), (256, 4, 2), (64, 8, 2), (256, 8, 1)]:
+        f = LoRAMoEEncoderFactory(instructions=INSTRUCTIONS, n_experts=n_experts, top_k=top_k)
+        dense = encoder_seconds(dataclasses.replace(f, expert_compute="dense"), batch, args.updates)
+        routed = encoder_seconds(dataclasses.replace(f, expert_compute="routed"), batch, args.updates)
+        print(f"{batch:6d} {n_experts:8d} {top_k:6d} {dense:8.4f} {routed:8.4f} {routed / dense:13.2f}")
+
+    if args.demo:
+        demo_table = synthetic_table(n_episodes=args.demo_episodes, steps=200, seed=1)
+        print(f"\nCPU preset demo on {demo_table.height} steps ({args.demo_episodes} episodes of 200):")
+        total = 0.0
+        for algorithm in ("iql", "bc"):
+            config = TrainConfig.from_preset("cpu", algorithm=algorithm, num_threads=args.threads)
+            result = train(demo_table, config, progress=False)
+            total += result.seconds
+            print(f"  {algorithm}: {config.n_steps} updates of batch {config.batch_size} in {result.seconds:.1f} s "
+                  f"({result.seconds_per_update:.3f} s/update, evaluators and setup included in the total)")
+        print(f"  IQL + BC: {total:.1f} s")
+
+
+if __name__ == "__main__":
+    with quiet_d3rlpy():
+        main()

@@ -1,0 +1,36 @@
+"""Dagster resources: every external system behind one configurable object."""
+from typing import Literal, Optional
+
+import dagster as dg
+
+
+class RefereeResource(dg.ConfigurableResource):
+    """The referee LLM. Default: SmolLM2-135M-Instruct run here by transformers.
+
+    `backend: openai` points at any OpenAI-compatible server (vLLM, llama.cpp server,
+    `transformers serve`) that returns logprobs: a large model is a configuration change.
+    The API key is read from the environment variable named by `api_key_env`, never
+    from configuration, and is never logged.
+    """
+
+    backend: Literal["local", "openai"] = "local"
+    model_dir: Optional[str] = None  # local: a transformers folder; None = the converted SmolLM2
+    base_url: Optional[str] = None  # openai: e.g. http://127.0.0.1:8000/v1
+    model: Optional[str] = None  # openai: the served model's name
+    api: Literal["chat", "completions", "systemone"] = "chat"
+    api_key_env: Optional[str] = "OPENAI_API_KEY"
+    batch_size: int = 16
+    # Control steps per judged segment: 2 s at 20 Hz keeps the CPU default to minutes for a fleet;
+    # a served large model can afford 20 (1 s).
+    segment_steps: int = 40
+
+    def make_backend(self):
+        from quality.llm_backends import LocalLLMBackend, OpenAICompatibleBackend
+
+        if self.backend == "openai":
+            if not self.base_url or not self.model:
+                raise ValueError("referee backend 'openai' needs base_url and model")
+            return OpenAICompatibleBackend(
+                self.base_url, self.model, api=self.api, api_key_env=self.api_key_env, batch_size=self.batch_size
+            )
+        return LocalLLMBackend(self.model_dir, batch_size=self.batch_size)

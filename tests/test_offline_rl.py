@@ -1,0 +1,167 @@
+"""Offline RL on the canonical table: dataset building, rejections, training, checkpoints."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from pipelines.schema import ACTION, QUARANTINE_SCHEMA, STATE
+from training.checkpoints import latest_checkpoint, load_adapters, load_checkpoint, save_checkpoint
+from training.lora_moe import LoRAMoEEncoderFactory, adapter_state_dict
+from training.offline_rl import TrainConfig, build_mdp_dataset, policy_actions, split_trainable, train
+from training_tables import INSTRUCTIONS, episode_table, tiny_bert_dir
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> str:
+    return tiny_bert_dir(tmp_path_factory.mktemp("tiny-bert"))
+
+
+def tiny_config(tiny_dir: str, **kw) -> TrainConfig:
+    kw.setdefault("n_steps", 10)
+    kw.setdefault("n_steps_per_epoch", 5)
+    kw.setdefault("batch_size", 16)
+    kw.setdefault("eval_episodes", 2)
+    encoder = LoRAMoEEncoderFactory(model_dir=tiny_dir, n_layers=1, feature_size=32)
+    return TrainConfig(encoder=encoder, num_threads=1, **kw)
+
+
+def test_dataset_terminals_timeouts_and_instruction_index():
+    table = episode_table(n_episodes=6, steps=10)  # episodes 0 and 3 fall (terminal), the rest time out
+    dataset = build_mdp_dataset(table, "reward", INSTRUCTIONS)
+    assert len(dataset.episodes) == 6
+    assert [ep.terminated for ep in dataset.episodes] == [True, False, False, True, False, False]
+    # A terminal episode keeps its last transition (no bootstrap); a timeout cannot use it.
+    assert dataset.transition_count == 2 * 10 + 4 * 9
+    first = dataset.episodes[0]
+    assert first.observations.shape == (10, 28)
+    np.testing.assert_array_equal(first.observations[:, :27], np.stack(table[STATE].to_list()[:10]))
+    expected_index = [INSTRUCTIONS.index(s) for s in table["language_instruction"].to_list()[::10]]
+    assert [int(ep.observations[0, -1]) for ep in dataset.episodes] == expected_index
+    np.testing.assert_allclose(first.rewards[:, 0], table["reward"].to_numpy()[:10])
+
+
+def test_split_trainable_rejects_bad_episodes_with_reasons():
+    table = episode_table(n_episodes=9, steps=8)
+    ids = table["episode_id"].unique().sort().to_list()
+    nan_state = [float("nan")] + [0.0] * 26
+    table = table.with_columns(
+        pl.when((pl.col("episode_id") == ids[0]) & (pl.col("step") == 3)).then(pl.lit(nan_state, pl.List(pl.Float32)))
+        .otherwise(pl.col(STATE)).alias(STATE),
+        pl.when((pl.col("episode_id") == ids[1]) & (pl.col("step") == 2)).then(pl.lit([0.0] * 5, pl.List(pl.Float32)))
+        .otherwise(pl.col(ACTION)).alias(ACTION),
+        pl.when((pl.col("episode_id") == ids[2]) & (pl.col("step") == 0)).then(None)
+        .otherwise(pl.col("reward")).alias("reward"),
+        pl.when(pl.col("episode_id") == ids[3]).then(pl.lit("dance")).otherwise(pl.col("language_instruction"))
+        .alias("language_instruction"),
+        pl.when(pl.col("episode_id") == ids[4]).then(False).otherwise(pl.col("is_last")).alias("is_last"),
+        pl.when((pl.col("episode_id") == ids[5]) & (pl.col("step") == 2)).then(True)
+        .otherwise(pl.col("is_terminal")).alias("is_terminal"),
+    )
+    table = table.filter(~((pl.col("episode_id") == ids[6]) & (pl.col("step") == 4)))  # a gap in the steps
+
+    clean, rejected = split_trainable(table, "reward", INSTRUCTIONS)
+    assert rejected.schema == pl.Schema(QUARANTINE_SCHEMA)
+    checks = dict(zip(rejected["episode_id"], rejected["check"]))
+    assert checks == {
+        ids[0]: "finite_values", ids[1]: "action_width", ids[2]: "reward_missing", ids[3]: "unknown_instruction",
+        ids[4]: "episode_bounds", ids[5]: "early_terminal", ids[6]: "step_order",
+    }
+    assert (rejected["stage"] == "training").all() and (rejected["source_file"] == "synthetic.mcap").all()
+    reason = rejected.filter(pl.col("episode_id") == ids[0])["reason"][0]
+    assert "1 of 8 steps" in reason and "observation.state" in reason
+    assert sorted(clean["episode_id"].unique()) == ids[7:]
+    # Behaviour cloning needs no reward: the null-reward episode is fine then.
+    _, rejected_bc = split_trainable(table, None, INSTRUCTIONS)
+    assert ids[2] not in rejected_bc["episode_id"].to_list()
+
+    with pytest.raises(ValueError, match="cannot be trained on: .*finite_values"):
+        build_mdp_dataset(table, "reward", INSTRUCTIONS)
+
+
+def test_too_few_steps_is_refused_with_the_fix(tiny_dir):
+    with pytest.raises(ValueError, match="n_steps=5 is below n_steps_per_epoch=10.*train nothing"):
+        train(episode_table(), tiny_config(tiny_dir, n_steps=5, n_steps_per_epoch=10), progress=False)
+    with pytest.raises(ValueError, match="reward column 'combined_reward'"):
+        train(episode_table(), tiny_config(tiny_dir, reward_column="combined_reward"), progress=False)
+
+
+def test_train_bc_and_iql_and_report_rejections(tiny_dir):
+    table = episode_table(n_episodes=9, steps=16)
+    bad = table["episode_id"][0]
+    table = table.with_columns(
+        pl.when(pl.col("episode_id") == bad).then(None).otherwise(pl.col("reward")).alias("reward")
+    )
+    iql = train(table, tiny_config(tiny_dir, algorithm="iql"), progress=False)
+    assert iql.rejected["episode_id"].to_list() == [bad] and iql.n_episodes == 8
+    assert iql.curve.height == 2 and {"critic_loss", "actor_loss", "td_error", "initial_state_value"} <= set(
+        iql.curve.columns
+    )
+    assert np.isfinite(iql.curve["td_error"].to_numpy()).all()
+    kept_rewards = table.filter(pl.col("episode_id") != bad)["reward"]
+    assert iql.reward_scale == pytest.approx(1.0 / kept_rewards.std(), rel=1e-4)  # scaled, never shifted
+
+    bc = train(table, tiny_config(tiny_dir, algorithm="bc", n_steps=30, n_steps_per_epoch=10,
+                                   actor_learning_rate=3e-3), progress=False)
+    assert bc.rejected.is_empty() and bc.n_episodes == 9  # BC ignores rewards
+    losses = bc.curve["loss"].to_list()
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    assert sum(bc.expert_usage["imitator._encoder.body"][0]) == 30 * 16 * 2
+
+    states = np.stack(table[STATE].to_list()[:5])
+    actions = policy_actions(bc.algo, states, ["walk forward"], bc.instructions)
+    assert actions.shape == (5, 8) and np.all(np.abs(actions) <= 1.0)
+
+
+def test_mlp_baseline_trains_on_the_same_observations(tiny_dir):
+    result = train(episode_table(n_episodes=4, steps=10), tiny_config(tiny_dir, algorithm="bc", encoder_type="mlp"),
+                   progress=False)
+    assert result.expert_usage == {} and np.isfinite(result.curve["loss"].to_numpy()).all()
+
+
+def test_checkpoint_round_trip_reproduces_actions(tiny_dir, data_root):
+    table = episode_table(n_episodes=6, steps=12)
+    result = train(table, tiny_config(tiny_dir, algorithm="iql"), progress=False)
+    path = save_checkpoint(result, "ant_policy", version="1.2.0", dataset_name="ant_skills", dataset_version="1.0.0",
+                           recipe={"name": "ant_skills"}, metrics={"normalized_score": 12.5})
+    assert path.parent == data_root / "checkpoints" / "ant_policy" and path.name.startswith("v1.2.0-")
+    assert latest_checkpoint("ant_policy") == path
+    # Same weights again: the immutable folder is reused, not rewritten.
+    assert save_checkpoint(result, "ant_policy", version="1.2.0") == path
+
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["dataset"] == {"name": "ant_skills", "version": "1.0.0"}
+    assert manifest["algorithm"] == "iql" and manifest["metrics"]["normalized_score"] == 12.5
+    assert manifest["observation"]["instructions"] == INSTRUCTIONS and manifest["observation"]["state_dim"] == 27
+    assert len(manifest["training"]["learning_curve"]) == 2 and manifest["backbone"]["sha256"]
+
+    loaded = load_checkpoint(path)
+    rng = np.random.default_rng(3)
+    states = rng.normal(size=(32, 27)).astype(np.float32)
+    texts = [INSTRUCTIONS[i] for i in rng.integers(0, 3, 32)]
+    np.testing.assert_array_equal(loaded.act(states, texts), policy_actions(result.algo, states, texts, INSTRUCTIONS))
+    controller = loaded.policy("turn right")  # the closed-loop form sim rollouts call
+    np.testing.assert_array_equal(controller(states[0]), loaded.act(states[:1], ["turn right"])[0])
+
+    saved = load_adapters(path)
+    live = adapter_state_dict(result.algo)
+    assert saved.keys() == live.keys() and any(".experts." in k for k in saved)
+    assert all(torch.equal(saved[k], live[k]) for k in saved)
+
+    # A changed pickle is never loaded.
+    with open(path / "model.d3", "ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(ValueError, match="will not be unpickled"):
+        load_checkpoint(path)
+
+
+def test_presets_size_the_run():
+    cpu, gpu = TrainConfig(), TrainConfig.from_preset("gpu", algorithm="bc")
+    assert TrainConfig.from_preset("cpu") == cpu and cpu.n_epochs == 4
+    assert (cpu.encoder.n_layers, cpu.encoder.n_state_tokens, cpu.device) == (1, 2, "cpu:0")
+    assert (gpu.encoder.n_layers, gpu.encoder.n_state_tokens, gpu.batch_size, gpu.algorithm) == (0, 4, 256, "bc")
+    with pytest.raises(ValueError, match="preset 'tpu' is unknown"):
+        TrainConfig.from_preset("tpu")

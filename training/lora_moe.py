@@ -1,0 +1,492 @@
+"""A LoRA mixture-of-experts encoder on a frozen pretrained transformer, for d3rlpy.
+
+Observation layout (what every network of the algorithm receives):
+
+    observation = [state_0, ..., state_{D-1}, instruction_index]      float32, D + 1 values
+
+`instruction_index` is the position of the step's language instruction in the
+factory's `instructions` list (see `make_observations`). The encoder splits it
+off, rounds and clamps it (d3rlpy probes encoders with uniform random floats) and
+looks up that instruction's MiniLM embedding, computed once per process.
+
+Tokens fed to the trailing `n_layers` layers of the backbone:
+    [instruction embedding, n_state_tokens projected state tokens, (action token)]
+The backbone's weights are frozen non-persistent buffers shared by all encoders.
+Each of those layers carries `n_experts` LoRA experts on the query, value and MLP
+linears and a router on the instruction embedding that picks the top-k experts
+per sample; a Switch-style load-balancing term is added to whatever loss
+backpropagates through the encoder.
+
+LoRA is written by hand rather than with peft: peft's LoRA layers hold one
+adapter (or a fixed weighted set) per module, with no per-sample routing, so a
+router would have to re-enter peft's internals on every call; a few tensors and
+two matmuls express the routed mixture directly.
+"""
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from d3rlpy.models.encoders import EncoderFactory, register_encoder_factory
+from d3rlpy.models.torch import Encoder, EncoderWithAction
+from d3rlpy.serializable_config import CONFIG_STORAGE
+from torch import nn
+from transformers.activations import ACT2FN
+
+from training.backbone import (
+    LAYER_TENSORS,
+    BackboneInfo,
+    backbone_info,
+    embed_instructions,
+    frozen_layer,
+    resolve_model_dir,
+)
+
+# LoRA target name -> (frozen weight, frozen bias) buffer names in a layer.
+TARGETS = {
+    "query": ("q_w", "q_b"),
+    "key": ("k_w", "k_b"),
+    "value": ("v_w", "v_b"),
+    "attention_output": ("ao_w", "ao_b"),
+    "intermediate": ("i_w", "i_b"),
+    "output": ("o_w", "o_b"),
+}
+FROZEN_BUFFERS = tuple(LAYER_TENSORS)
+EXPERT_COMPUTE = ("auto", "dense", "routed")
+# "auto" computes only the routed experts when they are at most this share of all experts.
+# Measured on CPU (benchmarks/train_benchmark.py): routed-only loses at top-2 of 4 (1.4-2x
+# slower, gather/scatter costs more than the rank-8 matmuls it saves) and wins at top-1 of 8.
+ROUTED_MAX_SHARE = 1 / 8
+STATE_CLIP = 10.0  # normalised states beyond this many std are outliers, not signal
+
+
+class AddAuxiliaryLoss(torch.autograd.Function):
+    """Identity on `x` whose backward also sends gradient 1 into `loss`.
+
+    d3rlpy builds each algorithm's losses itself; this lets the router's
+    load-balancing term join whichever loss backpropagates through the encoder
+    without subclassing every algorithm.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+        ctx.loss_dtype = loss.dtype
+        ctx.loss_requires_grad = loss.requires_grad
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        grad_loss = None
+        if ctx.loss_requires_grad:
+            grad_loss = torch.ones((), dtype=ctx.loss_dtype, device=grad_output.device)
+        return grad_output, grad_loss
+
+
+class LoRAExperts(nn.Module):
+    """`n_experts` low-rank adapters of one frozen linear: delta = gate * (alpha/r) B A x.
+
+    A is Kaiming-initialised and B is zero, so a fresh adapter changes nothing.
+    """
+
+    def __init__(self, n_experts: int, rank: int, in_features: int, out_features: int, alpha: float):
+        super().__init__()
+        self.n_experts, self.rank = n_experts, rank
+        self.scaling = alpha / rank
+        self.A = nn.Parameter(torch.empty(n_experts, rank, in_features))
+        self.B = nn.Parameter(torch.zeros(n_experts, out_features, rank))
+        with torch.no_grad():
+            for e in range(n_experts):
+                nn.init.kaiming_uniform_(self.A[e], a=math.sqrt(5))
+
+    def forward(self, x: torch.Tensor, gates: torch.Tensor, routed: bool) -> torch.Tensor:
+        """x: (N, T, in), gates: (N, E) with zeros for experts a sample does not use."""
+        if routed:
+            return self._routed(x, gates)
+        # Dense mix: all experts in two matmuls; unrouted experts get gate 0.
+        n_experts, rank = self.n_experts, self.rank
+        a_all = self.A.reshape(n_experts * rank, -1)
+        b_all = self.B.permute(1, 0, 2).reshape(self.B.shape[1], n_experts * rank)
+        h = x @ a_all.t()
+        h = h * gates.repeat_interleave(rank, dim=1).unsqueeze(1)
+        return (h @ b_all.t()) * self.scaling
+
+    def _routed(self, x: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+        # One batched matmul per expert over only the samples routed to it.
+        out = x.new_zeros(x.shape[0], x.shape[1], self.B.shape[1])
+        for e in range(self.n_experts):
+            rows = gates[:, e].nonzero().squeeze(1)
+            if rows.numel() == 0:
+                continue
+            xe = x.index_select(0, rows)
+            delta = (xe @ self.A[e].t()) @ self.B[e].t()
+            out = out.index_add(0, rows, delta * (gates[rows, e] * self.scaling)[:, None, None])
+        return out
+
+
+# One moved copy per (frozen tensor, device, dtype), shared by every encoder on that device.
+_MOVED: dict[tuple[int, str, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _shared_apply(tensor: torch.Tensor, fn: Any) -> torch.Tensor:
+    probe = fn(tensor.new_empty(0))
+    if probe.device == tensor.device and probe.dtype == tensor.dtype:
+        return tensor
+    key = (id(tensor), str(probe.device), probe.dtype)
+    if key not in _MOVED:
+        _MOVED[key] = (tensor, fn(tensor))  # keeps the source alive, so its id is never reused
+    return _MOVED[key][1]
+
+
+class MoEBertLayer(nn.Module):
+    """One frozen BERT layer (post-LN) with routed LoRA experts on chosen linears."""
+
+    def __init__(
+        self,
+        frozen: dict[str, torch.Tensor],
+        info: BackboneInfo,
+        n_experts: int,
+        top_k: int,
+        rank: int,
+        alpha: float,
+        targets: Sequence[str],
+    ):
+        super().__init__()
+        for name, tensor in frozen.items():
+            # Shared, frozen, outside the state dict: see backbone.frozen_layer.
+            self.register_buffer(name, tensor, persistent=False)
+        self.hidden_size, self.num_heads = info.hidden_size, info.num_heads
+        self.eps = info.layer_norm_eps
+        self.act = ACT2FN[info.hidden_act]
+        self.n_experts, self.top_k = n_experts, top_k
+        self.router = nn.Linear(info.hidden_size, n_experts)
+        self.experts = nn.ModuleDict()
+        for target in targets:
+            weight = frozen[TARGETS[target][0]]
+            self.experts[target] = LoRAExperts(n_experts, rank, weight.shape[1], weight.shape[0], alpha)
+        self.register_buffer("usage", torch.zeros(n_experts, dtype=torch.float64), persistent=False)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> "MoEBertLayer":
+        # d3rlpy moves every network to its device, and Module.to copies buffers even for
+        # "cpu:0" on a CPU tensor: route the frozen weights through one shared copy instead.
+        frozen = {name: self._buffers.pop(name) for name in FROZEN_BUFFERS}
+        try:
+            super()._apply(fn, recurse)
+        finally:
+            for name, tensor in frozen.items():
+                self._buffers[name] = _shared_apply(tensor, fn)
+        return self
+
+    def route(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Top-k gates (N, E), the 0/1 dispatch mask and the Switch load-balancing loss."""
+        top_logits, top_idx = logits.topk(self.top_k, dim=-1)
+        gates = torch.zeros_like(logits).scatter(1, top_idx, torch.softmax(top_logits, dim=-1))
+        mask = torch.zeros_like(logits).scatter(1, top_idx, 1.0)
+        # Switch Transformer: E * sum_e (fraction dispatched to e) * (mean router prob of e);
+        # 1.0 when balanced, larger when a few experts take most samples.
+        fraction = mask.mean(0) / self.top_k
+        prob = torch.softmax(logits, dim=-1).mean(0)
+        aux = self.n_experts * (fraction * prob).sum()
+        return gates, mask, aux
+
+    def _linear(self, x: torch.Tensor, target: str, gates: torch.Tensor, routed: bool) -> torch.Tensor:
+        w_name, b_name = TARGETS[target]
+        y = F.linear(x, getattr(self, w_name), getattr(self, b_name))
+        if target in self.experts:
+            y = y + self.experts[target](x, gates, routed)
+        return y
+
+    def forward(self, x: torch.Tensor, gates: torch.Tensor, routed: bool) -> torch.Tensor:
+        n, t, h = x.shape
+        d = h // self.num_heads
+
+        def heads(y: torch.Tensor) -> torch.Tensor:
+            return y.view(n, t, self.num_heads, d).transpose(1, 2)
+
+        q = heads(self._linear(x, "query", gates, routed))
+        k = heads(self._linear(x, "key", gates, routed))
+        v = heads(self._linear(x, "value", gates, routed))
+        attn = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, t, h)
+        attn = self._linear(attn, "attention_output", gates, routed)
+        x = F.layer_norm(attn + x, (h,), self.ln1_w, self.ln1_b, self.eps)
+        inner = self.act(self._linear(x, "intermediate", gates, routed))
+        out = self._linear(inner, "output", gates, routed)
+        return F.layer_norm(out + x, (h,), self.ln2_w, self.ln2_b, self.eps)
+
+
+def instruction_indices(column: torch.Tensor, n_instructions: int) -> torch.Tensor:
+    """The last observation column as valid indices (robust to d3rlpy's random probes)."""
+    column = torch.nan_to_num(column, nan=0.0, posinf=0.0, neginf=0.0)
+    return column.round().clamp(0, n_instructions - 1).long()
+
+
+class LoRAMoEBody(nn.Module):
+    """Shared body of the state encoder and the state-action encoder."""
+
+    def __init__(self, factory: "LoRAMoEEncoderFactory", observation_dim: int, action_size: int = 0):
+        super().__init__()
+        factory.validate(observation_dim)
+        model_dir = resolve_model_dir(factory.model_dir)
+        info = backbone_info(model_dir)
+        hidden = info.hidden_size
+        state_dim = observation_dim - 1
+        self.state_dim, self.action_size = state_dim, action_size
+        self.n_state_tokens = factory.n_state_tokens
+        self.routed = factory.expert_compute == "routed" or (
+            factory.expert_compute == "auto" and factory.top_k / factory.n_experts <= ROUTED_MAX_SHARE
+        )
+        self.aux_loss_coef = factory.aux_loss_coef
+        self.n_instructions = len(factory.instructions)
+
+        self.register_buffer("instruction_table", embed_instructions(model_dir, factory.instructions).clone())
+        mean = factory.state_mean or [0.0] * state_dim
+        std = factory.state_std or [1.0] * state_dim
+        self.register_buffer("state_mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("state_std", torch.tensor(std, dtype=torch.float32).clamp(min=1e-3))
+
+        n_tokens = 1 + factory.n_state_tokens + (1 if action_size else 0)
+        self.state_proj = nn.Linear(state_dim, factory.n_state_tokens * hidden)
+        self.action_proj = nn.Linear(action_size, hidden) if action_size else None
+        self.token_norm = nn.LayerNorm(hidden)
+        self.token_type = nn.Parameter(torch.randn(n_tokens, hidden) * 0.02)
+
+        n_layers = info.num_layers if factory.n_layers <= 0 else min(factory.n_layers, info.num_layers)
+        self.layer_indices = list(range(info.num_layers - n_layers, info.num_layers))
+        self.layers = nn.ModuleList(
+            MoEBertLayer(
+                frozen_layer(model_dir, i),
+                info,
+                factory.n_experts,
+                factory.top_k,
+                factory.rank,
+                factory.alpha,
+                factory.lora_targets,
+            )
+            for i in self.layer_indices
+        )
+        self.head = nn.Linear(2 * hidden + state_dim + action_size, factory.feature_size)
+        self.register_buffer("aux_sum", torch.zeros((), dtype=torch.float64), persistent=False)
+        self.register_buffer("aux_count", torch.zeros((), dtype=torch.float64), persistent=False)
+
+    def forward(self, x: torch.Tensor, action: Optional[torch.Tensor] = None) -> torch.Tensor:
+        n = x.shape[0]
+        idx = instruction_indices(x[:, -1], self.n_instructions)
+        state = ((x[:, :-1] - self.state_mean) / self.state_std).clamp(-STATE_CLIP, STATE_CLIP)
+        instruction = self.instruction_table[idx]
+        tokens = [instruction.unsqueeze(1), self.token_norm(self.state_proj(state).view(n, self.n_state_tokens, -1))]
+        if self.action_proj is not None:
+            assert action is not None
+            tokens.append(self.token_norm(self.action_proj(action)).unsqueeze(1))
+        h = torch.cat(tokens, dim=1) + self.token_type
+
+        tracking = self.training and torch.is_grad_enabled()
+        aux_terms = []
+        for layer in self.layers:
+            # Route on the few distinct instructions, then gather per sample.
+            logits = layer.router(self.instruction_table)[idx]
+            gates, mask, aux = layer.route(logits)
+            h = layer(h, gates, self.routed)
+            if tracking:
+                aux_terms.append(aux)
+                layer.usage += mask.sum(0).detach().to(layer.usage.dtype)
+
+        parts = [h[:, 0], h[:, 1:].mean(dim=1), state]
+        if action is not None:
+            parts.append(action)
+        out = F.relu(self.head(torch.cat(parts, dim=1)))
+        if tracking and aux_terms and self.aux_loss_coef > 0:
+            aux_loss = self.aux_loss_coef * torch.stack(aux_terms).mean()
+            self.aux_sum += aux_loss.detach().to(self.aux_sum.dtype)
+            self.aux_count += 1
+            out = AddAuxiliaryLoss.apply(out, aux_loss)
+        return out
+
+
+class LoRAMoEEncoder(Encoder):
+    """d3rlpy state encoder (policies, value functions)."""
+
+    def __init__(self, factory: "LoRAMoEEncoderFactory", observation_dim: int):
+        super().__init__()
+        self.body = LoRAMoEBody(factory, observation_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return self.body(x)
+
+
+class LoRAMoEEncoderWithAction(EncoderWithAction):
+    """d3rlpy state-action encoder (Q-functions); the action enters as one more token."""
+
+    def __init__(self, factory: "LoRAMoEEncoderFactory", observation_dim: int, action_size: int, discrete: bool):
+        super().__init__()
+        self.discrete, self.action_size = discrete, action_size
+        self.body = LoRAMoEBody(factory, observation_dim, action_size)
+
+    def forward(self, x: torch.Tensor, action: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if self.discrete:
+            action = F.one_hot(action.view(-1).long(), num_classes=self.action_size).float()
+        return self.body(x, action)
+
+
+@dataclass()
+class LoRAMoEEncoderFactory(EncoderFactory):
+    """Configuration of the LoRA-MoE encoder (serialised by d3rlpy into its `.d3` files).
+
+    Args:
+        instructions: the instruction texts; observation's last value indexes this list.
+        model_dir: Hugging Face BERT-layout model folder; "" = all-MiniLM-L6-v2 from its package.
+        n_layers: trailing backbone layers to run (CPU preset 1; <= 0 means all).
+        n_state_tokens: tokens the state is projected to.
+        n_experts, top_k, rank, alpha: LoRA experts per linear, experts per sample, LoRA rank, scale.
+        lora_targets: which linears get experts (see TARGETS).
+        feature_size: output features of the encoder.
+        aux_loss_coef: weight of the load-balancing term.
+        expert_compute: "dense" (all experts in two matmuls, gates zero where unrouted), "routed"
+            (only the routed experts, grouped per expert) or "auto" (routed when top_k / n_experts
+            <= ROUTED_MAX_SHARE, the measured break-even; dense otherwise).
+        state_mean, state_std: per-feature statistics used to normalise the state.
+    """
+
+    instructions: list[str] = field(default_factory=list)
+    model_dir: str = ""
+    n_layers: int = 1
+    n_state_tokens: int = 4
+    n_experts: int = 4
+    top_k: int = 2
+    rank: int = 8
+    alpha: float = 16.0
+    lora_targets: list[str] = field(default_factory=lambda: ["query", "value", "intermediate", "output"])
+    feature_size: int = 256
+    aux_loss_coef: float = 0.01
+    expert_compute: str = "auto"
+    state_mean: Optional[list[float]] = None
+    state_std: Optional[list[float]] = None
+
+    def validate(self, observation_dim: Optional[int] = None) -> None:
+        """Raise ValueError saying what to fix when the settings cannot work."""
+        problems = []
+        if not self.instructions:
+            problems.append("instructions is empty: list the instruction texts the observations index")
+        if not 1 <= self.top_k <= self.n_experts:
+            problems.append(f"top_k={self.top_k} must be between 1 and n_experts={self.n_experts}")
+        if self.rank < 1 or self.n_state_tokens < 1 or self.feature_size < 1:
+            problems.append("rank, n_state_tokens and feature_size must be positive")
+        unknown = sorted(set(self.lora_targets) - set(TARGETS))
+        if unknown:
+            problems.append(f"unknown lora_targets {unknown}; choose from {sorted(TARGETS)}")
+        if self.expert_compute not in EXPERT_COMPUTE:
+            problems.append(f"expert_compute={self.expert_compute!r}; choose from {EXPERT_COMPUTE}")
+        if observation_dim is not None:
+            if observation_dim < 2:
+                problems.append(f"observations have {observation_dim} values; need state plus instruction index")
+            for name in ("state_mean", "state_std"):
+                values = getattr(self, name)
+                if values is not None and len(values) != observation_dim - 1:
+                    problems.append(f"{name} has {len(values)} values but the state has {observation_dim - 1}")
+        if problems:
+            raise ValueError("LoRAMoEEncoderFactory: " + "; ".join(problems))
+
+    def create(self, observation_shape: Any) -> LoRAMoEEncoder:
+        return LoRAMoEEncoder(self, _flat_dim(observation_shape))
+
+    def create_with_action(
+        self, observation_shape: Any, action_size: int, discrete_action: bool = False
+    ) -> LoRAMoEEncoderWithAction:
+        return LoRAMoEEncoderWithAction(self, _flat_dim(observation_shape), action_size, discrete_action)
+
+    @staticmethod
+    def get_type() -> str:
+        return "lora_moe"
+
+
+def _flat_dim(observation_shape: Any) -> int:
+    shape = tuple(observation_shape) if isinstance(observation_shape, (tuple, list)) else (observation_shape,)
+    if len(shape) != 1 or not isinstance(shape[0], int):
+        raise ValueError(f"the LoRA-MoE encoder takes flat vector observations, got shape {observation_shape}")
+    return shape[0]
+
+
+# Registration is global in d3rlpy and asserts on duplicates (module reloads).
+if LoRAMoEEncoderFactory.get_type() not in CONFIG_STORAGE[EncoderFactory].config_list:
+    register_encoder_factory(LoRAMoEEncoderFactory)
+
+
+def make_observations(states: np.ndarray, instruction_ids: np.ndarray) -> np.ndarray:
+    """Observation vectors in the encoder's layout: state columns then the instruction index."""
+    states = np.asarray(states, dtype=np.float32)
+    ids = np.asarray(instruction_ids, dtype=np.float32).reshape(-1, 1)
+    if states.ndim == 1:
+        states = states[None, :]
+    if ids.shape[0] == 1 and states.shape[0] > 1:
+        ids = np.repeat(ids, states.shape[0], axis=0)
+    return np.concatenate([states, ids], axis=1)
+
+
+def instruction_ids(texts: Sequence[str], instructions: Sequence[str]) -> np.ndarray:
+    """Index of each text in `instructions`; unknown texts are an error naming them."""
+    lookup = {s: i for i, s in enumerate(instructions)}
+    unknown = sorted({t for t in texts if t not in lookup}, key=str)
+    if unknown:
+        raise ValueError(f"instructions {unknown} are not among the policy's instructions {list(instructions)}")
+    return np.fromiter((lookup[t] for t in texts), dtype=np.int64, count=len(texts))
+
+
+def moe_bodies(algo: Any) -> dict[str, LoRAMoEBody]:
+    """Every LoRA-MoE encoder body of a built d3rlpy algorithm, keyed by module path."""
+    if algo.impl is None:
+        return {}
+    modules = algo.impl.modules
+    found: dict[str, LoRAMoEBody] = {}
+    for f in dataclasses.fields(modules):
+        root = getattr(modules, f.name)
+        if isinstance(root, nn.Module):
+            for path, sub in root.named_modules():
+                if isinstance(sub, LoRAMoEBody):
+                    found[f"{f.name}.{path}" if path else f.name] = sub
+    return found
+
+
+def expert_usage(algo: Any) -> dict[str, list[list[int]]]:
+    """Samples dispatched to each expert, per trained encoder and layer, since the last reset.
+
+    Each sample counts once per chosen expert, so a layer's counts add up to
+    top_k times the samples that passed through it with gradients. Target
+    networks (never trained directly) are left out.
+    """
+    return {
+        name: [[int(c) for c in layer.usage.tolist()] for layer in body.layers]
+        for name, body in moe_bodies(algo).items()
+        if not name.startswith("targ_")
+    }
+
+
+def pop_aux_loss(algo: Any) -> Optional[float]:
+    """Mean weighted load-balancing loss since the last call (None without LoRA-MoE encoders)."""
+    total, count = 0.0, 0.0
+    for body in moe_bodies(algo).values():
+        total += float(body.aux_sum)
+        count += float(body.aux_count)
+        body.aux_sum.zero_()
+        body.aux_count.zero_()
+    return total / count if count else None
+
+
+def reset_expert_usage(algo: Any) -> None:
+    """Zero the expert usage counters of every LoRA-MoE encoder."""
+    for body in moe_bodies(algo).values():
+        for layer in body.layers:
+            layer.usage.zero_()
+
+
+def adapter_state_dict(algo: Any) -> dict[str, torch.Tensor]:
+    """The trained weights of all LoRA-MoE encoders (adapters, routers, projections, heads).
+
+    The frozen backbone is not included; it is identified by its hash instead.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    for name, body in moe_bodies(algo).items():
+        for pname, param in body.named_parameters():
+            tensors[f"{name}.{pname}"] = param.detach().cpu().contiguous()
+        tensors[f"{name}.instruction_table"] = body.instruction_table.detach().cpu().contiguous()
+    return tensors

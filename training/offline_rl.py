@@ -1,0 +1,327 @@
+"""Offline RL (IQL, CQL, TD3+BC) and behaviour cloning on the canonical episode table.
+
+One `train` call: reject unusable episodes (returned, never dropped silently),
+build the MDPDataset, put the LoRA-MoE encoder (or a plain MLP baseline) on
+every network, run d3rlpy's fitter, and return the algorithm with a per-epoch
+learning curve, expert usage and timings.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Optional, Sequence
+
+import d3rlpy
+import numpy as np
+import polars as pl
+import structlog
+import torch
+from d3rlpy.logging import NoopAdapterFactory
+from d3rlpy.metrics import InitialStateValueEstimationEvaluator, TDErrorEvaluator
+from d3rlpy.models.encoders import EncoderFactory, VectorEncoderFactory
+from d3rlpy.preprocessing import MultiplyRewardScaler
+
+from training.lora_moe import (
+    LoRAMoEEncoderFactory,
+    expert_usage,
+    instruction_ids,
+    make_observations,
+    pop_aux_loss,
+)
+from training.mdp_dataset import build_mdp_dataset, reward_scale, split_trainable, state_statistics
+
+__all__ = [
+    "ALGORITHMS",
+    "PRESETS",
+    "TrainConfig",
+    "TrainResult",
+    "build_mdp_dataset",
+    "split_trainable",
+    "train",
+    "make_algo",
+    "make_encoder_factory",
+    "policy_actions",
+]
+
+ALGORITHMS = ("iql", "cql", "td3plusbc", "bc")
+ENCODER_TYPES = ("lora_moe", "mlp")
+
+# Presets: the CPU one is sized for a demo on 2 cores (IQL + BC within ~5 minutes,
+# see benchmarks/train_benchmark.py); the GPU one runs the whole backbone.
+# The CPU preset also shortens the sequence (2 state tokens instead of 4: about 30% cheaper).
+PRESETS: dict[str, dict[str, Any]] = {
+    "cpu": {"n_steps": 400, "n_steps_per_epoch": 100, "batch_size": 64, "device": "cpu:0",
+            "encoder": {"n_layers": 1, "n_state_tokens": 2}},
+    "gpu": {"n_steps": 20000, "n_steps_per_epoch": 1000, "batch_size": 256, "device": "cuda:0",
+            "encoder": {"n_layers": 0, "n_state_tokens": 4}},
+}
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters of one training run (defaults: the CPU preset).
+
+    Args:
+        algorithm: "iql", "cql", "td3plusbc" or "bc".
+        n_steps, n_steps_per_epoch: d3rlpy trains n_steps // n_steps_per_epoch epochs.
+        batch_size: transitions per update.
+        encoder_type: "lora_moe" (default) or "mlp" (d3rlpy's VectorEncoder, a baseline).
+        encoder: LoRA-MoE settings; instructions and state statistics are filled in from the data.
+        reward_column: "reward", "referee_reward" or "combined_reward" (ignored by bc).
+        instructions: instruction vocabulary; None = the sorted distinct instructions of the table.
+        normalize_reward: scale rewards by 1/std (never shifted).
+        eval_episodes: episodes scored by the TD-error and initial-value evaluators each epoch.
+        num_threads: torch threads while training (restored afterwards). On a CPU shared with
+            other work, 1 thread avoids OpenMP threads waiting on each other (measured 10x slower
+            with 2 threads on an oversubscribed 2-core machine; see benchmarks/train_benchmark.py).
+        preset: "cpu" or "gpu"; `TrainConfig.from_preset` applies its sizes.
+    """
+
+    algorithm: str = "iql"
+    n_steps: int = PRESETS["cpu"]["n_steps"]
+    n_steps_per_epoch: int = PRESETS["cpu"]["n_steps_per_epoch"]
+    batch_size: int = PRESETS["cpu"]["batch_size"]
+    encoder_type: str = "lora_moe"
+    encoder: LoRAMoEEncoderFactory = field(
+        default_factory=lambda: LoRAMoEEncoderFactory(**PRESETS["cpu"]["encoder"])
+    )
+    reward_column: str = "reward"
+    instructions: Optional[list[str]] = None
+    seed: int = 0
+    device: str = PRESETS["cpu"]["device"]
+    preset: str = "cpu"
+    actor_learning_rate: float = 3e-4
+    critic_learning_rate: float = 3e-4
+    gamma: float = 0.99
+    expectile: float = 0.7  # IQL
+    weight_temp: float = 3.0  # IQL
+    td3_alpha: float = 2.5  # TD3+BC
+    conservative_weight: float = 5.0  # CQL
+    normalize_reward: bool = True
+    eval_episodes: int = 8
+    num_threads: Optional[int] = None  # torch intra-op threads for this call; None leaves torch's setting
+
+    @classmethod
+    def from_preset(cls, preset: str, **overrides: Any) -> "TrainConfig":
+        """A config with the sizes of `preset` ("cpu" or "gpu"), then `overrides`."""
+        if preset not in PRESETS:
+            raise ValueError(f"preset {preset!r} is unknown; choose from {sorted(PRESETS)}")
+        sizes = dict(PRESETS[preset])
+        encoder = overrides.pop("encoder", None) or LoRAMoEEncoderFactory()
+        encoder = dataclasses.replace(encoder, **sizes.pop("encoder"))
+        return cls(preset=preset, encoder=encoder, **{**sizes, **overrides})
+
+    @property
+    def n_epochs(self) -> int:
+        return self.n_steps // self.n_steps_per_epoch
+
+    def validate(self) -> None:
+        """Raise ValueError saying what to fix."""
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm {self.algorithm!r} is unknown; choose from {ALGORITHMS}")
+        if self.encoder_type not in ENCODER_TYPES:
+            raise ValueError(f"encoder_type {self.encoder_type!r} is unknown; choose from {ENCODER_TYPES}")
+        if self.n_steps_per_epoch < 1 or self.batch_size < 1:
+            raise ValueError("n_steps_per_epoch and batch_size must be positive")
+        if self.n_steps < self.n_steps_per_epoch:
+            raise ValueError(
+                f"n_steps={self.n_steps} is below n_steps_per_epoch={self.n_steps_per_epoch}: d3rlpy runs "
+                "n_steps // n_steps_per_epoch epochs, so this would train nothing. Raise n_steps or lower "
+                "n_steps_per_epoch."
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready settings (for manifests)."""
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainResult:
+    """A trained algorithm and what happened while training it."""
+
+    algo: Any  # a d3rlpy QLearningAlgoBase
+    config: TrainConfig
+    instructions: list[str]
+    curve: pl.DataFrame  # one row per epoch: epoch, step, losses, td_error, initial_state_value, aux_loss, ...
+    expert_usage: dict[str, list[list[int]]]  # encoder -> layer -> samples per expert
+    seconds: float  # whole call, dataset building included
+    seconds_per_update: float  # mean d3rlpy algorithm_update time
+    n_episodes: int
+    n_transitions: int
+    reward_scale: float
+    rejected: pl.DataFrame  # QUARANTINE_SCHEMA rows, stage "training"
+
+    def final_metrics(self) -> dict[str, float]:
+        """The last epoch's metrics plus timings, as plain floats."""
+        last = self.curve.row(-1, named=True) if self.curve.height else {}
+        metrics = {k: float(v) for k, v in last.items() if isinstance(v, (int, float)) and v is not None}
+        metrics.update(
+            seconds=self.seconds,
+            seconds_per_update=self.seconds_per_update,
+            n_episodes=float(self.n_episodes),
+            n_transitions=float(self.n_transitions),
+        )
+        return metrics
+
+
+def make_encoder_factory(config: TrainConfig, instructions: list[str], clean: pl.DataFrame) -> EncoderFactory:
+    """The encoder factory of `config`, with instructions and state statistics taken from `clean`."""
+    if config.encoder_type == "mlp":
+        return VectorEncoderFactory(hidden_units=[256, 256])
+    mean, std = state_statistics(clean)
+    factory = dataclasses.replace(config.encoder, instructions=list(instructions), state_mean=mean, state_std=std)
+    factory.validate(len(mean) + 1)
+    return factory
+
+
+def make_algo(config: TrainConfig, encoder: EncoderFactory, scale: float) -> Any:
+    """An unbuilt d3rlpy algorithm of `config` with `encoder` on every network and rewards times `scale`."""
+    scaler = MultiplyRewardScaler(scale) if config.normalize_reward else None
+    common = dict(batch_size=config.batch_size, gamma=config.gamma, reward_scaler=scaler)
+    if config.algorithm == "iql":
+        algo_config = d3rlpy.algos.IQLConfig(
+            actor_encoder_factory=encoder,
+            critic_encoder_factory=encoder,
+            value_encoder_factory=encoder,
+            actor_learning_rate=config.actor_learning_rate,
+            critic_learning_rate=config.critic_learning_rate,
+            expectile=config.expectile,
+            weight_temp=config.weight_temp,
+            **common,
+        )
+    elif config.algorithm == "cql":
+        algo_config = d3rlpy.algos.CQLConfig(
+            actor_encoder_factory=encoder,
+            critic_encoder_factory=encoder,
+            actor_learning_rate=config.actor_learning_rate,
+            critic_learning_rate=config.critic_learning_rate,
+            conservative_weight=config.conservative_weight,
+            **common,
+        )
+    elif config.algorithm == "td3plusbc":
+        algo_config = d3rlpy.algos.TD3PlusBCConfig(
+            actor_encoder_factory=encoder,
+            critic_encoder_factory=encoder,
+            actor_learning_rate=config.actor_learning_rate,
+            critic_learning_rate=config.critic_learning_rate,
+            alpha=config.td3_alpha,
+            **common,
+        )
+    else:
+        algo_config = d3rlpy.algos.BCConfig(
+            encoder_factory=encoder, learning_rate=config.actor_learning_rate, batch_size=config.batch_size
+        )
+    return algo_config.create(device=config.device)
+
+
+def _evaluation_episodes(dataset: Any, n: int) -> list[Any]:
+    """Up to n episodes spread evenly over the dataset (deterministic)."""
+    episodes = list(dataset.episodes)
+    if n <= 0 or not episodes:
+        return []
+    picks = np.unique(np.linspace(0, len(episodes) - 1, num=min(n, len(episodes))).round().astype(int))
+    return [episodes[i] for i in picks]
+
+
+def train(table: pl.DataFrame, config: TrainConfig, *, progress: bool = True) -> TrainResult:
+    """Train `config.algorithm` on a canonical episode table.
+
+    Unusable episodes are left out and returned in `TrainResult.rejected`; a table
+    with none usable, or settings that cannot train, raise ValueError with the fix.
+    """
+    config.validate()
+    previous_threads = torch.get_num_threads()
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    try:
+        # d3rlpy logs every hyperparameter and epoch at info level; the progress bar, the
+        # learning curve and the checkpoint manifest say the same more readably.
+        with quiet_d3rlpy():
+            return _train(table, config, progress)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+@contextlib.contextmanager
+def quiet_d3rlpy() -> Iterator[None]:
+    """Silence d3rlpy's info logs (it prints every hyperparameter each fit) for a while."""
+    saved = structlog.get_config()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    try:
+        yield
+    finally:
+        structlog.configure(**saved)
+
+
+def _train(table: pl.DataFrame, config: TrainConfig, progress: bool) -> TrainResult:
+    start = time.perf_counter()
+    needs_reward = config.algorithm != "bc"
+    reward_column = config.reward_column if needs_reward else None
+    if needs_reward and config.reward_column not in table.columns:
+        raise ValueError(
+            f"reward column {config.reward_column!r} is not in the table (columns: {table.columns}); "
+            "set TrainConfig.reward_column"
+        )
+    if config.instructions is not None:
+        instructions = list(config.instructions)
+    else:
+        instructions = sorted(table["language_instruction"].drop_nulls().unique().to_list())
+    if not instructions:
+        raise ValueError("no language_instruction values in the table and none configured")
+
+    clean, rejected = split_trainable(table, reward_column, instructions)
+    if clean.is_empty():
+        reasons = "; ".join(rejected["reason"].unique().head(5).to_list()) or "the table is empty"
+        raise ValueError(f"no episode can be trained on ({rejected['episode_id'].n_unique()} rejected): {reasons}")
+    dataset = build_mdp_dataset(clean, reward_column, instructions)
+    scale = reward_scale(clean, reward_column) if reward_column else 1.0
+
+    d3rlpy.seed(config.seed)
+    algo = make_algo(config, make_encoder_factory(config, instructions, clean), scale)
+    evaluators = None
+    if config.algorithm != "bc" and config.eval_episodes > 0:
+        episodes = _evaluation_episodes(dataset, config.eval_episodes)
+        evaluators = {
+            "td_error": TDErrorEvaluator(episodes=episodes),
+            "initial_state_value": InitialStateValueEstimationEvaluator(episodes=episodes),
+        }
+
+    rows: list[dict[str, Any]] = []
+    for epoch, metrics in algo.fitter(
+        dataset,
+        n_steps=config.n_steps,
+        n_steps_per_epoch=config.n_steps_per_epoch,
+        experiment_name=f"{config.algorithm}_{config.encoder_type}",
+        with_timestamp=False,
+        logger_adapter=NoopAdapterFactory(),
+        show_progress=progress,
+        evaluators=evaluators,
+    ):
+        rows.append({"epoch": epoch, "step": epoch * config.n_steps_per_epoch, **metrics, "aux_loss": pop_aux_loss(algo)})
+
+    curve = pl.DataFrame(rows)
+    per_update = (
+        float(curve["time_algorithm_update"].mean()) if "time_algorithm_update" in curve.columns else float("nan")
+    )
+    return TrainResult(
+        algo=algo,
+        config=config,
+        instructions=instructions,
+        curve=curve,
+        expert_usage=expert_usage(algo),
+        seconds=time.perf_counter() - start,
+        seconds_per_update=per_update,
+        n_episodes=len(dataset.episodes),
+        n_transitions=int(dataset.transition_count),
+        reward_scale=scale,
+        rejected=rejected,
+    )
+
+
+def policy_actions(algo: Any, states: np.ndarray, texts: Sequence[str], instructions: Sequence[str]) -> np.ndarray:
+    """Greedy actions of a trained policy for states (N, D) under instruction texts (N or 1)."""
+    ids = instruction_ids(list(texts), instructions)
+    return algo.predict(make_observations(states, ids))
