@@ -1,7 +1,7 @@
 """Small real ROS 2 MCAP logs for tests, written with mcap_ros2.writer.Writer.
 
-The message definitions are the real ROS 2 ones, concatenated with their
-dependencies as ROS 2 records them in MCAP schemas. Values encode their own
+The message definitions are the real ROS 2 ones (training.sim.ros_msgs), concatenated
+with their dependencies as ROS 2 records them in MCAP schemas. Values encode their own
 message time, so tests can check alignment against an independent numpy
 computation; `FleetLog` returns that ground truth.
 """
@@ -14,36 +14,13 @@ from pathlib import Path
 import numpy as np
 from mcap_ros2.writer import Writer
 
-SEP = "=" * 80
-HEADER = "builtin_interfaces/Time stamp\nstring frame_id"
-TIME = "int32 sec\nuint32 nanosec"
-VECTOR3 = "float64 x\nfloat64 y\nfloat64 z"
+from training.sim.ros_msgs import msgdef
 
+# The real ROS 2 definitions, as the fleet simulator embeds them (one source of truth).
 MSGDEFS = {
-    "sensor_msgs/msg/JointState": "\n".join([
-        "std_msgs/Header header", "string[] name", "float64[] position", "float64[] velocity", "float64[] effort",
-        SEP, "MSG: std_msgs/Header", HEADER,
-        SEP, "MSG: builtin_interfaces/Time", TIME,
-    ]),
-    "nav_msgs/msg/Odometry": "\n".join([
-        "std_msgs/Header header", "string child_frame_id",
-        "geometry_msgs/PoseWithCovariance pose", "geometry_msgs/TwistWithCovariance twist",
-        SEP, "MSG: std_msgs/Header", HEADER,
-        SEP, "MSG: builtin_interfaces/Time", TIME,
-        SEP, "MSG: geometry_msgs/PoseWithCovariance", "Pose pose", "float64[36] covariance",
-        SEP, "MSG: geometry_msgs/Pose", "Point position", "Quaternion orientation",
-        SEP, "MSG: geometry_msgs/Point", "float64 x\nfloat64 y\nfloat64 z",
-        SEP, "MSG: geometry_msgs/Quaternion", "float64 x 0\nfloat64 y 0\nfloat64 z 0\nfloat64 w 1",
-        SEP, "MSG: geometry_msgs/TwistWithCovariance", "Twist twist", "float64[36] covariance",
-        SEP, "MSG: geometry_msgs/Twist", "Vector3  linear", "Vector3  angular",
-        SEP, "MSG: geometry_msgs/Vector3", VECTOR3,
-    ]),
-    "std_msgs/msg/Float64MultiArray": "\n".join([
-        "MultiArrayLayout layout", "float64[] data",
-        SEP, "MSG: std_msgs/MultiArrayLayout", "MultiArrayDimension[] dim", "uint32 data_offset",
-        SEP, "MSG: std_msgs/MultiArrayDimension", "string label", "uint32 size", "uint32 stride",
-    ]),
-    "std_msgs/msg/String": "string data",
+    name: msgdef(name)
+    for name in ("sensor_msgs/msg/JointState", "nav_msgs/msg/Odometry", "std_msgs/msg/Float64MultiArray",
+                 "std_msgs/msg/String")
 }
 JOINTS = [f"joint_{i}" for i in range(8)]
 T0 = 1_700_000_000 * 10**9

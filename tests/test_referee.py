@@ -354,7 +354,7 @@ def served_tiny(tiny_model_dir, tmp_path_factory):
                     if r.status == 200:
                         break
             except OSError:
-                pass
+                pass  # not listening yet
             if time.monotonic() > deadline:
                 pytest.skip(f"transformers serve did not answer /health within 120 s: {log_path.read_text()[-800:]}")
             time.sleep(0.5)
