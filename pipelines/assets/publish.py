@@ -1,12 +1,16 @@
 """Group `publish`: one asset per dataset recipe in datasets/, each an immutable versioned HF dataset."""
 
+import os
+
 import dagster as dg
 import polars as pl
 
 from pipelines import storage
 from pipelines.code_version import code_version
-from pipelines.publish import publish
+from pipelines.publish import publish, push_to_hub
 from pipelines.recipes import list_recipes, load_recipe, select_episodes, with_rewards
+
+HUB_TOKEN_ENV = "HF_TOKEN"
 
 # Tables every recipe reads; the referee's rewards join them once labelled.
 UPSTREAM = ["validated_episodes", "episode_scores", "quarantine", "referee_rewards"]
@@ -44,6 +48,7 @@ def dataset_asset(recipe_name: str) -> dg.AssetsDefinition:
         context.log.info(
             f"{result.name} {result.version}: {'published' if result.created else 'unchanged, nothing published'} at {result.path}"
         )
+        pushed = _push(context, recipe, result) if result.created else None
         return dg.MaterializeResult(
             metadata={
                 "version": result.version,
@@ -54,10 +59,20 @@ def dataset_asset(recipe_name: str) -> dg.AssetsDefinition:
                 "dagster/row_count": result.n_steps,
                 "splits": dg.MetadataValue.json(result.splits),
                 "load_with": dg.MetadataValue.md(f"`datasets.load_dataset('{result.path}')`"),
+                "hub_push": pushed or "not pushed (no publish.hub_repo in the recipe, no HF_TOKEN, or nothing new)",
             }
         )
 
     return _dataset
+
+
+def _push(context: dg.AssetExecutionContext, recipe, result) -> str | None:
+    """Push a new version to the Hub when the recipe names a repo and HF_TOKEN is set (never logged)."""
+    if not recipe.hub_repo or not os.environ.get(HUB_TOKEN_ENV):
+        return None
+    pushed = push_to_hub(result.path, recipe.hub_repo, token_env=HUB_TOKEN_ENV)
+    context.log.info(f"pushed {result.name} {result.version} to the Hub: {pushed}")
+    return str(pushed)
 
 
 def dataset_assets() -> list[dg.AssetsDefinition]:
