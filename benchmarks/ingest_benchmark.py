@@ -23,9 +23,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from mcap_ros2.writer import Writer
 
-from pipelines.ingest import ingest_files, load_mapping
-from pipelines.ingest.align import Lineage, build_episodes
-from pipelines.ingest.mcap_source import read_mcap
+from foundations.ingest import ingest_files, load_mapping
+from foundations.ingest.align import Lineage, build_episodes
+from foundations.ingest.mcap_source import read_mcap
 
 SEP = "=" * 80
 HEADER = ["MSG: std_msgs/Header", "builtin_interfaces/Time stamp", "string frame_id",

@@ -40,9 +40,9 @@ def main() -> None:
     os.environ["DAGSTER_HOME"] = str(work / "dagster")
     import dagster as dg
 
-    from pipelines import landing, storage
+    from foundations import landing, storage
     from pipelines.runner import dagster_home, run_job
-    from training.sim.fleet import read_ground_truth, simulate_fleet
+    from simulator.fleet import read_ground_truth, simulate_fleet
 
     dagster_home()
     from pipelines.definitions import defs

@@ -10,7 +10,7 @@ In one process, on the same prompts and the same loaded model:
     constant per segment), per-segment Spearman, graded-label accuracy beside always
     answering the most common true label.
 
-Episodes come from the simulated fleet (training.sim, ingested like real logs), from a
+Episodes come from the simulated fleet (simulator, ingested like real logs), from a
 Parquet file of the canonical table (--episodes), or, with --kinematic, from a kinematic
 stand-in (straight-line motion of graded quality, no physics) for when the simulator is
 not available.
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from pipelines.schema import POSE, STATE
+from foundations.schema import POSE, STATE
 from quality.llm_backends import LocalLLMBackend
 from quality.referee import label_episodes, referee_agreement
 from quality.referee_cache import JudgementCache
@@ -40,9 +40,9 @@ RATE_HZ = 20.0
 
 def simulated_episodes(n: int, seed: int, steps: int) -> pl.DataFrame:
     """`n` episodes of the simulated fleet (graded operators), written as MCAP and ingested."""
-    from pipelines.ingest.ingest import ingest_files
-    from pipelines.ingest.mapping import load_mapping
-    from training.sim.fleet import simulate_fleet
+    from foundations.ingest.ingest import ingest_files
+    from foundations.ingest.mapping import load_mapping
+    from simulator.fleet import simulate_fleet
 
     with tempfile.TemporaryDirectory() as tmp:
         simulate_fleet(n, Path(tmp), seed=seed, fault_rate=0.0, episode_steps=steps)

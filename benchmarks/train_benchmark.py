@@ -23,7 +23,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from pipelines.schema import ACTION, POLARS_SCHEMA, STATE
+from foundations.schema import ACTION, POLARS_SCHEMA, STATE
 from training.lora_moe import LoRAMoEEncoderFactory
 from training.offline_rl import (
     TrainConfig,

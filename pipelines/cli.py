@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _simulate(args) -> int:
-    from training.sim.fleet import simulate_fleet
+    from simulator.fleet import simulate_fleet
 
     truth = simulate_fleet(args.episodes, args.out, seed=args.seed, fault_rate=args.fault_rate)
     print(f"wrote {args.episodes} episodes to {args.out} (ground truth: {truth})")
@@ -53,7 +53,7 @@ def _simulate(args) -> int:
 
 
 def _land(args) -> int:
-    from pipelines import landing
+    from foundations import landing
 
     batch = landing.land_files(args.files, args.batch)
     print(f"landed {len(args.files)} files as batch {batch} in {landing.landing_dir(batch)}")
@@ -67,7 +67,7 @@ def _demo(args) -> int:
 
 
 def _download(args) -> int:
-    from pipelines.publish import download
+    from foundations.publish import download
 
     path = download(args.name, args.version, args.to)
     print(f"{args.name} {args.version} -> {path}")
@@ -75,7 +75,7 @@ def _download(args) -> int:
 
 
 def _versions(args) -> int:
-    from pipelines.publish import list_versions
+    from foundations.publish import list_versions
 
     rows = list_versions(args.name)
     if not rows:

@@ -6,8 +6,8 @@ import time
 import dagster as dg
 import polars as pl
 
-from pipelines import landing, storage
-from pipelines.ingest.mapping import load_mapping
+from foundations import landing, storage
+from foundations.ingest.mapping import load_mapping
 from pipelines.runner import dagster_home, pending_batches, run_job
 
 DEMO_BATCH = "fleet-0001"
@@ -21,7 +21,7 @@ def run_demo(episodes: int = 60, seed: int = 0) -> int:
     instance = dg.DagsterInstance.get()
     started = time.perf_counter()
     if not landing.list_batches():
-        from training.sim.fleet import simulate_fleet
+        from simulator.fleet import simulate_fleet
 
         sim_dir = storage.area("fleet_sim") / DEMO_BATCH
         print(f"[1/3] simulating {episodes} Ant episodes (MuJoCo) -> {sim_dir}")
@@ -69,8 +69,8 @@ def print_summary(instance: dg.DagsterInstance, seconds: float, home) -> None:
 
 
 def _published_lines(instance: dg.DagsterInstance) -> list[str]:
-    from pipelines.publish import list_versions
-    from pipelines.recipes import list_recipes
+    from foundations.publish import list_versions
+    from foundations.recipes import list_recipes
 
     lines = []
     for name in list_recipes():

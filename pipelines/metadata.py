@@ -6,7 +6,7 @@ import base64
 import dagster as dg
 import polars as pl
 
-from pipelines import storage
+from foundations import storage
 
 
 def png_metadata(png: bytes, name: str) -> dict[str, dg.MetadataValue]:

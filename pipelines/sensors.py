@@ -1,8 +1,8 @@
 """Sensors: new landing batches start ingestion."""
 import dagster as dg
 
-from pipelines import landing
-from pipelines.ingest.mapping import load_mapping
+from foundations import landing
+from foundations.ingest.mapping import load_mapping
 from pipelines.jobs import ingest_job, train_job
 from pipelines.partitions import landing_batches
 

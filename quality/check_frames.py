@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from pipelines.schema import ACTION, POLARS_SCHEMA, POSE
+from foundations.schema import ACTION, POLARS_SCHEMA, POSE
 
 ROW = "row"  # position of the row in the input table
 EPISODE = "episode"  # dense integer code of episode_id (null where the id is null)

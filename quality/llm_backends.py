@@ -35,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from pipelines.storage import area, atomic_dir, sha256_file
+from foundations.storage import area, atomic_dir, sha256_file
 from quality.referee_prompt import REFEREE_QUESTION, Question
 
 log = logging.getLogger(__name__)

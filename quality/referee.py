@@ -172,7 +172,7 @@ class TruthThresholds:
 
 def load_skills(source: str = "ant_fleet_ros2") -> dict[str, tuple[str, float]]:
     """`skills:` of a source mapping: instruction -> (measure, target)."""
-    from pipelines.ingest.mapping import load_mapping
+    from foundations.ingest.mapping import load_mapping
 
     return {name: (spec.measure, float(spec.target)) for name, spec in load_mapping(source).skills.items()}
 

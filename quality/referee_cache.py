@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from pipelines.storage import area
+from foundations.storage import area
 
 CACHE_FILE = "judgements.sqlite"
 _CHUNK = 500  # SQLite's limit on bound parameters is 999 in old builds; stay well below it

@@ -14,7 +14,7 @@ import math
 
 import polars as pl
 
-from pipelines.schema import POSE, STATE
+from foundations.schema import POSE, STATE
 from quality.text import fixed
 
 # Ant-v5 layout of observation.state (datasets/sources/ant_fleet_ros2.yaml): torso height,
@@ -42,7 +42,7 @@ def check_columns(df: pl.DataFrame) -> None:
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(
-            f"the referee needs the columns {missing} of the canonical episode table (pipelines/schema.py); "
+            f"the referee needs the columns {missing} of the canonical episode table (foundations/schema.py); "
             f"{POSE!r} is [x, y, yaw] declared under features in the source mapping"
         )
 

@@ -3,7 +3,7 @@
 Components (columns of `score_episodes`):
 
 - progress: how far the episode got toward its instruction, from the base pose (see
-  `quality.progress`): forward metres along the initial heading for "walk forward", signed
+  `foundations.progress`): forward metres along the initial heading for "walk forward", signed
   unwrapped yaw for turns, divided by the skill's target and clipped to [0, 1]. Null when
   the instruction is unknown; `progress_note` says why.
 - smoothness: mean of two robust jerk scores, each 1 / (1 + (j / scale)^2) of a median
@@ -37,8 +37,8 @@ from typing import Any, Mapping
 
 import polars as pl
 
-from pipelines.schema import ACTION, POSE, STATE
-from quality.progress import episode_progress, step_progress, wrap_angle
+from foundations.schema import ACTION, POSE, STATE
+from foundations.progress import episode_progress, step_progress, wrap_angle
 
 __all__ = [
     "COMPONENTS", "DEFAULT_WEIGHTS", "episode_progress", "score_episodes", "score_histogram_png", "step_progress",
@@ -144,7 +144,7 @@ def score_episodes(
     joint_jerk (medians), idle_fraction, saturated_fraction, terminal.
 
     skills: the source mapping's `skills:` (instruction -> {measure, target}, as dicts or
-        objects with those attributes such as pipelines.ingest's SkillSpec).
+        objects with those attributes such as foundations.ingest's SkillSpec).
     weights: per-component weights overriding DEFAULT_WEIGHTS.
     action_bounds: the action range, for saturation.
     nominal_steps: intended episode length for completeness (default: see module docstring).

@@ -8,7 +8,7 @@ instruction. The schema (column names and types) is checked first, table-wide; a
 mismatch refuses the whole table with a `ValidationError` that lists what to fix.
 
 Every failing row is mapped back to its episode, and each (episode, check, subject) with
-failures becomes one rejection row in `pipelines.schema.QUARANTINE_SCHEMA` with a
+failures becomes one rejection row in `foundations.schema.QUARANTINE_SCHEMA` with a
 readable reason. An episode with any rejection is left out of `accepted`; every input
 episode_id ends up in exactly one of `accepted` and `rejected` (rows whose episode_id is
 null are rejected with a null episode_id and their source file).
@@ -24,7 +24,7 @@ from typing import Any, Callable, Literal
 
 import polars as pl
 
-from pipelines.schema import ACTION, QUARANTINE_SCHEMA, empty_quarantine
+from foundations.schema import ACTION, QUARANTINE_SCHEMA, empty_quarantine
 from quality import check_frames as cf
 from quality.gx_suite import DEFAULT_BATCH_ROWS, ExpectationOutcome, describe_kwargs, expectation, run_suite
 from quality.text import fixed, fixed_value, integer
@@ -251,7 +251,7 @@ def _check_schema(df: pl.DataFrame, batch_rows: int) -> dict[str, Any]:
             rows = mistyped.select("column", "observed", "expected").iter_rows()
             problems.append("mistyped columns: " + ", ".join(f"{c} is {o}, expected {e}" for c, o, e in rows))
         raise ValidationError(
-            "the episode table does not match the canonical schema (pipelines/schema.py): "
+            "the episode table does not match the canonical schema (foundations/schema.py): "
             + "; ".join(problems) + ". Fix the ingestion so it writes these columns with these types.")
     return {**outcome.as_dict(), "check": "schema", "subject": "columns", "episodes_affected": 0}
 

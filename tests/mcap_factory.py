@@ -1,6 +1,6 @@
 """Small real ROS 2 MCAP logs for tests, written with mcap_ros2.writer.Writer.
 
-The message definitions are the real ROS 2 ones (training.sim.ros_msgs), concatenated
+The message definitions are the real ROS 2 ones (simulator.ros_msgs), concatenated
 with their dependencies as ROS 2 records them in MCAP schemas. Values encode their own
 message time, so tests can check alignment against an independent numpy
 computation; `FleetLog` returns that ground truth.
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from mcap_ros2.writer import Writer
 
-from training.sim.ros_msgs import msgdef
+from simulator.ros_msgs import msgdef
 
 # The real ROS 2 definitions, as the fleet simulator embeds them (one source of truth).
 MSGDEFS = {

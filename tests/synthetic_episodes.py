@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from pipelines.schema import ACTION, POLARS_SCHEMA, POSE, STATE
+from foundations.schema import ACTION, POLARS_SCHEMA, POSE, STATE
 
 RATE_HZ = 20.0
 DT = 1.0 / RATE_HZ

@@ -13,10 +13,10 @@ from mcap.reader import make_reader
 from mcap_factory import (
     MS, T0, Episode, action_values, joint_values, latest_at_or_before, odom_z, strip_summary, write_fleet_log,
 )
-from pipelines.ingest import MappingError, ingest_file, ingest_files, load_mapping
-from pipelines.ingest.mapping import recipes_dir
-from pipelines.schema import POLARS_SCHEMA, QUARANTINE_SCHEMA, episode_id
-from pipelines.storage import sha256_file
+from foundations.ingest import MappingError, ingest_file, ingest_files, load_mapping
+from foundations.ingest.mapping import recipes_dir
+from foundations.schema import POLARS_SCHEMA, QUARANTINE_SCHEMA, episode_id
+from foundations.storage import sha256_file
 
 MAPPING_PATH = recipes_dir() / "sources" / "ant_fleet_ros2.yaml"
 EXPECTED_SCHEMA = dict(POLARS_SCHEMA) | {"observation.pose": pl.List(pl.Float32)}

@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 import torch
 
-from pipelines.schema import ACTION, QUARANTINE_SCHEMA, STATE
+from foundations.schema import ACTION, QUARANTINE_SCHEMA, STATE
 from training.checkpoints import latest_checkpoint, load_adapters, load_checkpoint, save_checkpoint
 from training.lora_moe import LoRAMoEEncoderFactory, adapter_state_dict
 from training.offline_rl import TrainConfig, build_mdp_dataset, policy_actions, split_trainable, train

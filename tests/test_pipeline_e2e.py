@@ -12,7 +12,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipelines import landing, storage
+from foundations import landing, storage
 from pipelines.runner import dagster_home, pending_batches, run_job
 
 N_EPISODES = 12
@@ -21,7 +21,7 @@ N_EPISODES = 12
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory) -> Path:
     """One simulated fleet shared by the tests of this module (simulation is the slow part)."""
-    from training.sim.fleet import simulate_fleet
+    from simulator.fleet import simulate_fleet
 
     out = tmp_path_factory.mktemp("fleet")
     simulate_fleet(N_EPISODES, out, seed=7, fault_rate=0.4, episode_steps=100)
@@ -95,7 +95,7 @@ def test_fleet_to_published_dataset(fleet, instance, referee):
     assert scores["quality_score"].is_between(0, 1).all()
 
     run_job(defs, instance, "publish_job")
-    from pipelines.publish import list_versions
+    from foundations.publish import list_versions
 
     versions = list_versions("ant_skills")
     assert [v["version"] for v in versions] == ["1.0.0"]

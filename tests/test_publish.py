@@ -14,13 +14,13 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipelines import publish as publish_mod
-from pipelines.content_hash import table_content_hash
-from pipelines.publish import download, list_versions, publish, push_to_hub, resolve_version
-from pipelines.recipes import (
+from foundations import publish as publish_mod
+from foundations.content_hash import table_content_hash
+from foundations.publish import download, list_versions, publish, push_to_hub, resolve_version
+from foundations.recipes import (
     RecipeError, assign_splits, excluded_records, list_recipes, load_recipe, parse_recipe, select_episodes,
 )
-from pipelines.schema import POLARS_SCHEMA, POSE, QUARANTINE_SCHEMA
+from foundations.schema import POLARS_SCHEMA, POSE, QUARANTINE_SCHEMA
 
 STATE_DIM, ACTION_DIM = 27, 8
 SPLIT_COL = "split"

@@ -20,7 +20,7 @@ import polars as pl
 import pytest
 import torch
 
-from pipelines.schema import POSE, STATE
+from foundations.schema import POSE, STATE
 from quality.llm_backends import LocalLLMBackend, OpenAICompatibleBackend, RefereeBackendError
 from quality.referee import label_episodes, referee_agreement, true_segment_progress
 from quality.referee_cache import JudgementCache

@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipelines.schema import ACTION
+from foundations.schema import ACTION
 from quality.scores import (
     COMPONENTS,
     DEFAULT_WEIGHTS,
@@ -143,7 +143,7 @@ def test_histogram_png_is_a_readable_image(scores):
 
 
 def test_skills_from_the_parsed_source_mapping_score_like_the_yaml_dicts(fleet, scores):
-    from pipelines.ingest import load_mapping
+    from foundations.ingest import load_mapping
 
     parsed = load_mapping("ant_fleet_ros2").skills  # SkillSpec objects, not dicts
     assert score_episodes(fleet, parsed).equals(scores)

@@ -12,12 +12,12 @@ from mcap.exceptions import McapError
 from mcap.reader import make_reader
 from mcap_ros2.decoder import DecoderFactory
 
-from training.sim.cpg import load_gaits
-from training.sim.faults import FAULT_KINDS
-from training.sim.fleet import read_ground_truth, simulate_fleet
-from training.sim.operators import operator_policy
-from training.sim.rollout import rollout, simulate_episode
-from training.sim.skills import (
+from simulator.cpg import load_gaits
+from simulator.faults import FAULT_KINDS
+from simulator.fleet import read_ground_truth, simulate_fleet
+from simulator.operators import operator_policy
+from simulator.rollout import rollout, simulate_episode
+from simulator.skills import (
     JOINT_NAMES,
     JOINT_OF_ACTUATOR,
     SKILLS,

@@ -7,7 +7,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipelines.schema import ACTION, QUARANTINE_SCHEMA, STATE
+from foundations.schema import ACTION, QUARANTINE_SCHEMA, STATE
 from quality.validation import ValidationError, check_accepted, validate_episodes
 from synthetic_episodes import RATE_HZ, episode, table
 

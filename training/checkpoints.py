@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from pipelines.code_version import code_version
-from pipelines.storage import AtomicDir, area, sha256_file
+from foundations.code_version import code_version
+from foundations.storage import AtomicDir, area, sha256_file
 from training.backbone import resolve_model_dir, weights_sha256
 from training.lora_moe import LoRAMoEEncoderFactory, adapter_state_dict, instruction_ids, make_observations
 from training.offline_rl import TrainResult

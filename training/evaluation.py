@@ -16,9 +16,9 @@ import numpy as np
 import polars as pl
 from tqdm import tqdm
 
-from pipelines import storage
-from training.sim.rollout import Policy, reference_progress, rollout
-from training.sim.skills import SKILLS
+from foundations import storage
+from simulator.rollout import Policy, reference_progress, rollout
+from simulator.skills import SKILLS
 
 REFERENCE_OPERATORS = ("random", "expert")
 

@@ -20,7 +20,7 @@ import polars as pl
 from d3rlpy.constants import ActionSpace
 from d3rlpy.dataset import MDPDataset
 
-from pipelines.schema import ACTION, QUARANTINE_SCHEMA, STATE
+from foundations.schema import ACTION, QUARANTINE_SCHEMA, STATE
 
 STAGE = "training"
 MIN_EPISODE_STEPS = 2  # a timeout episode of one step yields no transition at all
@@ -57,7 +57,7 @@ def split_trainable(
         required.add(reward_column)
     missing = sorted(required - set(table.columns))
     if missing:
-        raise ValueError(f"the episode table lacks columns {missing}; it must follow pipelines.schema")
+        raise ValueError(f"the episode table lacks columns {missing}; it must follow foundations.schema")
     if table.is_empty():
         return table, pl.DataFrame(schema=QUARANTINE_SCHEMA)
 

@@ -3,12 +3,12 @@
 import dagster as dg
 import polars as pl
 
-from pipelines import landing, storage
-from pipelines.ingest.ingest import ingest_files
+from foundations import landing, storage
+from foundations.ingest.ingest import ingest_files
 from pipelines.metadata import md_table
-from pipelines.ingest.mapping import load_mapping
+from foundations.ingest.mapping import load_mapping
 from pipelines.partitions import landing_batches
-from pipelines.schema import empty_episodes, empty_quarantine
+from foundations.schema import empty_episodes, empty_quarantine
 
 
 class IngestConfig(dg.Config):

@@ -2,7 +2,7 @@
 import dagster as dg
 import polars as pl
 
-from pipelines import storage
+from foundations import storage
 from pipelines.metadata import md_table
 from pipelines.partitions import landing_batches
 from pipelines.resources import RefereeResource

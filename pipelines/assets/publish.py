@@ -5,10 +5,10 @@ import os
 import dagster as dg
 import polars as pl
 
-from pipelines import storage
-from pipelines.code_version import code_version
-from pipelines.publish import publish, push_to_hub
-from pipelines.recipes import list_recipes, load_recipe, select_episodes, with_rewards
+from foundations import storage
+from foundations.code_version import code_version
+from foundations.publish import publish, push_to_hub
+from foundations.recipes import list_recipes, load_recipe, select_episodes, with_rewards
 
 HUB_TOKEN_ENV = "HF_TOKEN"
 

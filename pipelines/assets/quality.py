@@ -5,12 +5,12 @@ from typing import Optional
 import dagster as dg
 import polars as pl
 
-from pipelines import storage
+from foundations import storage
 from pipelines.assets.ingest import IngestConfig, episodes
-from pipelines.ingest.mapping import load_mapping
+from foundations.ingest.mapping import load_mapping
 from pipelines.metadata import md_table, png_metadata
 from pipelines.partitions import landing_batches
-from pipelines.schema import empty_quarantine
+from foundations.schema import empty_quarantine
 from quality.scores import score_episodes, score_histogram_png
 from quality.validation import check_accepted, validate_episodes
 

@@ -12,10 +12,10 @@ from typing import Optional
 import dagster as dg
 import polars as pl
 
-from pipelines import storage
+from foundations import storage
 from pipelines.metadata import md_table, png_metadata
-from pipelines.publish import resolve_version
-from pipelines.recipes import load_recipe
+from foundations.publish import resolve_version
+from foundations.recipes import load_recipe
 
 CURATED = "ant_skills_curated"  # offline RL learns from the curated, referee-labelled cut...
 ALL_DATA = "ant_skills"  # ...and must beat behaviour cloning on everything that was accepted

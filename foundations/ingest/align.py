@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from pipelines.ingest.mapping import FieldSpec, SourceMapping
-from pipelines.ingest.mcap_source import LOG_TIME, McapLog
-from pipelines.schema import POLARS_SCHEMA, QUARANTINE_SCHEMA, episode_id
+from foundations.ingest.mapping import FieldSpec, SourceMapping
+from foundations.ingest.mcap_source import LOG_TIME, McapLog
+from foundations.schema import POLARS_SCHEMA, QUARANTINE_SCHEMA, episode_id
 
 SEP = "::"  # joins topic and field in aligned column names: "/odom::pose.pose.position.z"
 _EP = "__episode"

@@ -17,7 +17,7 @@ import numpy as np
 import polars as pl
 import yaml
 
-from pipelines.schema import QUARANTINE_SCHEMA
+from foundations.schema import QUARANTINE_SCHEMA
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "datasets"
 SOURCES_DIR = RECIPES_DIR / "sources"

@@ -33,12 +33,12 @@ from typing import Any, Iterator
 import polars as pl
 import pyarrow.parquet as pq
 
-from pipelines.content_hash import canonical_type, table_content_hash
-from pipelines.dataset_card import jsonable, render_card
-from pipelines.feature_stats import feature_specs, feature_stats, hf_features, to_hub_arrow
-from pipelines.recipes import SPLIT, Recipe, assign_splits, feature_names
-from pipelines.schema import POLARS_SCHEMA
-from pipelines.storage import AtomicDir, area, sha256_file
+from foundations.content_hash import canonical_type, table_content_hash
+from foundations.dataset_card import jsonable, render_card
+from foundations.feature_stats import feature_specs, feature_stats, hf_features, to_hub_arrow
+from foundations.recipes import SPLIT, Recipe, assign_splits, feature_names
+from foundations.schema import POLARS_SCHEMA
+from foundations.storage import AtomicDir, area, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def publish(
 
     `table` is the first output of `recipes.select_episodes` (canonical columns, score
     columns, `split`); without a `split` column splits are assigned from the recipe.
-    `code_version` is recorded as given (`pipelines.code_version.code_version()`).
+    `code_version` is recorded as given (`foundations.code_version.code_version()`).
     `sources` lists the run's source files (`source_file`, `source_sha256`), including
     those that contributed no episode. `root` is the hub folder (default: the data
     root's `hub/`). Raises ValueError when the table cannot be published.

@@ -17,7 +17,7 @@ import numpy as np
 import polars as pl
 import yaml
 
-from pipelines.recipes import Recipe
+from foundations.recipes import Recipe
 
 if TYPE_CHECKING:
     import datasets
@@ -105,7 +105,7 @@ def render_card(
         recipe.description or "",
         "",
         f"Published by robocurate on {version['created_at']}. Content hash `{version['content_hash']}` "
-        f"(sha256 over the rows sorted by episode_id, step; see `pipelines/content_hash.py`).",
+        f"(sha256 over the rows sorted by episode_id, step; see `foundations/content_hash.py`).",
         "",
         "| split | episodes | steps |", "|---|---:|---:|",
         *[f"| {s} | {v['episodes']} | {v['num_examples']} |" for s, v in splits.items()],

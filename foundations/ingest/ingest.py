@@ -15,11 +15,11 @@ from pathlib import Path
 import polars as pl
 from tqdm.auto import tqdm
 
-from pipelines.ingest.align import Lineage, build_episodes, size_problems
-from pipelines.ingest.mapping import SourceMapping
-from pipelines.ingest.mcap_source import FieldMismatch, McapLog, UnreadableLog, read_mcap
-from pipelines.schema import POLARS_SCHEMA, QUARANTINE_SCHEMA
-from pipelines.storage import sha256_file
+from foundations.ingest.align import Lineage, build_episodes, size_problems
+from foundations.ingest.mapping import SourceMapping
+from foundations.ingest.mcap_source import FieldMismatch, McapLog, UnreadableLog, read_mcap
+from foundations.schema import POLARS_SCHEMA, QUARANTINE_SCHEMA
+from foundations.storage import sha256_file
 
 
 @dataclass

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 
 import polars as pl
 
-from pipelines.schema import POSE
+from foundations.schema import POSE
 
 MEASURES = ("forward_m", "yaw_rad")
 TWO_PI = 2 * math.pi
@@ -33,7 +33,7 @@ def instruction_key(expr: pl.Expr) -> pl.Expr:
 
 
 def _field(spec: Any, name: str) -> Any:
-    """A skill's field, whether the skill is a YAML dict or a parsed object (pipelines.ingest SkillSpec)."""
+    """A skill's field, whether the skill is a YAML dict or a parsed object (foundations.ingest SkillSpec)."""
     return spec.get(name) if isinstance(spec, Mapping) else getattr(spec, name, None)
 
 

@@ -2,7 +2,7 @@
 
 Each leg gets sinusoidal hip and ankle targets with its own phase; a PD law at the
 20 Hz control rate turns target errors into the Ant's 8 torque commands in [-1, 1].
-Parameters per skill are tuned once by `python -m training.sim.tune` and stored in
+Parameters per skill are tuned once by `python -m simulator.tune` and stored in
 cpg_params.yaml beside this module; nothing is tuned at run time.
 """
 from __future__ import annotations
@@ -93,12 +93,12 @@ class Gait:
 @lru_cache(maxsize=4)
 def _load(path: Path) -> dict[str, Gait]:
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing; create it once with `python -m training.sim.tune`")
+        raise FileNotFoundError(f"{path} is missing; create it once with `python -m simulator.tune`")
     doc = yaml.safe_load(path.read_text())
     gaits = {name: Gait(**params) for name, params in doc["gaits"].items()}
     missing = set(SKILLS) - set(gaits)
     if missing:
-        raise ValueError(f"{path} lacks gaits for {sorted(missing)}; rerun `python -m training.sim.tune`")
+        raise ValueError(f"{path} lacks gaits for {sorted(missing)}; rerun `python -m simulator.tune`")
     return gaits
 
 

@@ -23,7 +23,7 @@ from mcap.stream_reader import StreamReader, breakup_chunk
 from mcap.writer import MCAP0_MAGIC
 from mcap_ros2.decoder import DecoderFactory
 
-from pipelines.ingest.mapping import SourceMapping
+from foundations.ingest.mapping import SourceMapping
 
 LOG_TIME = "log_time"
 

@@ -1,6 +1,6 @@
 """Simulate a fleet of Ants whose operators log ROS 2 MCAP files, with ground truth beside them.
 
-    from training.sim.fleet import simulate_fleet
+    from simulator.fleet import simulate_fleet
     truth = simulate_fleet(60, Path("landing/batch-001"), seed=0)
 
 Every file holds one episode. `ground_truth.jsonl` (one object per file) records what
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pipelines.storage import sha256_file
+from foundations.storage import sha256_file
 
 from .faults import FAULT_KINDS, effective_kind, plant_in_log, truncate_file
 from .mcap_log import NS, build_log, write_mcap

@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 
 import yaml
 
-from pipelines.schema import ACTION, STATE
+from foundations.schema import ACTION, STATE
 
 RECIPES_ENV = "ROBOCURATE_RECIPES"
 # Messages of the transforms a field spec may name; each yields one value per message.

@@ -1,6 +1,6 @@
 """Tune each skill's CPG once by random search and write cpg_params.yaml.
 
-    python -m training.sim.tune [--iterations 40] [--seed 0]
+    python -m simulator.tune [--iterations 40] [--seed 0]
 
 A broad random sample of gaits picks a start, then augmented random search
 (Mania et al. 2018: antithetic perturbations, top directions, reward-scaled steps)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipelines import storage
+from foundations import storage
 
 RAW_FILES_SCHEMA = {
     "landing_batch": pl.String,
