@@ -137,7 +137,7 @@ def main() -> None:
         log = read_mcap(paths[0], mapping)
         decode_s = time.perf_counter() - t
         t = time.perf_counter()
-        build_episodes(log, mapping, Lineage(paths[0].name, "0" * 64, "ant-bench"))
+        build_episodes(log, mapping, Lineage(mapping.name, paths[0].name, "0" * 64, "bench-robot"))
         align_s = time.perf_counter() - t
 
         (root / "baseline").mkdir()

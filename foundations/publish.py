@@ -217,7 +217,7 @@ def _write_shards(folder: Path, split: str, part: pl.DataFrame, features: Any, s
 
 
 _EPISODE_BASE = ["episode_id", SPLIT, "n_steps", "duration_s", "is_terminal",
-                 "language_instruction", "robot_id", "source_file", "source_sha256"]
+                 "language_instruction", "robot_id", "source", "source_file", "source_sha256"]
 
 
 def episode_table(data: pl.DataFrame) -> pl.DataFrame:
@@ -228,7 +228,7 @@ def episode_table(data: pl.DataFrame) -> pl.DataFrame:
         base.append((pl.col("timestamp").max() - pl.col("timestamp").min()).alias("duration_s"))
     if "is_terminal" in cols:
         base.append(pl.col("is_terminal").any())
-    base += [pl.col(c).first() for c in ("language_instruction", "robot_id", "source_file", "source_sha256") if c in cols]
+    base += [pl.col(c).first() for c in ("language_instruction", "robot_id", "source", "source_file", "source_sha256") if c in cols]
     candidates = [c for c, t in data.schema.items()
                   if c not in _STEP_LEVEL and not c.startswith("observation.") and not t.is_nested() and t != pl.Binary]
     grouped = data.group_by("episode_id", maintain_order=True).agg(

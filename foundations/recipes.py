@@ -291,7 +291,7 @@ def select_episodes(recipe: Recipe, episodes: pl.DataFrame, scores: pl.DataFrame
     scores = _checked_scores(recipe, episodes, scores)
     score_cols = [c for c in scores.columns if c != "episode_id"]
 
-    lineage = [c for c in ("language_instruction", "robot_id", "source_file", "source_sha256") if c in episodes.columns]
+    lineage = [c for c in ("language_instruction", "robot_id", "source", "source_file", "source_sha256") if c in episodes.columns]
     per_episode = (
         episodes.group_by("episode_id")
         .agg(pl.len().cast(pl.Int64).alias("n_steps"), *[pl.col(c).first() for c in lineage])
@@ -336,7 +336,7 @@ def excluded_records(decisions: pl.DataFrame) -> pl.DataFrame:
         .select(
             pl.col("episode_id").cast(pl.String),
             *[(pl.col(c) if c in decisions.columns else pl.lit(None)).cast(pl.String).alias(c)
-              for c in ("source_file", "source_sha256")],
+              for c in ("source", "source_file", "source_sha256")],
             pl.lit("recipe").alias("stage"),
             pl.col("check"),
             pl.col("reason"),

@@ -26,6 +26,7 @@ EPISODE_SCHEMA = pa.schema(
         pa.field("is_terminal", pa.bool_(), nullable=False),
         pa.field("language_instruction", pa.string()),
         pa.field("robot_id", pa.string()),
+        pa.field("source", pa.string()),
         pa.field("source_file", pa.string()),
         pa.field("source_sha256", pa.string()),
     ]
@@ -43,14 +44,19 @@ POLARS_SCHEMA: dict[str, pl.DataType] = {
     "is_terminal": pl.Boolean,
     "language_instruction": pl.String,
     "robot_id": pl.String,
+    "source": pl.String,
     "source_file": pl.String,
     "source_sha256": pl.String,
 }
 
+# A file's identity everywhere: its source, its path relative to the landing batch, its content hash.
+LINEAGE = ("source", "source_file", "source_sha256")
+
 # Episode-level rejections, from unreadable files to failed expectations.
 QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
     "episode_id": pl.String,  # null when the whole file could not be read
-    "source_file": pl.String,
+    "source": pl.String,  # the source (datasets/sources/<source>.yaml) whose landing area held the file
+    "source_file": pl.String,  # path relative to the landing batch: with source_sha256, the file's identity
     "source_sha256": pl.String,
     "stage": pl.String,  # "ingest" or "validation"
     "check": pl.String,  # short machine name, e.g. "missing_topic", "finite_values"

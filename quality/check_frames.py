@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from foundations.schema import ACTION, POLARS_SCHEMA, POSE
+from foundations.schema import ACTION, LINEAGE, POLARS_SCHEMA, POSE
 
 ROW = "row"  # position of the row in the input table
 EPISODE = "episode"  # dense integer code of episode_id (null where the id is null)
@@ -139,8 +139,7 @@ def episode_frame(df: pl.DataFrame) -> pl.DataFrame:
             # is a real outcome and may be short, so only truncated episodes need min_steps.
             n_steps_truncated=pl.when(pl.col("is_terminal").any()).then(None).otherwise(pl.len()).cast(pl.Int64),
             n_instructions=pl.col("language_instruction").drop_nulls().n_unique().cast(pl.Int64),
-            source_file=pl.col("source_file").first(),
-            source_sha256=pl.col("source_sha256").first(),
+            *[pl.col(c).first() for c in LINEAGE],
         )
         .sort("episode_id")
         .with_columns((pl.col("episode_id").rank("dense") - 1).cast(pl.Int64).alias(EPISODE))

@@ -24,7 +24,7 @@ from typing import Any, Callable, Literal
 
 import polars as pl
 
-from foundations.schema import ACTION, QUARANTINE_SCHEMA, empty_quarantine
+from foundations.schema import ACTION, LINEAGE, QUARANTINE_SCHEMA, empty_quarantine
 from quality import check_frames as cf
 from quality.gx_suite import DEFAULT_BATCH_ROWS, ExpectationOutcome, describe_kwargs, expectation, run_suite
 from quality.text import fixed, fixed_value, integer
@@ -189,7 +189,7 @@ def _reason_templates(p: _Params) -> dict[str, Callable[[], pl.Expr]]:
 def _failures(df: pl.DataFrame, steps: pl.DataFrame, episodes: pl.DataFrame, checks: list[_Check],
               outcomes: dict[str, ExpectationOutcome]) -> pl.DataFrame:
     """Failing rows of every check, with their episode, step, quoted value and severity."""
-    lineage = df.select("episode_id", "source_file", "source_sha256", "step")
+    lineage = df.select("episode_id", *LINEAGE, "step")
     parts = []
     for chk in checks:
         idx = pl.Series(outcomes[chk.name].unexpected_index, dtype=pl.Int64)
@@ -202,7 +202,7 @@ def _failures(df: pl.DataFrame, steps: pl.DataFrame, episodes: pl.DataFrame, che
         else:
             picked = episodes[idx].select(key=pl.col(cf.EPISODE), value=chk.value.cast(pl.Float64),
                                           severity=chk.severity.cast(pl.Float64))
-            ids = episodes[idx].select("episode_id", "source_file", "source_sha256", step=pl.lit(None, pl.Int32))
+            ids = episodes[idx].select("episode_id", *LINEAGE, step=pl.lit(None, pl.Int32))
         parts.append(pl.concat([ids, picked], how="horizontal").with_columns(
             check=pl.lit(chk.check), subject=pl.lit(chk.subject), expectation=pl.lit(chk.name)))
     return pl.concat(parts) if parts else pl.DataFrame()
@@ -214,7 +214,7 @@ def _rejections(failures: pl.DataFrame, n_steps: pl.DataFrame, p: _Params) -> pl
         return empty_quarantine()
     by_severity = pl.col("severity").fill_null(0.0)
     agg = (
-        failures.group_by("episode_id", "source_file", "source_sha256", "check", "subject", maintain_order=True)
+        failures.group_by("episode_id", *LINEAGE, "check", "subject", maintain_order=True)
         .agg(
             n_bad=pl.col("key").n_unique(),
             first_step=pl.col("step").min(),

@@ -87,6 +87,7 @@ def episode(kind: str, episode_id: str, n: int = 200, seed: int = 0, yaw0: float
             "is_terminal": is_last & terminal,
             "language_instruction": [instruction or INSTRUCTION[kind]] * n,
             "robot_id": ["ant-01"] * n,
+            "source": ["synthetic"] * n,
             "source_file": [f"{episode_id}.mcap"] * n,
             "source_sha256": ["ab" * 32] * n,
             POSE: pose.tolist(),

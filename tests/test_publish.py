@@ -45,6 +45,7 @@ def make_episodes(n_episodes: int = 6, steps: int = 25, *, seed: int = 0, images
         "is_terminal": np.zeros(n, dtype=bool),
         "language_instruction": np.where(ep_index % 3 == 0, "turn left", "walk forward"),
         "robot_id": np.where(ep_index % 2 == 0, "ant-01", "ant-02"),
+        "source": "synthetic",
         "source_file": np.where(ep_index % 2 == 0, "fleet_a.mcap", "fleet_b.mcap"),
         "source_sha256": sha,
     }

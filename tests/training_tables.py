@@ -43,6 +43,7 @@ def episode_table(
             "is_terminal": terminal,
             "language_instruction": np.array(INSTRUCTIONS)[instr],
             "robot_id": "ant-0",
+            "source": "synthetic",
             "source_file": "synthetic.mcap",
             "source_sha256": "0" * 64,
         }

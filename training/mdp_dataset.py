@@ -20,7 +20,7 @@ import polars as pl
 from d3rlpy.constants import ActionSpace
 from d3rlpy.dataset import MDPDataset
 
-from foundations.schema import ACTION, QUARANTINE_SCHEMA, STATE
+from foundations.schema import ACTION, LINEAGE, QUARANTINE_SCHEMA, STATE
 
 STAGE = "training"
 MIN_EPISODE_STEPS = 2  # a timeout episode of one step yields no transition at all
@@ -82,13 +82,11 @@ def split_trainable(
         (pl.col(ACTION).list.eval(pl.element().abs() <= ACTION_BOUND).list.all().fill_null(False)).alias("action_bounded"),
         reward_ok.alias("reward_ok"),
         pl.col("language_instruction").is_in(list(instructions)).fill_null(False).alias("instruction_ok"),
-        pl.col("source_file") if "source_file" in table.columns else pl.lit(None, pl.String).alias("source_file"),
-        pl.col("source_sha256") if "source_sha256" in table.columns else pl.lit(None, pl.String).alias("source_sha256"),
+        *[pl.col(c) if c in table.columns else pl.lit(None, pl.String).alias(c) for c in LINEAGE],
     )
     episodes = rows.group_by("episode_id", maintain_order=True).agg(
         pl.len().alias("n_steps"),
-        pl.col("source_file").first(),
-        pl.col("source_sha256").first(),
+        *[pl.col(c).first() for c in LINEAGE],
         (~pl.col("state_width")).sum().alias("bad_state_width"),
         (~pl.col("state_finite")).sum().alias("bad_state_finite"),
         (~pl.col("action_width")).sum().alias("bad_action_width"),
@@ -135,7 +133,7 @@ def split_trainable(
     rejected = pl.concat(
         [
             episodes.filter(failed).select(
-                "episode_id", "source_file", "source_sha256",
+                "episode_id", *LINEAGE,
                 pl.lit(STAGE).alias("stage"), pl.lit(name).alias("check"), reason.alias("reason"),
             )
             for name, failed, reason in checks

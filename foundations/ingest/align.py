@@ -28,7 +28,8 @@ _INTERVAL_SCHEMA = {
 class Lineage:
     """Where the rows came from, stamped on every row and quarantine record."""
 
-    source_file: str
+    source: str  # the source mapping's name
+    source_file: str  # path relative to the landing batch
     source_sha256: str
     robot_id: str
 
@@ -108,6 +109,7 @@ def _quarantine(rows: pl.DataFrame, lineage: Lineage) -> pl.DataFrame:
     """Quarantine records (stage ingest) from a frame with episode_id, check, reason."""
     return rows.select(
         pl.col("episode_id"),
+        pl.lit(lineage.source).alias("source"),
         pl.lit(lineage.source_file).alias("source_file"),
         pl.lit(lineage.source_sha256).alias("source_sha256"),
         pl.lit("ingest").alias("stage"),
@@ -270,6 +272,7 @@ def build_episodes(log: McapLog, mapping: SourceMapping, lineage: Lineage) -> tu
         "is_terminal": is_last & pl.col("terminal"),
         "language_instruction": pl.col("language_instruction"),
         "robot_id": pl.lit(lineage.robot_id),
+        "source": pl.lit(lineage.source),
         "source_file": pl.lit(lineage.source_file),
         "source_sha256": pl.lit(lineage.source_sha256),
     }

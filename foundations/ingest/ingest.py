@@ -43,6 +43,7 @@ def _file_rejection(mapping: SourceMapping, source_file: str, sha: str | None, c
     result.quarantine = pl.DataFrame(
         {
             "episode_id": [None] * len(checks),
+            "source": [mapping.name] * len(checks),
             "source_file": [source_file] * len(checks),
             "source_sha256": [sha] * len(checks),
             "stage": ["ingest"] * len(checks),
@@ -80,14 +81,15 @@ def _topic_problems(log: McapLog, mapping: SourceMapping) -> list[tuple[str, str
     return problems
 
 
-def ingest_file(path: Path, mapping: SourceMapping, sha256: str | None = None) -> IngestResult:
+def ingest_file(path: Path, mapping: SourceMapping, sha256: str | None = None, source_file: str | None = None) -> IngestResult:
     """Turn one MCAP file into canonical episode rows plus quarantine records; never raises on bad input.
 
     `sha256` is the file's content hash when the caller already has it (it keys
-    the episode ids); otherwise it is computed here.
+    the episode ids); otherwise it is computed here. `source_file` is the file's path
+    relative to its landing batch (its identity with the hash); default: the file name.
     """
     path = Path(path)
-    source_file = path.name
+    source_file = source_file or path.name
     if sha256 is None:
         try:
             sha256 = sha256_file(path)
@@ -109,7 +111,7 @@ def ingest_file(path: Path, mapping: SourceMapping, sha256: str | None = None) -
     problems = _topic_problems(log, mapping) or size_problems(log, mapping)
     if problems:
         return _file_rejection(mapping, source_file, sha256, lost + problems, log.messages)
-    lineage = Lineage(source_file, sha256, _robot_id(log, mapping, path))
+    lineage = Lineage(mapping.name, source_file, sha256, _robot_id(log, mapping, path))
     episodes, quarantine = build_episodes(log, mapping, lineage)
     if lost:
         quarantine = pl.concat([_file_rejection(mapping, source_file, sha256, lost).quarantine, quarantine])
