@@ -11,6 +11,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from foundations.geometry import yaw_from_quaternion_np as yaw_from_quaternion
+
 CONTROL_HZ = 20
 PHYSICS_DT = 0.01  # Ant-v5's MuJoCo timestep
 SUBSTEPS = 5  # physics steps per control step: 20 Hz control, 100 Hz state
@@ -65,13 +67,6 @@ def joint_of_actuator(env: gym.Env) -> np.ndarray:
     """The actuator-to-joint map read from the MuJoCo model (equals JOINT_OF_ACTUATOR)."""
     model = env.unwrapped.model
     return model.actuator_trnid[:, 0] - 1  # joint id 0 is the free root
-
-
-def yaw_from_quaternion(q_wxyz: np.ndarray) -> np.ndarray:
-    """Yaw (rad, about +z) of quaternions in MuJoCo's w,x,y,z order; works on (..., 4)."""
-    q = np.asarray(q_wxyz, dtype=np.float64)
-    w, x, y, z = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
-    return np.arctan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z))
 
 
 def poses_from_qpos(qpos: np.ndarray) -> np.ndarray:
