@@ -1,98 +1,122 @@
 """Dataset recipes: which accepted episodes go into a published dataset, and how they split.
 
-A recipe is a YAML file in `datasets/` (see datasets/ant_skills.yaml for the documented
-format). `select_episodes` applies it to the canonical episode table and the
-per-episode scores; every episode it leaves out comes back as a record with a reason.
+A recipe is a YAML file at the top of the config folder (`datasets/`; format in
+datasets/README.md), validated by the pydantic model `Recipe`. `select_episodes` applies it
+to the canonical episode table and the per-episode scores: it draws on the episodes of the
+recipe's sources only, and every episode it leaves out comes back as a record with a reason.
 """
 from __future__ import annotations
 
 import hashlib
-import math
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import polars as pl
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from foundations.catalog import config_error, config_path, list_configs
 from foundations.schema import QUARANTINE_SCHEMA
 
-RECIPES_DIR = Path(__file__).resolve().parents[1] / "datasets"
-SOURCES_DIR = RECIPES_DIR / "sources"
-
-# Names become folder names on disk and on the Hub; splits must satisfy HF's split regex.
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
-_SPLIT_RE = re.compile(r"^\w+(\.\w+)*$")
-_TOP_KEYS = {"name", "description", "sources", "filters", "splits", "license", "publish", "rewards"}
-_FILTER_KEYS = {"min_quality_score", "min_steps", "instructions"}
-_PUBLISH_KEYS = {"shard_rows", "hub_repo"}
 DEFAULT_LICENSE = "apache-2.0"
 DEFAULT_SHARD_ROWS = 50_000
 DEFAULT_REFEREE_WEIGHT = 1.0  # combined_reward = reward + weight x referee_reward
 SPLIT = "split"
 QUALITY = "quality_score"
+# Names become folder names on disk and on the Hub; splits must satisfy HF's split regex.
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_\-]*$"
+SPLIT_PATTERN = r"^\w+(\.\w+)*$"
 
 
 class RecipeError(ValueError):
     """A recipe file is missing, unreadable, or has an invalid key; the message names the key."""
 
 
-@dataclass(frozen=True)
-class Filters:
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Filters(_Strict):
     """Episode filters; None disables a filter."""
 
-    min_quality_score: float | None = None
-    min_steps: int | None = None
-    instructions: tuple[str, ...] | None = None  # keep only these instructions when given
+    min_quality_score: Optional[float] = Field(None, allow_inf_nan=False)
+    min_steps: Optional[int] = Field(None, ge=1)
+    instructions: Optional[tuple[str, ...]] = Field(None, min_length=1)  # keep only these instructions
 
 
-@dataclass(frozen=True)
-class Recipe:
+class PublishOptions(_Strict):
+    shard_rows: int = Field(DEFAULT_SHARD_ROWS, ge=1)
+    hub_repo: Optional[str] = Field(None, pattern=r"^[^/\s]+/[^/\s]+$")  # 'owner/name'
+
+
+class Rewards(_Strict):
+    referee_weight: float = Field(DEFAULT_REFEREE_WEIGHT, allow_inf_nan=False)
+
+
+class Recipe(_Strict):
     """A validated recipe. `splits` maps split name to its fraction of episodes (sums to 1)."""
 
-    name: str
-    description: str
-    sources: tuple[str, ...]
-    filters: Filters
-    splits: dict[str, float]
-    license: str = DEFAULT_LICENSE
-    shard_rows: int = DEFAULT_SHARD_ROWS
-    hub_repo: str | None = None
-    referee_weight: float = DEFAULT_REFEREE_WEIGHT
-    path: Path | None = field(default=None, compare=False)
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    sources: tuple[str, ...] = Field(min_length=1)
+    filters: Filters = Filters()
+    splits: dict[str, float] = {"train": 1.0}
+    license: str = Field(DEFAULT_LICENSE, min_length=1)
+    publish: PublishOptions = PublishOptions()
+    rewards: Rewards = Rewards()
+    path: Optional[Path] = Field(None, exclude=True)
+
+    @field_validator("sources")
+    @classmethod
+    def _sources_exist(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        known = list_configs("sources")
+        missing = [s for s in v if s not in known]
+        if missing:
+            raise ValueError(f"names {missing}, which have no mapping file in sources/; known: {known}")
+        return v
+
+    @field_validator("splits")
+    @classmethod
+    def _fractions(cls, v: dict[str, float]) -> dict[str, float]:
+        for key, frac in v.items():
+            if not re.match(SPLIT_PATTERN, key):
+                raise ValueError(f"split name {key!r} must be word characters (e.g. train, test)")
+            if not 0 < frac <= 1:
+                raise ValueError(f"fraction of {key!r} must lie in (0, 1], got {frac!r}")
+        if not v or abs(sum(v.values()) - 1.0) > 1e-6:
+            raise ValueError(f"fractions must sum to 1, they sum to {sum(v.values()):g}")
+        return v
+
+    @property
+    def shard_rows(self) -> int:
+        return self.publish.shard_rows
+
+    @property
+    def hub_repo(self) -> str | None:
+        return self.publish.hub_repo
+
+    @property
+    def referee_weight(self) -> float:
+        return self.rewards.referee_weight
 
     def to_dict(self) -> dict[str, Any]:
         """The normalised recipe (defaults filled in), as recorded in the dataset card."""
-        filters = {
-            "min_quality_score": self.filters.min_quality_score,
-            "min_steps": self.filters.min_steps,
-            "instructions": list(self.filters.instructions) if self.filters.instructions is not None else None,
-        }
-        return {
-            "name": self.name,
-            "description": self.description,
-            "sources": list(self.sources),
-            "filters": filters,
-            "splits": dict(self.splits),
-            "license": self.license,
-            "publish": {"shard_rows": self.shard_rows, "hub_repo": self.hub_repo},
-            "rewards": {"referee_weight": self.referee_weight},
-        }
+        return self.model_dump(mode="json")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
 
 
 def list_recipes() -> list[str]:
-    """Names of all recipes: the top-level `*.yaml` files of `datasets/` (not `datasets/sources/`)."""
-    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml") if p.is_file())
+    """Names of all recipes: the top-level `*.yaml` files of the config folder (not sources/, robots/, targets/)."""
+    return list_configs("recipes")
 
 
 def load_recipe(name_or_path: str | Path) -> Recipe:
-    """Load and validate a recipe by bare name (`datasets/<name>.yaml`) or by path to a YAML file."""
-    path = _recipe_path(name_or_path)
+    """Load and validate a recipe by bare name (`<config folder>/<name>.yaml`) or by path to a YAML file."""
+    path = config_path("recipes", name_or_path, RecipeError).resolve()
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -105,68 +129,15 @@ def parse_recipe(raw: Any, *, path: Path | None = None) -> Recipe:
     where = f"recipe {path}" if path is not None else "recipe"
     if not isinstance(raw, dict):
         raise RecipeError(f"{where}: expected a mapping of keys, got {type(raw).__name__}")
-    unknown = sorted(set(raw) - _TOP_KEYS)
-    if unknown:
-        raise RecipeError(f"{where}: unknown key(s) {unknown}; allowed keys are {sorted(_TOP_KEYS)}")
-
-    name = raw.get("name", path.stem if path is not None else None)
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise RecipeError(
-            f"{where}: 'name' must be lower-case letters, digits, '_' or '-' (it names folders), got {name!r}"
-        )
-    if path is not None and name != path.stem:
-        raise RecipeError(f"{where}: 'name' is {name!r} but the file is {path.name}; make them match")
-    description = raw.get("description", "")
-    if not isinstance(description, str):
-        raise RecipeError(f"{where}: 'description' must be a string")
-
-    sources = raw.get("sources")
-    if not isinstance(sources, list) or not sources or not all(isinstance(s, str) for s in sources):
-        raise RecipeError(f"{where}: 'sources' must be a non-empty list of source mapping names")
-    missing = [s for s in sources if not (SOURCES_DIR / f"{s}.yaml").is_file()]
-    if missing:
-        raise RecipeError(
-            f"{where}: 'sources' names {missing}, which have no mapping file in {SOURCES_DIR.name}/; "
-            f"known: {sorted(p.stem for p in SOURCES_DIR.glob('*.yaml'))}"
-        )
-
-    license_ = raw.get("license", DEFAULT_LICENSE)
-    if not isinstance(license_, str) or not license_:
-        raise RecipeError(f"{where}: 'license' must be a licence identifier such as 'apache-2.0'")
-    shard_rows, hub_repo = _parse_publish(raw.get("publish"), where)
-    return Recipe(
-        name=name,
-        description=description,
-        sources=tuple(sources),
-        filters=_parse_filters(raw.get("filters"), where),
-        splits=_parse_splits(raw.get("splits"), where),
-        license=license_,
-        shard_rows=shard_rows,
-        hub_repo=hub_repo,
-        referee_weight=_parse_rewards(raw.get("rewards"), where),
-        path=path,
-    )
-
-
-def _recipe_path(name_or_path: str | Path) -> Path:
-    text = str(name_or_path)
-    looks_like_path = isinstance(name_or_path, Path) or text.endswith((".yaml", ".yml")) or "/" in text
-    path = Path(text).expanduser() if looks_like_path else RECIPES_DIR / f"{text}.yaml"
-    if not path.is_file():
-        hint = f"known recipes: {list_recipes()}" if not looks_like_path else "check the path"
-        raise RecipeError(f"recipe {name_or_path!r} not found at {path}; {hint}")
-    return path.resolve()
-
-
-def _parse_rewards(raw: Any, where: str) -> float:
-    if raw is None:
-        return DEFAULT_REFEREE_WEIGHT
-    if not isinstance(raw, dict) or set(raw) - {"referee_weight"}:
-        raise RecipeError(f"{where}: 'rewards' must be a mapping with the one key 'referee_weight'")
-    w = raw.get("referee_weight", DEFAULT_REFEREE_WEIGHT)
-    if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
-        raise RecipeError(f"{where}: 'rewards.referee_weight' must be a finite number, got {w!r}")
-    return float(w)
+    if path is not None:
+        raw = {"name": path.stem, **raw}
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise RecipeError(config_error(where, exc)) from None
+    if path is not None and recipe.name != path.stem:
+        raise RecipeError(f"{where}: key 'name': is {recipe.name!r} but the file is {path.name}; make them match")
+    return recipe.model_copy(update={"path": path})
 
 
 def with_rewards(episodes: pl.DataFrame, referee: pl.DataFrame | None, recipe: Recipe) -> pl.DataFrame:
@@ -184,67 +155,6 @@ def with_rewards(episodes: pl.DataFrame, referee: pl.DataFrame | None, recipe: R
     )
     combined = pl.col("reward").fill_null(0.0) + recipe.referee_weight * pl.col("referee_reward")
     return joined.with_columns(combined.cast(pl.Float32).alias("combined_reward"))
-
-
-def _parse_filters(raw: Any, where: str) -> Filters:
-    if raw is None:
-        return Filters()
-    if not isinstance(raw, dict):
-        raise RecipeError(f"{where}: 'filters' must be a mapping")
-    unknown = sorted(set(raw) - _FILTER_KEYS)
-    if unknown:
-        raise RecipeError(f"{where}: unknown key(s) {unknown} in 'filters'; allowed: {sorted(_FILTER_KEYS)}")
-    q = raw.get("min_quality_score")
-    if q is not None and (isinstance(q, bool) or not isinstance(q, (int, float)) or not math.isfinite(q)):
-        raise RecipeError(f"{where}: 'filters.min_quality_score' must be a number, got {q!r}")
-    n = raw.get("min_steps")
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-        raise RecipeError(f"{where}: 'filters.min_steps' must be a positive integer, got {n!r}")
-    instr = raw.get("instructions")
-    if instr is not None and (
-        not isinstance(instr, list) or not instr or not all(isinstance(i, str) for i in instr)
-    ):
-        raise RecipeError(f"{where}: 'filters.instructions' must be a non-empty list of strings")
-    return Filters(
-        min_quality_score=float(q) if q is not None else None,
-        min_steps=n,
-        instructions=tuple(instr) if instr is not None else None,
-    )
-
-
-def _parse_splits(raw: Any, where: str) -> dict[str, float]:
-    if raw is None:
-        return {"train": 1.0}
-    if not isinstance(raw, dict) or not raw:
-        raise RecipeError(f"{where}: 'splits' must be a mapping of split name to fraction, e.g. {{train: 0.9, test: 0.1}}")
-    splits: dict[str, float] = {}
-    for key, frac in raw.items():
-        if not isinstance(key, str) or not _SPLIT_RE.match(key):
-            raise RecipeError(f"{where}: split name {key!r} in 'splits' must be word characters (e.g. train, test)")
-        if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 < frac <= 1:
-            raise RecipeError(f"{where}: 'splits.{key}' must be a fraction in (0, 1], got {frac!r}")
-        splits[key] = float(frac)
-    total = sum(splits.values())
-    if abs(total - 1.0) > 1e-6:
-        raise RecipeError(f"{where}: 'splits' fractions must sum to 1, they sum to {total:g}")
-    return splits
-
-
-def _parse_publish(raw: Any, where: str) -> tuple[int, str | None]:
-    if raw is None:
-        return DEFAULT_SHARD_ROWS, None
-    if not isinstance(raw, dict):
-        raise RecipeError(f"{where}: 'publish' must be a mapping")
-    unknown = sorted(set(raw) - _PUBLISH_KEYS)
-    if unknown:
-        raise RecipeError(f"{where}: unknown key(s) {unknown} in 'publish'; allowed: {sorted(_PUBLISH_KEYS)}")
-    rows = raw.get("shard_rows", DEFAULT_SHARD_ROWS)
-    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
-        raise RecipeError(f"{where}: 'publish.shard_rows' must be a positive integer, got {rows!r}")
-    repo = raw.get("hub_repo")
-    if repo is not None and (not isinstance(repo, str) or repo.count("/") != 1):
-        raise RecipeError(f"{where}: 'publish.hub_repo' must look like 'owner/name', got {repo!r}")
-    return rows, repo
 
 
 def assign_splits(episode_ids: pl.Series, splits: dict[str, float]) -> pl.Series:
@@ -284,10 +194,11 @@ def select_episodes(recipe: Recipe, episodes: pl.DataFrame, scores: pl.DataFrame
     `excluded_records(decisions)` turns those into quarantine-schema rows.
     Raises ValueError when the inputs cannot be curated (missing columns, duplicate scores).
     """
-    required = {"episode_id", "step"} | ({"language_instruction"} if recipe.filters.instructions else set())
+    required = {"episode_id", "step", "source"} | ({"language_instruction"} if recipe.filters.instructions else set())
     missing = sorted(required - set(episodes.columns))
     if missing:
         raise ValueError(f"episode table lacks column(s) {missing} needed by recipe {recipe.name!r}")
+    episodes = episodes.filter(pl.col("source").is_in(list(recipe.sources)))
     scores = _checked_scores(recipe, episodes, scores)
     score_cols = [c for c in scores.columns if c != "episode_id"]
 
@@ -397,33 +308,16 @@ def feature_names(recipe: Recipe) -> dict[str, list[str]]:
     """Element names of vector features (e.g. observation.state), read from the recipe's source mappings.
 
     A name is kept only where every source mapping agrees, so that names never
-    mislabel a dimension. Names look like `odom.pose.pose.position.z` or `joint_states.position[3]`.
+    mislabel a dimension. Names look like `/odom.pose.pose.position.z` or `/joint_states.position[3]`.
     """
+    from foundations.ingest.mapping import load_mapping
+
     found: dict[str, list[str]] | None = None
     for source in recipe.sources:
-        mapping = yaml.safe_load((SOURCES_DIR / f"{source}.yaml").read_text(encoding="utf-8")) or {}
-        names = {feat: _entry_names(entries) for feat, entries in (mapping.get("features") or {}).items()
-                 if isinstance(entries, list)}
-        names = {k: v for k, v in names.items() if v is not None}
+        mapping = load_mapping(source)
+        names = {feat: mapping.feature_names(feat) for feat in mapping.features}
         found = names if found is None else {k: v for k, v in found.items() if names.get(k) == v}
     return found or {}
-
-
-def _entry_names(entries: list[Any]) -> list[str] | None:
-    names: list[str] = []
-    for entry in entries:
-        if not isinstance(entry, dict) or "topic" not in entry or "field" not in entry:
-            return None
-        base = f"{str(entry['topic']).strip('/').replace('/', '.')}.{entry['field']}"
-        if "components" in entry:
-            names += [f"{base}.{c}" for c in entry["components"]]
-        elif "size" in entry:
-            names += [f"{base}[{i}]" for i in range(int(entry["size"]))]
-        elif "transform" in entry:
-            names.append(f"{base}:{entry['transform']}")
-        else:
-            names.append(base)
-    return names
 
 
 __all__ = [
