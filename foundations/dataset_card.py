@@ -83,8 +83,8 @@ def card_header(
             "content_hash": version["content_hash"],
             "parent_version": version.get("parent_version"),
             "code_version": version.get("code_version"),
-            "sources": [{"file": f, "sha256": h} for f, h in
-                        zip(sources.get_column("source_file").to_list(), sources.get_column("source_sha256").to_list())],
+            "sources": [{"source": r.get("source"), "file": r["source_file"], "sha256": r["source_sha256"]}
+                        for r in sources.iter_rows(named=True)],
         },
     }
 
@@ -124,8 +124,8 @@ def render_card(
         f"- code version: `{version.get('code_version')}`",
         f"- parent version: {('v' + version['parent_version']) if version.get('parent_version') else 'none (first version)'}",
         f"- source files: {sources.height}", "",
-        "| source file | sha256 | episodes | steps |", "|---|---|---:|---:|",
-        *[f"| {_cell(r['source_file'])} | `{r['source_sha256']}` | {r['episodes']} | {r['steps']} |"
+        "| source | file (path in its landing batch) | sha256 | episodes | steps |", "|---|---|---|---:|---:|",
+        *[f"| {_cell(r.get('source') or '')} | {_cell(r['source_file'])} | `{r['source_sha256']}` | {r['episodes']} | {r['steps']} |"
           for r in sources.iter_rows(named=True)],
         "",
         "## Recipe", "", "```yaml", recipe.to_yaml().rstrip(), "```", "",

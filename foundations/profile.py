@@ -84,6 +84,9 @@ class RobotProfile(_Strict):
     target: Slice | None = None  # the goal position, in the end effector's frame and dimensions
     joint_velocity: Slice | None = None  # joint velocities (rad/s), for the smoothness score
     posture: Posture | None = None
+    # Length of a complete episode (s): completeness is measured against it, so an episode's
+    # score never depends on what else landed with it. Null: the longest episode per instruction.
+    nominal_episode_s: float | None = Field(None, gt=0)
     skills: dict[str, Skill]
     path: Path | None = Field(None, exclude=True)
 

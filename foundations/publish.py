@@ -37,7 +37,7 @@ from foundations.content_hash import canonical_type, table_content_hash
 from foundations.dataset_card import jsonable, render_card
 from foundations.feature_stats import feature_specs, feature_stats, hf_features, to_hub_arrow
 from foundations.recipes import SPLIT, Recipe, assign_splits, feature_names
-from foundations.schema import POLARS_SCHEMA
+from foundations.schema import LINEAGE, POLARS_SCHEMA
 from foundations.storage import AtomicDir, area, sha256_file
 
 log = logging.getLogger(__name__)
@@ -240,14 +240,13 @@ def episode_table(data: pl.DataFrame) -> pl.DataFrame:
 
 
 def _lineage(sources: pl.DataFrame, data: pl.DataFrame) -> pl.DataFrame:
-    """Every source file of the run with its sha256, and the episodes and steps it gave this version."""
-    keys = ["source_file", "source_sha256"]
+    """Every source file of the run (source, path in its batch, sha256) and the episodes and steps it gave this version."""
+    keys = [k for k in LINEAGE if k in sources.columns]
     given = sources.select(pl.col(k).cast(pl.String) for k in keys).unique()
     if set(keys) <= set(data.columns):
         used = data.group_by(keys).agg(pl.col("episode_id").n_unique().alias("episodes"), pl.len().alias("steps"))
     else:
-        used = pl.DataFrame(schema={"source_file": pl.String, "source_sha256": pl.String,
-                                    "episodes": pl.UInt32, "steps": pl.UInt32})
+        used = pl.DataFrame(schema={**{k: pl.String for k in keys}, "episodes": pl.UInt32, "steps": pl.UInt32})
     return (
         given.join(used.with_columns(pl.col(k).cast(pl.String) for k in keys), on=keys, how="full", coalesce=True)
         .with_columns(pl.col("episodes", "steps").fill_null(0).cast(pl.Int64))
@@ -353,11 +352,11 @@ def download(name: str, version: str, to: Path, *, overwrite: bool = False, root
     return to
 
 
-def push_to_hub(path: Path, repo_id: str, token_env: str = "HF_TOKEN", *, private: bool = True) -> dict[str, str]:
+def push_to_hub(path: Path, repo_id: str, token: str | None, *, private: bool = True) -> dict[str, str]:
     """Upload a published version folder to a Hub dataset repo and tag the commit `v<semver>`.
 
-    The token is read from the environment variable `token_env` only, and never
-    logged or written. The repo's files are replaced by the folder's, so the tag
+    The token comes from the caller (the pipeline reads it from the environment through
+    `dg.EnvVar`) and is never logged or written. The repo's files are replaced by the folder's, so the tag
     resolves to exactly this version. Refuses a version whose tag exists already.
     """
     from huggingface_hub import HfApi
@@ -374,9 +373,8 @@ def push_to_hub(path: Path, repo_id: str, token_env: str = "HF_TOKEN", *, privat
         raise ValueError(f"invalid Hub repo id {repo_id!r}: {exc}") from None
     if "/" not in repo_id:
         raise ValueError(f"Hub repo id {repo_id!r} must be 'owner/name'")
-    token = os.environ.get(token_env)
     if not token:
-        raise RuntimeError(f"no Hub token: set the {token_env} environment variable to a token with write access")
+        raise RuntimeError("no Hub token: set the HF_TOKEN environment variable to a token with write access")
     tag = f"v{record['version']}"
     api = HfApi(token=token)
     api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Iterator
 import shutil
 import tempfile
 import uuid
@@ -17,11 +20,26 @@ import polars as pl
 HASH_CHUNK = 1 << 20
 
 
+ROOT_ENV = "ROBOCURATE_HOME"
+_root_override: ContextVar[Path | None] = ContextVar("robocurate_data_root", default=None)
+
+
 def data_root() -> Path:
-    """`$ROBOCURATE_HOME`, default `.robocurate/` under the working directory."""
-    root = Path(os.environ.get("ROBOCURATE_HOME", ".robocurate")).expanduser().resolve()
+    """The data root: the one set by `using_root` (the Dagster resource does), else
+    `$ROBOCURATE_HOME`, else `.robocurate/` under the working directory."""
+    root = _root_override.get() or Path(os.environ.get(ROOT_ENV, ".robocurate")).expanduser().resolve()
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+@contextmanager
+def using_root(path: str | Path) -> Iterator[Path]:
+    """Within this block (this thread or task), every path comes from `path`."""
+    token = _root_override.set(Path(path).expanduser().resolve())
+    try:
+        yield data_root()
+    finally:
+        _root_override.reset(token)
 
 
 def area(name: str) -> Path:
@@ -38,9 +56,15 @@ def lake_table(table: str) -> Path:
     return path
 
 
+def partition_path(table: str, partition: str) -> Path:
+    """`lake/<table>/<partition>.parquet`; a key `<source>/<batch>` becomes a sub-folder per source."""
+    return lake_table(table) / f"{partition}.parquet"
+
+
 def write_partition(df: pl.DataFrame, table: str, partition: str) -> Path:
     """Write one partition of a lake table atomically (replacing an earlier write)."""
-    path = lake_table(table) / f"{partition}.parquet"
+    path = partition_path(table, partition)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     df.write_parquet(tmp, compression="zstd", statistics=True)
     os.replace(tmp, path)
@@ -48,7 +72,7 @@ def write_partition(df: pl.DataFrame, table: str, partition: str) -> Path:
 
 
 def read_partition(table: str, partition: str) -> pl.DataFrame | None:
-    path = lake_table(table) / f"{partition}.parquet"
+    path = partition_path(table, partition)
     return pl.read_parquet(path) if path.exists() else None
 
 
@@ -62,7 +86,7 @@ def require_partition(table: str, partition: str) -> pl.DataFrame:
 
 def read_table(table: str) -> pl.DataFrame | None:
     """All partitions of a lake table, or None when nothing was written yet."""
-    files = sorted(lake_table(table).glob("*.parquet"))
+    files = sorted(lake_table(table).rglob("*.parquet"))
     if not files:
         return None
     return pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")

@@ -1,7 +1,11 @@
-"""`robocurate`: simulate a fleet, land logs, run the pipeline, download dataset versions."""
+"""`robocurate`: simulate a fleet, land logs, ingest them, see what happened to each file, download versions.
+
+Errors are one line on stderr and a non-zero exit (set ROBOCURATE_DEBUG=1 for the traceback).
+"""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -9,21 +13,30 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="robocurate", description=__doc__)
+    parser = argparse.ArgumentParser(prog="robocurate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sim = sub.add_parser("simulate", help="simulate a fleet of Ant robots and write ROS 2 MCAP logs")
+    sim = sub.add_parser("simulate", help="simulate a fleet of robots and write ROS 2 MCAP logs")
+    sim.add_argument("--embodiment", default=None, help="which simulated robot (default: the first; see --help)")
     sim.add_argument("--episodes", type=int, default=60)
     sim.add_argument("--out", type=Path, required=True, help="folder for the .mcap files and ground_truth.jsonl")
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--fault-rate", type=float, default=0.15, help="share of files with a planted fault")
 
-    land = sub.add_parser("land", help="copy log files into a new landing batch (the sensor picks it up)")
-    land.add_argument("files", type=Path, nargs="+")
+    land = sub.add_parser("land", help="copy log files or folders (with sub-folders) into a new landing batch")
+    land.add_argument("paths", type=Path, nargs="+")
+    land.add_argument("--source", required=True, help="the source (datasets/sources/<source>.yaml) that reads them")
     land.add_argument("--batch", help="batch name (default: batch-<UTC time>)")
 
-    demo = sub.add_parser("demo", help="simulate a fleet (first run only) and run every asset")
-    demo.add_argument("--episodes", type=int, default=60)
+    ingest = sub.add_parser("ingest", help="ingest, validate, score and label every pending batch of every source")
+    ingest.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    status = sub.add_parser("status", help="every landed file: its outcome, episodes and reasons")
+    status.add_argument("--json", action="store_true", help="print one JSON object per file (a JSON list)")
+
+    demo = sub.add_parser("demo", help="simulate every fleet (first run only) and run every asset")
+    demo.add_argument("--episodes", type=int, default=60, help="episodes per simulated fleet")
     demo.add_argument("--seed", type=int, default=0)
 
     dl = sub.add_parser("download", help="snapshot of a published dataset version")
@@ -39,24 +52,71 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:
-        print(f"robocurate {args.command}: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"robocurate {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # one clear line, never a traceback, unless asked for
+        if os.environ.get("ROBOCURATE_DEBUG"):
+            raise
+        text = " ".join(str(err).split()) or type(err).__name__
+        print(f"robocurate {args.command}: {text}", file=sys.stderr)
         return 2
 
 
 def _simulate(args) -> int:
-    from simulator.fleet import simulate_fleet
+    from simulator.embodiments import EMBODIMENTS, get_embodiment
 
-    truth = simulate_fleet(args.episodes, args.out, seed=args.seed, fault_rate=args.fault_rate)
-    print(f"wrote {args.episodes} episodes to {args.out} (ground truth: {truth})")
+    embodiment = get_embodiment(args.embodiment or EMBODIMENTS[0])
+    truth = embodiment.simulate_fleet(args.episodes, args.out, seed=args.seed, fault_rate=args.fault_rate)
+    print(f"wrote {args.episodes} {embodiment.name} episodes to {args.out} (ground truth: {truth}); "
+          f"land them with: robocurate land {args.out} --source {embodiment.source}")
     return 0
 
 
 def _land(args) -> int:
     from foundations import landing
 
-    batch = landing.land_files(args.files, args.batch)
-    print(f"landed {len(args.files)} files as batch {batch} in {landing.landing_dir(batch)}")
+    key = landing.land(args.paths, args.source, args.batch)
+    n = len(list(p for p in landing.batch_dir(key).rglob("*") if p.is_file()))
+    print(f"landed {n} files as batch {key} in {landing.batch_dir(key)}; `robocurate ingest` ingests it")
+    return 0
+
+
+def _ingest(args) -> int:
+    from pipelines.runner import ingest_pending
+    from pipelines.status import file_status, summary
+
+    keys = ingest_pending(progress=not args.json)
+    table = summary(file_status())
+    if args.json:
+        print(json.dumps({"batches_ingested": keys, "files": table.to_dicts()}, indent=1))
+    else:
+        print(f"ingested {len(keys)} batch(es): {', '.join(keys) or 'none pending'}")
+        for row in table.iter_rows(named=True):
+            print(f"  {row['source']:<24} {row['outcome']:<12} {row['files']:>5} files")
+    return 0
+
+
+def _status(args) -> int:
+    from pipelines.status import file_status
+
+    table = file_status()
+    if args.json:
+        print(json.dumps(table.to_dicts(), indent=1, default=str))
+        return 0
+    if table.is_empty():
+        print("no landed files; add some with `robocurate land PATH --source NAME`")
+    for row in table.iter_rows(named=True):
+        print(f"{row['source']}/{row['landing_batch']}/{row['file']}  {row['outcome']}  sha256 {(row['sha256'] or '?')[:12]}")
+        for ep in row["episodes"]:
+            score = f"  score {ep['quality_score']:.2f}" if ep["quality_score"] is not None else ""
+            print(f"    episode {ep['episode_id']}  {ep['steps']} steps  {ep['outcome']}{score}")
+            for reason in ep["reasons"]:
+                print(f"      - {reason}")
+        for reason in row["reasons"]:
+            print(f"    - {reason}")
+        if row["duplicate_of"]:
+            print(f"    - same content as {row['duplicate_of']}")
     return 0
 
 
@@ -97,6 +157,8 @@ def _dev(args) -> int:
 COMMANDS = {
     "simulate": _simulate,
     "land": _land,
+    "ingest": _ingest,
+    "status": _status,
     "demo": _demo,
     "download": _download,
     "versions": _versions,

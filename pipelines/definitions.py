@@ -1,16 +1,25 @@
-"""The robocurate code location: `dagster dev` / `dg dev` load `defs` from here."""
+"""The robocurate code location: `dagster dev` / `dg dev` load `defs` from here.
+
+Dataset assets are generated per recipe and training assets per target (YAML under datasets/);
+resources wrap everything external: the data root, the referee LLM, the Hub token.
+"""
+import os
+
 import dagster as dg
 
 from pipelines.assets import ingest, labels, publish, quality, train
 from pipelines.jobs import curate_job, ingest_job, publish_job, train_job
+from pipelines.resources import DataRoot, HubToken, RefereeResource
 from pipelines.schedules import nightly_schedule
-from pipelines.resources import RefereeResource
-from pipelines.sensors import landing_sensor, new_dataset_version_sensor
+from pipelines.sensors import landing_sensor
+
+# The Hub token is read through dg.EnvVar, so Dagster never displays or stores its value.
+hub = HubToken(token=dg.EnvVar("HF_TOKEN")) if os.environ.get("HF_TOKEN") else HubToken()
 
 defs = dg.Definitions(
     assets=[*dg.load_assets_from_modules([ingest, quality, labels, train]), *publish.dataset_assets()],
     jobs=[ingest_job, curate_job, publish_job, train_job],
     schedules=[nightly_schedule],
-    sensors=[landing_sensor, new_dataset_version_sensor],
-    resources={"referee": RefereeResource()},
+    sensors=[landing_sensor],
+    resources={"referee": RefereeResource(), "data_root": DataRoot(), "hub": hub},
 )

@@ -1,17 +1,22 @@
-"""`robocurate demo` / `make demo`: a simulated fleet through every asset, with a printed summary."""
+"""`robocurate demo` / `make demo`: every simulated fleet through every asset, with a printed summary.
+
+Every figure printed is also written to `<data root>/reports/demo.json` under stable dotted keys:
+`quarantine.<source>.*`, `dataset.<recipe>.*`, `referee.<robot>.*`, `policy.<robot>.*`, `baseline.<robot>.*`.
+"""
 from __future__ import annotations
 
+import json
 import time
 
 import dagster as dg
 import polars as pl
 
 from foundations import landing, storage
-from foundations.ingest.mapping import load_mapping
-from pipelines.runner import dagster_home, pending_batches, run_job
+from foundations.catalog import list_configs
+from foundations.ingest import load_mapping
+from pipelines.runner import dagster_home, ingest_pending, run_job
 
 DEMO_BATCH = "fleet-0001"
-MAPPING = "ant_fleet_ros2"
 
 
 def run_demo(episodes: int = 60, seed: int = 0) -> int:
@@ -20,91 +25,127 @@ def run_demo(episodes: int = 60, seed: int = 0) -> int:
 
     instance = dg.DagsterInstance.get()
     started = time.perf_counter()
-    if not landing.list_batches():
-        from simulator.fleet import simulate_fleet
-
-        sim_dir = storage.area("fleet_sim") / DEMO_BATCH
-        print(f"[1/3] simulating {episodes} Ant episodes (MuJoCo) -> {sim_dir}")
-        simulate_fleet(episodes, sim_dir, seed=seed)
-        landing.land_files(sorted(sim_dir.glob("*.mcap")), DEMO_BATCH)
-    else:
-        print(f"[1/3] landing area already has batches {landing.list_batches()}; no new simulation "
-              "(add logs with `robocurate simulate` + `robocurate land`)")
-
-    glob = load_mapping(MAPPING).file_glob
-    pending = pending_batches(instance, glob)
-    instance.add_dynamic_partitions("landing_batch", [b for b in pending if not instance.has_dynamic_partition("landing_batch", b)])
-    print(f"[2/3] ingesting {len(pending)} new or changed landing batch(es): {pending or 'none'}")
-    for batch in pending:
-        run_job(defs, instance, "ingest_job", partition_key=batch)
-
-    print("[3/3] publishing, labelling, training and evaluating (curate_job)")
+    _simulate_missing_fleets(episodes, seed)
+    print("[2/3] ingesting every new or changed landing batch (ingest_job: validate, score, referee)")
+    ingest_pending()
+    print("[3/3] publishing, training and evaluating (curate_job)")
     run_job(defs, instance, "curate_job")
-    print_summary(instance, time.perf_counter() - started, home)
+    report = collect_report()
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    path = storage.area("reports") / "demo.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=1, sort_keys=True))
+    tmp.replace(path)
+    print_report(report)
+    print(f"every figure above is in {path}; open the Dagster UI with `make dev` (DAGSTER_HOME={home})")
     return 0
 
 
-def print_summary(instance: dg.DagsterInstance, seconds: float, home) -> None:
-    episodes = storage.read_table("episodes")
-    accepted = storage.read_table("validated_episodes")
-    quarantine = storage.read_table("quarantine")
-    n_ingested = episodes["episode_id"].n_unique() if episodes is not None else 0
-    n_accepted = accepted["episode_id"].n_unique() if accepted is not None else 0
-    q = quarantine if quarantine is not None else pl.DataFrame(schema={"episode_id": pl.String, "source_file": pl.String, "check": pl.String})
-    rejected_eps = q["episode_id"].drop_nulls().n_unique()
-    rejected_files = q.filter(pl.col("episode_id").is_null())["source_file"].n_unique()
-    print("\n=== robocurate demo summary ===")
-    print(f"episodes ingested:    {n_ingested}")
-    print(f"episodes accepted:    {n_accepted}")
-    print(f"episodes quarantined: {rejected_eps}  (+ {rejected_files} unreadable files)")
-    for check, n in q.group_by("check").len().sort("len", descending=True).iter_rows():
-        print(f"    {n:3d} x {check}")
-    for line in _published_lines(instance):
-        print(line)
-    for line in _referee_lines(accepted):
-        print(line)
-    for line in _policy_lines():
-        print(line)
-    print(f"took {seconds:.0f} s; open the Dagster UI with `make dev` (DAGSTER_HOME={home})")
+def _simulate_missing_fleets(episodes: int, seed: int) -> None:
+    """Simulate and land each embodiment's fleet whose source has no landing batch yet."""
+    from simulator.embodiments import EMBODIMENTS, get_embodiment
+
+    landed = {landing.split_key(k)[0] for k in landing.list_batches()}
+    for name in EMBODIMENTS:
+        emb = get_embodiment(name)
+        if emb.source in landed:
+            print(f"[1/3] {emb.source} has landing batches already; no new {name} simulation")
+            continue
+        out = storage.area("fleet_sim") / emb.source
+        print(f"[1/3] simulating {episodes} {name} episodes (MuJoCo) -> {out}")
+        emb.simulate_fleet(episodes, out, seed=seed)
+        landing.land([p for p in sorted(out.iterdir()) if p.name != "ground_truth.jsonl"], emb.source, DEMO_BATCH)
 
 
-def _published_lines(instance: dg.DagsterInstance) -> list[str]:
+def collect_report() -> dict:
+    """Every headline figure of the data root, as flat dotted keys."""
+    report: dict = {}
+    report |= _quarantine_figures()
+    report |= _dataset_figures()
+    report |= _referee_figures()
+    report |= _policy_figures()
+    return report
+
+
+def _quarantine_figures() -> dict:
+    from pipelines.status import file_status
+
+    status = file_status()
+    out = {}
+    for source in status["source"].unique().sort().to_list():
+        files = status.filter(pl.col("source") == source)
+        eps = files.select(pl.col("episodes").explode()).unnest("episodes").drop_nulls("episode_id")
+        out |= {
+            f"quarantine.{source}.files": files.height,
+            f"quarantine.{source}.files_unreadable": int((files["outcome"] == "unreadable").sum()),
+            f"quarantine.{source}.files_duplicate": int((files["outcome"] == "duplicate").sum()),
+            f"quarantine.{source}.episodes_ingested": eps.height,
+            f"quarantine.{source}.episodes_accepted": int((eps["outcome"] == "accepted").sum()) if eps.height else 0,
+            f"quarantine.{source}.episodes": int((eps["outcome"] == "quarantined").sum()) if eps.height else 0,
+        }
+    return out
+
+
+def _dataset_figures() -> dict:
     from foundations.publish import list_versions
-    from foundations.recipes import list_recipes
 
-    lines = []
-    for name in list_recipes():
+    out = {}
+    for name in list_configs("recipes"):
         versions = list_versions(name)
         if versions:
             v = versions[-1]
-            lines.append(f"dataset {name}: version {v['version']} (content {v['content_hash'][:12]}) at {v['path']}")
-    return lines
+            out |= {f"dataset.{name}.version": v["version"], f"dataset.{name}.content_hash": v["content_hash"][:12],
+                    f"dataset.{name}.path": str(v["path"])}
+    return out
 
 
-def _referee_lines(accepted: pl.DataFrame | None) -> list[str]:
+def _referee_figures() -> dict:
     from quality.referee import referee_agreement
 
     segments = storage.read_table("referee_segments")
+    accepted = storage.read_table("validated_episodes")
     if segments is None or accepted is None:
-        return ["referee: no labels yet"]
-    steps = int(segments["n_steps"].max())
-    a = referee_agreement(segments, accepted, segment_steps=steps)
-    return [
-        f"referee agreement with true progress ({a['segments']} segments of {a['episodes']} episodes):",
-        f"    value-order correlation {a['voc']} (a referee adding a constant per segment: {a['voc_time_baseline']})",
-        f"    Spearman(segment reward, segment progress) {a['spearman_segment']}",
-        f"    label accuracy {a['accuracy']} (always the most common label: {a['majority_accuracy']})",
-    ]
+        return {}
+    out = {}
+    for source in accepted["source"].unique().sort().to_list():
+        mapping = load_mapping(source)
+        acc = accepted.filter(pl.col("source") == source)
+        segs = segments.join(acc.select("episode_id").unique(), on="episode_id", how="semi")
+        if segs.is_empty():
+            continue
+        a = referee_agreement(segs, acc, mapping.profile, segment_steps=int(segs["n_steps"].max()))
+        key = f"referee.{mapping.robot}"
+        out |= {f"{key}.voc": a.get("voc"), f"{key}.voc_constant": a.get("voc_time_baseline"),
+                f"{key}.spearman": a.get("spearman_segment"), f"{key}.accuracy": a.get("accuracy"),
+                f"{key}.majority_accuracy": a.get("majority_accuracy"), f"{key}.segments": a.get("segments")}
+    return out
 
 
-def _policy_lines() -> list[str]:
-    table = storage.read_partition("policy_evaluation", "latest")
-    if table is None:
-        return ["policy: not evaluated yet"]
-    wide = table.pivot(on="policy", index="instruction", values="normalized_score").sort("instruction")
-    lines = ["normalized score per skill (0 = random operator, 100 = expert operator):",
-             f"    {'skill':<14}{'IQL + LoRA-MoE':>16}{'BC (all data)':>16}"]
-    for row in wide.iter_rows(named=True):
-        lines.append(f"    {row['instruction']:<14}{row.get('policy_checkpoint', float('nan')):>16.1f}"
-                     f"{row.get('baseline_checkpoint', float('nan')):>16.1f}")
-    return lines
+def _policy_figures() -> dict:
+    from foundations.targets import list_targets, load_target
+    from training.evaluation import summary_figures
+
+    out = {}
+    for name in list_targets():
+        target = load_target(name)
+        table = storage.read_partition("policy_evaluation", name)
+        if table is not None:
+            out |= summary_figures(table, target.robot)
+    return out
+
+
+def print_report(report: dict) -> None:
+    print("\n=== robocurate demo summary ===")
+    groups: dict[str, list[tuple[str, object]]] = {}
+    for key, value in sorted(report.items()):
+        head, _, rest = key.partition(".")
+        groups.setdefault(head, []).append((rest, value))
+    for head in ("quarantine", "dataset", "referee", "policy", "baseline"):
+        if head not in groups:
+            print(f"{head}: nothing yet")
+            continue
+        print(f"{head}:")
+        for rest, value in groups[head]:
+            shown = f"{value:.3f}" if isinstance(value, float) else value
+            print(f"    {rest:<40} {shown}")
+    print(f"took {report.get('seconds', 0):.0f} s")

@@ -1,7 +1,38 @@
 """Dagster resources: every external system behind one configurable object."""
-from typing import Literal, Optional
+from contextlib import contextmanager, nullcontext
+from types import ModuleType
+from typing import Iterator, Literal, Optional
 
 import dagster as dg
+
+from foundations import storage as storage_module
+
+
+class DataRoot(dg.ConfigurableResource):
+    """The data root every asset reads and writes (landing, lake, hub, checkpoints, cache).
+
+    `path` None keeps `$ROBOCURATE_HOME` (default `.robocurate/`); a path here redirects every
+    storage call of the run, which is how tests give a run its own folder.
+    """
+
+    path: Optional[str] = None
+
+    @contextmanager
+    def yield_for_execution(self, context) -> Iterator["DataRoot"]:
+        with storage_module.using_root(self.path) if self.path else nullcontext():
+            yield self
+
+    @property
+    def storage(self) -> ModuleType:
+        """`foundations.storage`, rooted at this resource's path while the run executes."""
+        return storage_module
+
+
+class HubToken(dg.ConfigurableResource):
+    """Hugging Face Hub credentials for pushing dataset versions. Configure `token` with
+    `dg.EnvVar("HF_TOKEN")`: Dagster then never shows or stores the value."""
+
+    token: Optional[str] = None
 
 
 class RefereeResource(dg.ConfigurableResource):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from foundations import landing, storage
+from foundations import storage
 
 REPO_DAGSTER_YAML = Path(__file__).resolve().parents[1] / "dagster.yaml"
 
@@ -25,19 +25,6 @@ def dagster_home() -> Path:
         shutil.copyfile(REPO_DAGSTER_YAML, target)
     os.environ["DAGSTER_HOME"] = str(home)
     return home
-
-
-def pending_batches(instance: dg.DagsterInstance, file_glob: str) -> list[str]:
-    """Landing batches never ingested, or whose file listing changed since they were."""
-    pending = []
-    for batch in landing.list_batches():
-        records = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey("raw_log_files"), asset_partitions=[batch]), limit=1
-        ).records
-        seen = records[0].asset_materialization.metadata.get("fingerprint") if records else None
-        if seen is None or seen.value != landing.batch_fingerprint(batch, file_glob):
-            pending.append(batch)
-    return pending
 
 
 def run_job(
@@ -70,3 +57,29 @@ def run_job(
         failed = [e.step_key for e in result.all_events if e.is_step_failure]
         raise RuntimeError(f"{name} failed (steps: {', '.join(failed) or 'see the Dagster UI'}); run `robocurate dev` to inspect")
     return result
+
+
+def ingest_pending(progress: bool = True, resources: dict | None = None) -> list[str]:
+    """Run ingest_job for every pending landing batch of every source (new, or whose files, mapping
+    or robot profile changed); returns their partition keys. Batches that cannot be served are
+    reported on stderr and skipped."""
+    import sys
+
+    from pipelines.batches import landing_state, pending_batches
+
+    dagster_home()
+    from pipelines.definitions import defs  # after DAGSTER_HOME is set
+
+    instance = dg.DagsterInstance.get()
+    state = landing_state()
+    for problem in state.problems:
+        print(f"not served: {problem}", file=sys.stderr)
+    pending = pending_batches(instance, state)
+    new = [k for k in pending if not instance.has_dynamic_partition("landing_batch", k)]
+    if new:
+        instance.add_dynamic_partitions("landing_batch", new)
+    for i, key in enumerate(pending, 1):
+        if progress:
+            print(f"[{i}/{len(pending)}] ingest_job {key}", flush=True)
+        run_job(defs, instance, "ingest_job", partition_key=key, resources=resources)
+    return pending

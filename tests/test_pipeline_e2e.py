@@ -13,7 +13,10 @@ import polars as pl
 import pytest
 
 from foundations import landing, storage
-from pipelines.runner import dagster_home, pending_batches, run_job
+from pipelines.batches import pending_batches
+from pipelines.runner import dagster_home, run_job
+
+SOURCE = "ant_fleet_ros2"
 
 N_EPISODES = 12
 
@@ -62,10 +65,11 @@ def test_definitions_are_loadable():
 def test_fleet_to_published_dataset(fleet, instance, referee):
     from pipelines.definitions import defs
 
-    batch = landing.land_files(sorted(fleet.glob("*.mcap")), "batch-a")
-    assert pending_batches(instance, "*.mcap") == [batch]
+    batch = landing.land(sorted(fleet.glob("*.mcap")), SOURCE, "batch-a")
+    assert batch == f"{SOURCE}/batch-a"
+    assert pending_batches(instance) == [batch]
     _ingest(defs, instance, batch, referee)
-    assert pending_batches(instance, "*.mcap") == []
+    assert pending_batches(instance) == []
 
     truth = _truth(fleet)
     episodes = storage.read_table("episodes")
@@ -119,7 +123,7 @@ def test_fleet_to_published_dataset(fleet, instance, referee):
     assert len(list_versions("ant_skills")) == 1
 
     # A re-delivered identical file in a new batch is recognised and not parsed again.
-    again = landing.land_files([sorted(fleet.glob("*.mcap"))[0]], "batch-b")
+    again = landing.land([sorted(fleet.glob("*.mcap"))[0]], SOURCE, "batch-b")
     _ingest(defs, instance, again, referee)
     raw = storage.read_partition("raw_log_files", again)
     assert raw["status"].to_list() == ["duplicate"]
@@ -132,11 +136,12 @@ def test_landing_sensor_registers_new_batches(fleet, instance):
     from pipelines.definitions import defs
     from pipelines.sensors import landing_sensor
 
-    landing.land_files(sorted(fleet.glob("*.mcap"))[:2], "batch-s")
+    key = landing.land(sorted(fleet.glob("*.mcap"))[:2], SOURCE, "batch-s")
+    (landing.landing_dir() / "no_such_source" / "b1").mkdir(parents=True)  # a folder without a mapping
     with dg.build_sensor_context(instance=instance, definitions=defs) as ctx:
         result = landing_sensor(ctx)
-    assert [r.partition_key for r in result.run_requests] == ["batch-s"]
-    assert result.dynamic_partitions_requests[0].partition_keys == ["batch-s"]
+    assert [r.partition_key for r in result.run_requests] == [key]
+    assert result.dynamic_partitions_requests[0].partition_keys == [key]
 
 
 def test_training_and_evaluation_assets(fleet, instance, referee):
@@ -144,7 +149,7 @@ def test_training_and_evaluation_assets(fleet, instance, referee):
     from pipelines.definitions import defs
     from training.checkpoints import latest_checkpoint, list_checkpoints, load_checkpoint
 
-    batch = landing.land_files(sorted(fleet.glob("*.mcap")), "batch-t")
+    batch = landing.land(sorted(fleet.glob("*.mcap")), SOURCE, "batch-t")
     _ingest(defs, instance, batch, referee)
     run_job(defs, instance, "publish_job")
     # The small test fleet leaves few episodes above the curated cut: train both on all accepted data.

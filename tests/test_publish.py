@@ -396,13 +396,12 @@ def test_publish_refuses_bad_tables(tmp_path, home):
     assert result.created and result.n_steps == 50
 
 
-def test_push_to_hub_checks_arguments_before_any_network(tmp_path, home, monkeypatch):
+def test_push_to_hub_checks_arguments_before_any_network(tmp_path, home):
     recipe = load_recipe(write_recipe(tmp_path))
     result = do_publish(recipe, make_episodes(2, 25))
-    monkeypatch.delenv("ROBOCURATE_TEST_TOKEN", raising=False)
     with pytest.raises(ValueError, match="not a published version"):
-        push_to_hub(tmp_path, "owner/name", token_env="ROBOCURATE_TEST_TOKEN")
+        push_to_hub(tmp_path, "owner/name", token="hf_secret")
     with pytest.raises(ValueError, match="repo id"):
-        push_to_hub(result.path, "bad repo id!", token_env="ROBOCURATE_TEST_TOKEN")
-    with pytest.raises(RuntimeError, match="ROBOCURATE_TEST_TOKEN"):
-        push_to_hub(result.path, "owner/name", token_env="ROBOCURATE_TEST_TOKEN")
+        push_to_hub(result.path, "bad repo id!", token="hf_secret")
+    with pytest.raises(RuntimeError, match="HF_TOKEN"):
+        push_to_hub(result.path, "owner/name", token=None)

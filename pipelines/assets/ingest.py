@@ -1,37 +1,36 @@
-"""Group `ingest`: landed files with their hashes, and the canonical episode table."""
+"""Group `ingest`: landed files with their hashes, and the canonical episode table.
+
+The partition key `<source>/<batch>` names the source, whose mapping reads the batch.
+"""
 
 import dagster as dg
 import polars as pl
 
-from foundations import landing, storage
-from foundations.ingest.ingest import ingest_files
+from foundations import landing
+from foundations.ingest import empty_result, ingest_files, load_mapping
 from pipelines.metadata import md_table
-from foundations.ingest.mapping import load_mapping
 from pipelines.partitions import landing_batches
-from foundations.schema import empty_episodes, empty_quarantine
-
-
-class IngestConfig(dg.Config):
-    """Which source mapping (datasets/sources/<mapping>.yaml) reads this landing batch."""
-
-    mapping: str = "ant_fleet_ros2"
+from pipelines.resources import DataRoot
 
 
 @dg.asset(
     group_name="ingest",
     partitions_def=landing_batches,
-    description="Files of one landing batch with their SHA-256; a file whose content landed before is marked duplicate.",
+    description="Files of one landing batch with their SHA-256 and path inside the batch; a file whose "
+    "content landed before is marked duplicate.",
     kinds={"parquet"},
 )
-def raw_log_files(context: dg.AssetExecutionContext, config: IngestConfig) -> dg.MaterializeResult:
-    batch = context.partition_key
-    mapping = load_mapping(config.mapping)
-    files = landing.scan_batch(batch, mapping.file_glob, storage.read_table("raw_log_files"))
-    storage.write_partition(files, "raw_log_files", batch)
+def raw_log_files(context: dg.AssetExecutionContext, data_root: DataRoot) -> dg.MaterializeResult:
+    key = context.partition_key
+    mapping = load_mapping(landing.split_key(key)[0])
+    storage = data_root.storage
+    files = landing.scan_batch(key, mapping.file_glob, storage.read_table("raw_log_files"))
+    storage.write_partition(files, "raw_log_files", key)
     dup = files.filter(pl.col("status") == "duplicate")
     return dg.MaterializeResult(
         metadata={
-            "fingerprint": landing.batch_fingerprint(batch, mapping.file_glob),
+            "fingerprint": landing.batch_fingerprint(key, mapping.file_glob, mapping.fingerprint),
+            "mapping_fingerprint": mapping.fingerprint,
             "files": len(files),
             "new_files": len(files) - len(dup),
             "duplicate_files": len(dup),
@@ -45,38 +44,55 @@ def raw_log_files(context: dg.AssetExecutionContext, config: IngestConfig) -> dg
     group_name="ingest",
     partitions_def=landing_batches,
     deps=[raw_log_files],
-    description="The canonical episode table (one row per control step) parsed from the batch's new files; "
+    description="The canonical episode table (one row per control step) parsed from the batch's new files, "
+    "with the start-up and shut-down steps trimmed where streams started or stopped at different times; "
     "files that cannot be read are quarantined with a reason.",
     kinds={"polars", "parquet"},
 )
-def episodes(context: dg.AssetExecutionContext, config: IngestConfig) -> dg.MaterializeResult:
-    batch = context.partition_key
-    mapping = load_mapping(config.mapping)
-    files = storage.require_partition("raw_log_files", batch)
+def episodes(context: dg.AssetExecutionContext, data_root: DataRoot) -> dg.MaterializeResult:
+    key = context.partition_key
+    mapping = load_mapping(landing.split_key(key)[0])
+    storage = data_root.storage
+    files = storage.require_partition("raw_log_files", key)
     new = files.filter(pl.col("status") == "new")
-    # Rows parsed by an earlier run of this partition are kept; only files not seen yet are parsed.
-    kept_eps = _keep(storage.read_partition("episodes", batch), new["sha256"], empty_episodes())
-    kept_bad = _keep(storage.read_partition("ingest_quarantine", batch), new["sha256"], empty_quarantine())
-    done = pl.concat([kept_eps["source_sha256"], kept_bad["source_sha256"]]).unique()
+    # Rows parsed by an earlier run with the same mapping are kept; only files not parsed yet
+    # (or parsed under another version of the mapping or robot profile) are parsed now.
+    same_mapping = storage.read_partition("ingest_fingerprint", key)
+    reuse = same_mapping is not None and same_mapping["mapping_fingerprint"].to_list() == [mapping.fingerprint]
+    empty = empty_result(mapping)
+    kept = {
+        table: _keep(storage.read_partition(table, key) if reuse else None, new["sha256"], getattr(empty, attr))
+        for table, attr in (("episodes", "episodes"), ("ingest_quarantine", "quarantine"), ("ingest_trims", "trims"))
+    }
+    done = pl.concat([kept["episodes"]["source_sha256"], kept["ingest_quarantine"]["source_sha256"]]).unique()
     todo = new.filter(~pl.col("sha256").is_in(done.implode()))
-    paths = [landing.landing_dir() / f for f in todo["file"]]
-    result = ingest_files(paths, mapping, hashes=dict(zip(map(str, paths), todo["sha256"])))
-    eps = pl.concat([kept_eps, result.episodes], how="diagonal_relaxed")
-    bad = pl.concat([kept_bad, result.quarantine], how="diagonal_relaxed")
-    storage.write_partition(eps, "episodes", batch)
-    storage.write_partition(bad, "ingest_quarantine", batch)
+    root = landing.batch_dir(key)
+    paths = [root / f for f in todo["file"]]
+    result = ingest_files(paths, mapping, hashes=dict(zip(map(str, paths), todo["sha256"])), batch_dir=root)
+    eps = pl.concat([kept["episodes"], result.episodes], how="diagonal_relaxed")
+    bad = pl.concat([kept["ingest_quarantine"], result.quarantine], how="diagonal_relaxed")
+    trims = pl.concat([kept["ingest_trims"], result.trims], how="diagonal_relaxed")
+    storage.write_partition(eps, "episodes", key)
+    storage.write_partition(bad, "ingest_quarantine", key)
+    storage.write_partition(trims, "ingest_trims", key)
+    storage.write_partition(pl.DataFrame({"mapping_fingerprint": [mapping.fingerprint]}), "ingest_fingerprint", key)
     n_episodes = eps["episode_id"].n_unique()
-    context.log.info(f"batch {batch}: {len(todo)} files parsed ({len(new) - len(todo)} kept from earlier runs), {n_episodes} episodes, {len(bad)} files quarantined")
+    trimmed = trims.filter((pl.col("trimmed_start_steps") > 0) | (pl.col("trimmed_end_steps") > 0))
+    context.log.info(f"batch {key}: {len(todo)} files parsed ({len(new) - len(todo)} kept from earlier runs), "
+                     f"{n_episodes} episodes ({len(trimmed)} trimmed), {len(bad)} quarantine records")
     return dg.MaterializeResult(
         metadata={
             "files_parsed": len(todo),
+            "reparsed_for_new_mapping": not reuse and same_mapping is not None,
             "episodes": n_episodes,
             "dagster/row_count": len(eps),
-            "files_quarantined": len(bad),
+            "episodes_trimmed": len(trimmed),
+            "trims": md_table(trimmed.select("source_file", "trimmed_start_steps", "trimmed_start_s", "start_stream",
+                                             "trimmed_end_steps", "trimmed_end_s", "end_stream")),
+            "files_quarantined": bad.filter(pl.col("episode_id").is_null())["source_file"].n_unique(),
             "quarantine_reasons": md_table(bad.group_by("check").len().sort("len", descending=True)),
         }
     )
-
 
 
 def _keep(previous: pl.DataFrame | None, hashes: pl.Series, empty: pl.DataFrame) -> pl.DataFrame:

@@ -2,10 +2,11 @@
 import dagster as dg
 import polars as pl
 
-from foundations import storage
+from foundations import landing
+from foundations.ingest import load_mapping
 from pipelines.metadata import md_table
 from pipelines.partitions import landing_batches
-from pipelines.resources import RefereeResource
+from pipelines.resources import DataRoot, RefereeResource
 from quality.referee import label_episodes, referee_agreement
 
 
@@ -17,15 +18,17 @@ from quality.referee import label_episodes, referee_agreement
     "into dense per-step rewards. Judgements are cached by model, prompt template and segment content.",
     kinds={"transformers", "parquet"},
 )
-def referee_rewards(context: dg.AssetExecutionContext, referee: RefereeResource) -> dg.MaterializeResult:
+def referee_rewards(context: dg.AssetExecutionContext, referee: RefereeResource, data_root: DataRoot) -> dg.MaterializeResult:
     batch = context.partition_key
+    profile = load_mapping(landing.split_key(batch)[0]).profile
+    storage = data_root.storage
     accepted = storage.require_partition("validated_episodes", batch)
-    labels = label_episodes(accepted, referee.make_backend(), segment_steps=referee.segment_steps,
+    labels = label_episodes(accepted, referee.make_backend(), profile, segment_steps=referee.segment_steps,
                             batch_size=referee.batch_size)
     storage.write_partition(labels.steps, "referee_rewards", batch)
     storage.write_partition(labels.segments.drop("probs"), "referee_segments", batch)
     # Truth here is the robot's own measured motion, so the agreement is computed in production too.
-    agreement = referee_agreement(labels.segments, accepted, segment_steps=referee.segment_steps)
+    agreement = referee_agreement(labels.segments, accepted, profile, segment_steps=referee.segment_steps)
     stats = labels.stats
     context.log.info(f"referee {stats['model_id']}: {stats['calls']} prompts, {stats['cache_hits']} cache hits, "
                      f"{stats['seconds']:.1f} s; value-order correlation {agreement.get('voc')}")

@@ -1,16 +1,12 @@
 """Group `publish`: one asset per dataset recipe in datasets/, each an immutable versioned HF dataset."""
 
-import os
-
 import dagster as dg
 import polars as pl
 
-from foundations import storage
 from foundations.code_version import code_version
 from foundations.publish import publish, push_to_hub
-from foundations.recipes import list_recipes, load_recipe, select_episodes, with_rewards
-
-HUB_TOKEN_ENV = "HF_TOKEN"
+from foundations.recipes import Recipe, list_recipes, load_recipe, select_episodes, with_rewards
+from pipelines.resources import DataRoot, HubToken
 
 # Tables every recipe reads; the referee's rewards join them once labelled.
 UPSTREAM = ["validated_episodes", "episode_scores", "quarantine", "referee_rewards"]
@@ -23,12 +19,14 @@ def dataset_asset(recipe_name: str) -> dg.AssetsDefinition:
         key=dg.AssetKey(["hub", recipe.name]),
         group_name="publish",
         deps=UPSTREAM,
-        description=f"{recipe.description} Recipe: datasets/{recipe_name}.yaml. A new version is published "
-        "only when the selected content changed.",
+        description=f"{recipe.description} Recipe: datasets/{recipe_name}.yaml (sources: {', '.join(recipe.sources)}). "
+        "A new version is published only when the selected content changed.",
         kinds={"huggingface", "parquet"},
         tags={"recipe": recipe_name},
     )
-    def _dataset(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    def _dataset(context: dg.AssetExecutionContext, data_root: DataRoot, hub: HubToken) -> dg.MaterializeResult:
+        recipe = load_recipe(recipe_name)  # the file may have changed since the code location loaded
+        storage = data_root.storage
         episodes = storage.read_table("validated_episodes")
         scores = storage.read_table("episode_scores")
         if episodes is None or scores is None:
@@ -37,18 +35,21 @@ def dataset_asset(recipe_name: str) -> dg.AssetsDefinition:
         scores = scores.drop("language_instruction", "n_steps", strict=False)
         episodes = with_rewards(episodes, storage.read_table("referee_rewards"), recipe)
         table, per_episode = select_episodes(recipe, episodes, scores)
+        if table.is_empty():
+            raise dg.Failure(f"recipe {recipe.name} selects no episode from sources {list(recipe.sources)}: "
+                             "land and ingest a batch of those sources, or relax the recipe's filters")
         result = publish(
             recipe,
             table,
-            sources=_sources(),
-            validation=validation_summary(),
+            sources=_sources(storage, recipe),
+            validation=validation_summary(storage, recipe),
             quality_stats=_quality_stats(per_episode),
             code_version=code_version(),
         )
         context.log.info(
             f"{result.name} {result.version}: {'published' if result.created else 'unchanged, nothing published'} at {result.path}"
         )
-        pushed = _push(context, recipe, result) if result.created else None
+        pushed = _push(context, recipe, result, hub) if result.created else None
         return dg.MaterializeResult(
             metadata={
                 "version": result.version,
@@ -66,11 +67,11 @@ def dataset_asset(recipe_name: str) -> dg.AssetsDefinition:
     return _dataset
 
 
-def _push(context: dg.AssetExecutionContext, recipe, result) -> str | None:
-    """Push a new version to the Hub when the recipe names a repo and HF_TOKEN is set (never logged)."""
-    if not recipe.hub_repo or not os.environ.get(HUB_TOKEN_ENV):
+def _push(context: dg.AssetExecutionContext, recipe: Recipe, result, hub: HubToken) -> str | None:
+    """Push a new version to the Hub when the recipe names a repo and a token is configured (never logged)."""
+    if not recipe.hub_repo or not hub.token:
         return None
-    pushed = push_to_hub(result.path, recipe.hub_repo, token_env=HUB_TOKEN_ENV)
+    pushed = push_to_hub(result.path, recipe.hub_repo, token=hub.token)
     context.log.info(f"pushed {result.name} {result.version} to the Hub: {pushed}")
     return str(pushed)
 
@@ -79,22 +80,26 @@ def dataset_assets() -> list[dg.AssetsDefinition]:
     return [dataset_asset(name) for name in list_recipes()]
 
 
-def _sources() -> pl.DataFrame:
-    """Every landed file (first delivery of each content) with its hash: lineage for the card,
-    including files that gave no accepted episode."""
-    raw = storage.read_table("raw_log_files")
+def _of_sources(df: pl.DataFrame | None, recipe: Recipe) -> pl.DataFrame | None:
+    return None if df is None else df.filter(pl.col("source").is_in(list(recipe.sources)))
+
+
+def _sources(storage, recipe: Recipe) -> pl.DataFrame:
+    """Every landed file of the recipe's sources (first delivery of each content) with its identity:
+    lineage for the card, including files that gave no accepted episode."""
+    raw = _of_sources(storage.read_table("raw_log_files"), recipe)
     return (
         raw.filter(pl.col("status") == "new")
-        .select(pl.col("file").alias("source_file"), pl.col("sha256").alias("source_sha256"))
-        .sort("source_file")
+        .select("source", pl.col("file").alias("source_file"), pl.col("sha256").alias("source_sha256"))
+        .sort("source", "source_file")
     )
 
 
-def validation_summary() -> dict:
-    """Episode counts and quarantine reasons over every ingested batch."""
-    episodes = storage.read_table("episodes")
-    accepted = storage.read_table("validated_episodes")
-    quarantine = storage.read_table("quarantine")
+def validation_summary(storage, recipe: Recipe) -> dict:
+    """Episode counts and quarantine reasons over every ingested batch of the recipe's sources."""
+    episodes = _of_sources(storage.read_table("episodes"), recipe)
+    accepted = _of_sources(storage.read_table("validated_episodes"), recipe)
+    quarantine = _of_sources(storage.read_table("quarantine"), recipe)
     reasons = (
         dict(quarantine.group_by("check").len().sort("check").iter_rows()) if quarantine is not None else {}
     )

@@ -5,17 +5,18 @@ from typing import Optional
 import dagster as dg
 import polars as pl
 
-from foundations import storage
-from pipelines.assets.ingest import IngestConfig, episodes
-from foundations.ingest.mapping import load_mapping
+from foundations import landing
+from foundations.ingest import load_mapping
+from foundations.schema import empty_quarantine
+from pipelines.assets.ingest import episodes
 from pipelines.metadata import md_table, png_metadata
 from pipelines.partitions import landing_batches
-from foundations.schema import empty_quarantine
+from pipelines.resources import DataRoot
 from quality.scores import score_episodes, score_histogram_png
 from quality.validation import check_accepted, validate_episodes
 
 
-class ValidationConfig(IngestConfig):
+class ValidationConfig(dg.Config):
     min_steps: int = 20
     max_steps: int = 10_000
 
@@ -50,9 +51,10 @@ class ValidationConfig(IngestConfig):
         ),
     ],
 )
-def validate_batch(context: dg.AssetExecutionContext, config: ValidationConfig):
+def validate_batch(context: dg.AssetExecutionContext, config: ValidationConfig, data_root: DataRoot):
     batch = context.partition_key
-    mapping = load_mapping(config.mapping)
+    mapping = load_mapping(landing.split_key(batch)[0])
+    storage = data_root.storage
     table = storage.require_partition("episodes", batch)
     report = validate_episodes(
         table,
@@ -113,13 +115,10 @@ def validate_batch(context: dg.AssetExecutionContext, config: ValidationConfig):
     )
 
 
-class ScoreConfig(IngestConfig):
+class ScoreConfig(dg.Config):
     """Weights of the score components; None keeps the documented defaults of quality.scores."""
 
     weights: Optional[dict[str, float]] = None
-    # Control steps of a complete episode; completeness is measured against it, so a batch's
-    # scores do not depend on what else landed with it (None: the longest episode per instruction).
-    nominal_steps: Optional[int] = 200
 
 
 @dg.asset(
@@ -130,14 +129,16 @@ class ScoreConfig(IngestConfig):
     "instruction and completeness, and their weighted combination.",
     kinds={"polars", "parquet"},
 )
-def episode_scores(context: dg.AssetExecutionContext, config: ScoreConfig) -> dg.MaterializeResult:
+def episode_scores(context: dg.AssetExecutionContext, config: ScoreConfig, data_root: DataRoot) -> dg.MaterializeResult:
     batch = context.partition_key
-    mapping = load_mapping(config.mapping)
+    mapping = load_mapping(landing.split_key(batch)[0])
+    storage = data_root.storage
     accepted = storage.require_partition("validated_episodes", batch)
-    scores = score_episodes(
-        accepted, mapping.skills, weights=config.weights, action_bounds=mapping.action_bounds,
-        nominal_steps=config.nominal_steps,
-    )
+    profile = mapping.profile
+    # A complete episode's length comes from the robot profile, so a score never depends on
+    # what else landed in the batch (without it: the longest episode per instruction).
+    nominal = round(profile.nominal_episode_s * mapping.control.rate_hz) if profile.nominal_episode_s else None
+    scores = score_episodes(accepted, profile, weights=config.weights, nominal_steps=nominal)
     storage.write_partition(scores, "episode_scores", batch)
     by_instruction = scores.group_by("language_instruction").agg(
         pl.len().alias("episodes"), pl.col("quality_score").mean().alias("mean_score")
@@ -148,5 +149,5 @@ def episode_scores(context: dg.AssetExecutionContext, config: ScoreConfig) -> dg
         "by_instruction": md_table(by_instruction),
     }
     if len(scores):
-        metadata |= png_metadata(score_histogram_png(scores), f"episode_scores_{batch}")
+        metadata |= png_metadata(score_histogram_png(scores), f"episode_scores_{batch.replace('/', '_')}")
     return dg.MaterializeResult(metadata=metadata)
