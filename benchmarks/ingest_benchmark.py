@@ -1,4 +1,4 @@
-"""Ingestion throughput (DESIGN.md section 11): messages/s of `ingest_files` against pyarrow alone.
+"""Ingestion throughput: messages/s of `ingest_files` against pyarrow alone.
 
 Writes N synthetic ROS 2 MCAP logs shaped like the fleet's (100 Hz joint states,
 50 Hz odometry, 20 Hz commands, instructions, episode markers), then in the same

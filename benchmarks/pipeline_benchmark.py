@@ -1,9 +1,9 @@
-"""Quality-score separation and incremental runs (DESIGN.md section 11), on a simulated fleet.
+"""Quality-score separation and incremental runs, on a simulated fleet of every embodiment.
 
 In one process, on a temporary data root and Dagster instance:
-  * quality score: AUROC of `quality_score` for telling expert and medium episodes from
-    poor and random ones (ground truth from the simulator's sidecar), beside the AUROC of
-    episode length alone as the naive baseline;
+  * quality score, per embodiment: AUROC of `quality_score` for telling expert and medium
+    episodes from the other operators (ground truth from the simulator's sidecar), beside the
+    AUROC of episode length alone and of the true final progress, as baselines;
   * incremental runs: wall time of `ingest_job` + `publish_job` when nothing new landed,
     as a ratio of the first, full run.
 
@@ -42,38 +42,48 @@ def main() -> None:
 
     from foundations import landing, storage
     from pipelines.runner import dagster_home, run_job
-    from simulator.fleet import read_ground_truth, simulate_fleet
+    from simulator.embodiments import EMBODIMENTS, get_embodiment
+    from simulator.fleet import read_ground_truth
 
     dagster_home()
     from pipelines.definitions import defs
 
-    sim = work / "fleet"
-    simulate_fleet(args.episodes, sim, seed=args.seed)
-    batch = landing.land_files(sorted(sim.glob("*.mcap")), "bench")
+    truths, batches = [], []
+    for name in EMBODIMENTS:
+        emb = get_embodiment(name)
+        sim = work / "fleet" / name
+        emb.simulate_fleet(args.episodes, sim, seed=args.seed)
+        batches.append(landing.land([p for p in sim.iterdir() if p.suffix == ".mcap" or p.is_dir()], emb.source, "bench"))
+        truths.append(pl.DataFrame(read_ground_truth(sim)).select("sha256", "operator", "progress")
+                      .with_columns(pl.lit(name).alias("embodiment")))
     # The referee is measured in referee_benchmark.py; here it runs a tiny segment count quickly.
     referee = {"referee": {"segment_steps": 200}}
     with dg.DagsterInstance.get() as instance:
-        instance.add_dynamic_partitions("landing_batch", [batch])
+        instance.add_dynamic_partitions("landing_batch", batches)
         timings = []
         for _ in range(2):
             start = time.perf_counter()
-            run_job(defs, instance, "ingest_job", partition_key=batch, resources=referee)
+            for batch in batches:
+                run_job(defs, instance, "ingest_job", partition_key=batch, resources=referee)
             run_job(defs, instance, "publish_job")
             timings.append(time.perf_counter() - start)
 
-    truth = pl.DataFrame(read_ground_truth(sim)).select("sha256", "operator")
+    truth = pl.concat(truths)
     scores = storage.read_table("episode_scores").join(
         storage.read_table("validated_episodes").group_by("episode_id").agg(pl.col("source_sha256").first()),
         on="episode_id",
     ).join(truth, left_on="source_sha256", right_on="sha256")
-    good = scores["operator"].is_in(["expert", "medium"]).to_numpy()
     print("=" * 72)
-    print(f"quality score over {scores.height} accepted episodes ({good.sum()} expert/medium, {(~good).sum()} poor/random)")
-    print(f"  AUROC quality_score        {auroc(scores['quality_score'].to_numpy(), good):.3f}")
-    print(f"  AUROC episode length alone {auroc(scores['n_steps'].to_numpy().astype(float), good):.3f}  (baseline)")
-    for op in ("expert", "medium", "poor", "random"):
-        sub = scores.filter(pl.col("operator") == op)["quality_score"]
-        print(f"  mean score {op:<7} {sub.mean():.3f}  (n={sub.len()})")
+    for name in EMBODIMENTS:
+        sub = scores.filter(pl.col("embodiment") == name)
+        good = sub["operator"].is_in(["expert", "medium"]).to_numpy()
+        print(f"{name}: quality score over {sub.height} accepted episodes "
+              f"({good.sum()} expert/medium, {(~good).sum()} other operators)")
+        print(f"  AUROC quality_score          {auroc(sub['quality_score'].to_numpy(), good):.3f}")
+        print(f"  AUROC episode length alone   {auroc(sub['n_steps'].to_numpy().astype(float), good):.3f}  (baseline)")
+        print(f"  AUROC true final progress    {auroc(sub['progress'].to_numpy(), good):.3f}  (baseline)")
+        for op, n, mean in sub.group_by("operator").agg(pl.len(), pl.col("quality_score").mean()).sort("operator").iter_rows():
+            print(f"  mean score {op:<16} {mean:.3f}  (n={n})")
     print(f"incremental run: full {timings[0]:.1f} s, nothing new {timings[1]:.1f} s, ratio {timings[1] / timings[0]:.3f}")
     print("=" * 72)
 

@@ -1,4 +1,4 @@
-"""The canonical episode table: one row per control step (DESIGN.md section 2).
+"""The canonical episode table: one row per control step.
 
 Names follow LeRobot and RLDS. Every stage reads and writes this schema; extra
 `observation.*` features declared by a source mapping (for example the base pose

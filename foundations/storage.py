@@ -1,4 +1,4 @@
-"""The data root and its layout (DESIGN.md section 3), with atomic writes.
+"""The data root and its layout, with atomic writes.
 
 Every path the pipeline touches comes from here, so that one place changes when
 the root moves to object storage.
