@@ -208,3 +208,31 @@ def test_target_trains_reuses_and_evaluates_in_its_simulator(catalog, tmp_path):
     meta = {e.asset_key.to_user_string(): e.materialization.metadata for e in again.get_asset_materialization_events()}
     assert meta["policy/beta"]["trained_now"].value is False and meta["baseline/beta"]["trained_now"].value is False
     assert len(list_checkpoints("beta-policy")) == 1
+
+
+def test_evaluation_without_a_simulator_reports_offline_metrics(catalog, tmp_path):
+    """Target alpha names no simulator: its evaluation gives offline metrics only, and says so."""
+    from pipelines.assets.train import training_assets
+    from training.checkpoints import save_checkpoint
+    from training.lora_moe import LoRAMoEEncoderFactory
+    from training.offline_rl import TrainConfig, train
+    from training_tables import episode_table, tiny_bert_dir
+
+    [evaluation] = [a for a in training_assets() if a.key == dg.AssetKey(["evaluation", "alpha"])]
+    instance = dg.DagsterInstance.ephemeral()
+    missing = dg.materialize([evaluation], instance=instance, raise_on_error=False)
+    assert not missing.success
+    [failure] = [e for e in missing.all_events if e.is_step_failure]
+    assert "no checkpoint ['alpha-policy', 'alpha-baseline']" in str(failure.step_failure_data.error.message)
+
+    encoder = LoRAMoEEncoderFactory(model_dir=tiny_bert_dir(tmp_path / "bert"), n_layers=1, feature_size=32)
+    table = episode_table(n_episodes=4, steps=10)
+    for role, algorithm in (("policy", "iql"), ("baseline", "bc")):
+        config = TrainConfig(algorithm=algorithm, n_steps=4, n_steps_per_epoch=2, batch_size=8, eval_episodes=2,
+                             encoder=encoder, num_threads=1, action_bounds=(-3.0, 3.0))
+        save_checkpoint(train(table, config, progress=False), f"alpha-{role}")
+    result = dg.materialize([evaluation], instance=instance)
+    meta = result.get_asset_materialization_events()[0].materialization.metadata
+    assert meta["closed_loop"].value == "none: the target names no simulator"
+    offline = meta["offline_metrics"].value
+    assert offline["policy"]["td_error"] is not None and offline["baseline"]["loss"] is not None
