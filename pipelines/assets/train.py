@@ -133,7 +133,7 @@ def evaluate_target(context: dg.AssetExecutionContext, target: Target,
     missing = [checkpoint_name(target.name, r) for r, p in paths.items() if p is None]
     if missing:
         keys = [asset_key(r, target.name).to_user_string() for r in ROLES]
-        raise dg.Failure(f"no checkpoint {missing}: materialize {keys} first")
+        raise dg.Failure(f"no checkpoint {missing}: materialize {keys} first", allow_retries=False)
     manifests = {role: _manifest(p) for role, p in paths.items()}
     offline = {
         role: {k: m["training"]["metrics"].get(k) for k in ("td_error", "initial_state_value", "loss")}
@@ -216,6 +216,8 @@ def target_assets(target: Target) -> list[dg.AssetsDefinition]:
         key=asset_key("evaluation", target.name),
         group_name=GROUP,
         deps=[asset_key(role, target.name) for role in ROLES],
+        pool=TRAINING_POOL,  # rollouts load the CPU as training does
+        retry_policy=RETRY,
         description=f"Closed-loop rollouts of {target.name}'s policy and baseline in simulator "
         f"{target.evaluation.simulator or '(none)'} for every skill, as normalized scores (0 = random operator, "
         f"100 = expert operator), beside offline metrics and learning curves. Target: {_where(target)}.",
