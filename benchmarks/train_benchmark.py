@@ -35,6 +35,7 @@ from training.offline_rl import (
 )
 
 INSTRUCTIONS = ["turn left", "turn right", "walk forward"]
+BOUNDS = (-1.0, 1.0)  # actions are tanh-squashed below
 
 
 def synthetic_table(n_episodes: int, steps: int, seed: int = 0) -> pl.DataFrame:
@@ -71,7 +72,7 @@ def seconds_per_update(config: TrainConfig, table: pl.DataFrame, batches: list, 
     On a CPU shared with other work, wall time swings with their load; with one
     torch thread the process CPU time is the steadier measure of the cost.
     """
-    algo = make_algo(config, make_encoder_factory(config, INSTRUCTIONS, table), 1.0)
+    algo = make_algo(config, make_encoder_factory(config, INSTRUCTIONS, table), 1.0, action_size=8)
     algo.create_impl(algo_observation_shape(table), 8)
     for batch in batches[:warmup]:
         algo.update(batch)
@@ -114,10 +115,10 @@ def main() -> None:
     torch.manual_seed(0)
 
     table = synthetic_table(n_episodes=24, steps=100)
-    dataset = build_mdp_dataset(table, "reward", INSTRUCTIONS)
+    dataset = build_mdp_dataset(table, "reward", INSTRUCTIONS, BOUNDS)
     np.random.seed(0)
     batches = [dataset.sample_transition_batch(args.batch) for _ in range(args.warmup + args.updates)]
-    base = TrainConfig(batch_size=args.batch, instructions=INSTRUCTIONS)
+    base = TrainConfig(batch_size=args.batch, instructions=INSTRUCTIONS, action_bounds=BOUNDS)
     cpu = dataclasses.replace(base.encoder, expert_compute="dense")  # the CPU preset: 1 layer, 2 state tokens
     variants = {
         "LoRA-MoE 1 layer, 2 tok, dense": cpu,
@@ -161,7 +162,8 @@ def main() -> None:
         print(f"\nCPU preset demo on {demo_table.height} steps ({args.demo_episodes} episodes of 200):")
         total = 0.0
         for algorithm in ("iql", "bc"):
-            config = TrainConfig.from_preset("cpu", algorithm=algorithm, num_threads=args.threads)
+            config = TrainConfig.from_preset("cpu", algorithm=algorithm, num_threads=args.threads,
+                                             action_bounds=BOUNDS)
             result = train(demo_table, config, progress=False)
             total += result.seconds
             print(f"  {algorithm}: {config.n_steps} updates of batch {config.batch_size} in {result.seconds:.1f} s "

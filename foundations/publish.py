@@ -8,27 +8,24 @@ A version lives in `hub/<name>/v<semver>-<hash8>/` under the data root:
     meta/episodes.parquet                 one row per episode: scores, split, lineage
     version.json                          name, version, content hash, parent, files' sha256
 
-It is built in a hidden temporary folder and renamed into place, so a crash never
-leaves a visible half-written version. The first version is 1.0.0; a publish whose
+Versions are kept by the one versioned-artifact store (foundations.versions): built in a
+hidden temporary folder and renamed into place, so a crash never leaves a visible
+half-written version. The first version is 1.0.0; a publish whose
 content hash equals the latest version's writes nothing and returns that version;
 otherwise the minor version is bumped, or the major one when a column was removed
 or changed type. `datasets.load_dataset(str(path))` loads a version folder directly.
 """
 from __future__ import annotations
 
-import contextlib
-import datetime as dt
-import fcntl
 import json
 import logging
 import math
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import polars as pl
 import pyarrow.parquet as pq
@@ -38,13 +35,11 @@ from foundations.dataset_card import jsonable, render_card
 from foundations.feature_stats import feature_specs, feature_stats, hf_features, to_hub_arrow
 from foundations.recipes import SPLIT, Recipe, assign_splits, feature_names
 from foundations.schema import LINEAGE, POLARS_SCHEMA
-from foundations.storage import AtomicDir, area, sha256_file
+from foundations.versions import VersionStore
 
 log = logging.getLogger(__name__)
 
 MAX_SHARD_BYTES = 256 * 1024 * 1024  # in-memory Arrow bytes; keeps image shards well under 2 GiB offsets
-_VERSION_DIR = re.compile(r"^v(\d+)\.(\d+)\.(\d+)-[0-9a-f]{8}$")
-_SEMVER = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)$")
 _STEP_LEVEL = set(POLARS_SCHEMA) | {SPLIT}
 
 
@@ -81,38 +76,27 @@ def publish(
     those that contributed no episode. `root` is the hub folder (default: the data
     root's `hub/`). Raises ValueError when the table cannot be published.
     """
-    hub = Path(root) if root is not None else area("hub")
     missing = sorted({"source_file", "source_sha256"} - set(sources.columns))
     if missing:
         raise ValueError(f"sources frame lacks column(s) {missing}; give one row per source file with its sha256")
     data = _canonical(recipe, table)
     arrow = data.to_arrow()
-    content_hash = table_content_hash(arrow)
-    dataset_dir = hub / recipe.name
-    dataset_dir.mkdir(parents=True, exist_ok=True)
-    with _publish_lock(dataset_dir):
-        versions = list_versions(recipe.name, root=hub)
-        latest = versions[-1] if versions else None
-        if latest is not None and latest["content_hash"] == content_hash:
-            log.info("%s: content unchanged since v%s, nothing published", recipe.name, latest["version"])
-            return _result(latest, created=False)
-        schema = {c: canonical_type(t) for c, t in zip(arrow.column_names, arrow.schema.types)}
-        version = _next_version(latest, schema)
-        record = {
-            "name": recipe.name,
-            "version": version,
-            "content_hash": content_hash,
-            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "parent_version": latest["version"] if latest else None,
-            "code_version": code_version,
-            "schema": schema,
-        }
-        final = dataset_dir / f"v{version}-{content_hash[:8]}"
-        with AtomicDir(final) as tmp:
-            record = _build(tmp, recipe, data, record, sources=sources, validation=validation,
-                            quality_stats=quality_stats)
-        log.info("%s: published v%s (%s) at %s", recipe.name, version, content_hash[:8], final)
-        return _result({**record, "path": str(final)}, created=True)
+    schema = {c: canonical_type(t) for c, t in zip(arrow.column_names, arrow.schema.types)}
+    record, created = _store(root).commit(
+        recipe.name,
+        table_content_hash(arrow),
+        lambda tmp, record: _build(tmp, recipe, data, record, sources=sources, validation=validation,
+                                   quality_stats=quality_stats),
+        fields={"code_version": code_version, "schema": schema},
+        # a column removed or retyped breaks readers: major bump
+        breaking=lambda latest: any(schema.get(col) != typ for col, typ in (latest.get("schema") or {}).items()),
+    )
+    return _result(record, created=created)
+
+
+def _store(root: Path | None) -> VersionStore:
+    """Dataset versions live in the data root's `hub/` (or `root`)."""
+    return VersionStore("hub", kind="dataset", root=root)
 
 
 def _canonical(recipe: Recipe, table: pl.DataFrame) -> pl.DataFrame:
@@ -142,20 +126,11 @@ def _canonical(recipe: Recipe, table: pl.DataFrame) -> pl.DataFrame:
     return table.select(*canonical, *observations, *rest, SPLIT).sort("episode_id", "step")
 
 
-def _next_version(latest: dict[str, Any] | None, schema: dict[str, str]) -> str:
-    if latest is None:
-        return "1.0.0"
-    major, minor, _ = _semver(latest["version"])
-    old = latest.get("schema") or {}
-    breaking = any(schema.get(col) != typ for col, typ in old.items())  # a column removed or retyped
-    return f"{major + 1}.0.0" if breaking else f"{major}.{minor + 1}.0"
-
-
 def _build(
     tmp: Path, recipe: Recipe, data: pl.DataFrame, record: dict[str, Any], *,
     sources: pl.DataFrame, validation: dict[str, Any], quality_stats: dict[str, Any],
 ) -> dict[str, Any]:
-    """Write every file of a version into `tmp`; returns the version record as written."""
+    """Write every file of a version into `tmp`; returns what the version record adds (the store writes it)."""
     steps = data.drop(SPLIT)
     features = hf_features(steps.head(0).to_arrow().schema)
     (tmp / "data").mkdir()
@@ -193,15 +168,11 @@ def _build(
         episode_scores=episodes.select(score_cols), stats=stats, specs=specs,
     )
     (tmp / "README.md").write_text(card, encoding="utf-8")
-    record = {
-        **record,
+    return {
         "n_episodes": episodes.height,
         "n_steps": data.height,
         "splits": {s: {"episodes": v["episodes"], "steps": v["num_examples"]} for s, v in splits.items()},
-        "files": {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()},
     }
-    _write_json(tmp / "version.json", record)
-    return record
 
 
 def _write_shards(folder: Path, split: str, part: pl.DataFrame, features: Any, shard_rows: int) -> dict[str, int]:
@@ -266,24 +237,6 @@ def _write_json(path: Path, value: Any) -> None:
     path.write_text(json.dumps(jsonable(value), indent=2, allow_nan=False) + "\n", encoding="utf-8")
 
 
-@contextlib.contextmanager
-def _publish_lock(dataset_dir: Path) -> Iterator[None]:
-    """One publisher per dataset at a time, so two runs never claim the same version number."""
-    with open(dataset_dir / ".publish.lock", "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _semver(text: str) -> tuple[int, int, int]:
-    m = _SEMVER.match(text.strip())
-    if not m:
-        raise ValueError(f"{text!r} is not a version; use 'latest', '1.2.0' or 'v1.2.0'")
-    return int(m[1]), int(m[2]), int(m[3])
-
-
 def _result(record: dict[str, Any], *, created: bool) -> PublishResult:
     return PublishResult(
         name=record["name"], version=record["version"], content_hash=record["content_hash"],
@@ -294,34 +247,12 @@ def _result(record: dict[str, Any], *, created: bool) -> PublishResult:
 
 def list_versions(name: str, *, root: Path | None = None) -> list[dict[str, Any]]:
     """Published versions of a dataset, oldest first by semver: each version.json plus its `path`."""
-    folder = (Path(root) if root is not None else area("hub")) / name
-    if not folder.is_dir():
-        return []
-    versions = []
-    for path in folder.iterdir():
-        if not (path.is_dir() and _VERSION_DIR.match(path.name)):
-            continue  # hidden temporary builds and stray files are not versions
-        try:
-            record = json.loads((path / "version.json").read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            log.warning("%s is not a readable version (%s); ignored", path, exc)
-            continue
-        versions.append({**record, "path": str(path)})
-    return sorted(versions, key=lambda r: _semver(r["version"]))
+    return _store(root).list_versions(name)
 
 
 def resolve_version(name: str, version: str = "latest", *, root: Path | None = None) -> dict[str, Any]:
     """The record of one version: "latest", "1.2.0" or "v1.2.0". Raises LookupError if absent."""
-    versions = list_versions(name, root=root)
-    if not versions:
-        raise LookupError(f"dataset {name!r} has no published versions")
-    if version == "latest":
-        return versions[-1]
-    wanted = _semver(version)
-    for record in versions:
-        if _semver(record["version"]) == wanted:
-            return record
-    raise LookupError(f"dataset {name!r} has no version {version!r}; published: {[r['version'] for r in versions]}")
+    return _store(root).resolve(name, version)
 
 
 def download(name: str, version: str, to: Path, *, overwrite: bool = False, root: Path | None = None) -> Path:
@@ -339,9 +270,7 @@ def download(name: str, version: str, to: Path, *, overwrite: bool = False, root
     try:
         copy = staging / "copy"
         shutil.copytree(record["path"], copy)
-        for rel, digest in (record.get("files") or {}).items():
-            if sha256_file(copy / rel) != digest:
-                raise OSError(f"{rel} of {name} v{record['version']} does not match its recorded sha256")
+        _store(root).verify({**record, "path": str(copy)})
         if to.is_dir():
             shutil.rmtree(to)
         elif to.exists():

@@ -7,7 +7,8 @@ import os
 
 import dagster as dg
 
-from pipelines.assets import ingest, labels, publish, quality, train
+from pipelines.assets import ingest, labels, publish, quality
+from pipelines.assets.train import training_assets, training_jobs, training_sensors
 from pipelines.jobs import curate_job, ingest_job, publish_job, train_job
 from pipelines.resources import DataRoot, HubToken, RefereeResource
 from pipelines.schedules import nightly_schedule
@@ -17,9 +18,9 @@ from pipelines.sensors import landing_sensor
 hub = HubToken(token=dg.EnvVar("HF_TOKEN")) if os.environ.get("HF_TOKEN") else HubToken()
 
 defs = dg.Definitions(
-    assets=[*dg.load_assets_from_modules([ingest, quality, labels, train]), *publish.dataset_assets()],
-    jobs=[ingest_job, curate_job, publish_job, train_job],
+    assets=[*dg.load_assets_from_modules([ingest, quality, labels]), *publish.dataset_assets(), *training_assets()],
+    jobs=[ingest_job, curate_job, publish_job, train_job, *training_jobs()],
     schedules=[nightly_schedule],
-    sensors=[landing_sensor],
+    sensors=[landing_sensor, *training_sensors()],
     resources={"referee": RefereeResource(), "data_root": DataRoot(), "hub": hub},
 )

@@ -122,15 +122,20 @@ def _referee_figures() -> dict:
 
 
 def _policy_figures() -> dict:
+    """Normalized scores (0 = random operator, 100 = expert operator) of each target's policy and
+    baseline, overall and per skill, keyed by the target's robot."""
     from foundations.targets import list_targets, load_target
-    from training.evaluation import summary_figures
+    from pipelines.assets.train import EVALUATION_TABLE
 
     out = {}
     for name in list_targets():
         target = load_target(name)
-        table = storage.read_partition("policy_evaluation", name)
-        if table is not None:
-            out |= summary_figures(table, target.robot)
+        table = storage.read_partition(EVALUATION_TABLE, name)
+        if table is None:
+            continue
+        for role, instruction, score in table.select("policy", "instruction", "normalized_score").iter_rows():
+            skill = "mean" if instruction == "all skills" else f"skill.{instruction}"
+            out[f"{role}.{target.robot}.{skill}"] = score
     return out
 
 

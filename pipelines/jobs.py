@@ -29,5 +29,6 @@ publish_job = dg.define_asset_job(
 train_job = dg.define_asset_job(
     "train_job",
     selection=dg.AssetSelection.groups("train"),
-    description="Train the policy and the behaviour-cloning baseline on the newest dataset version, then evaluate.",
+    description="Every training target (datasets/targets/): policy and baseline on the newest dataset versions, "
+    "then evaluation. Each target also has its own job, train_<target>.",
 )

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -9,10 +10,19 @@ import pytest
 import torch
 
 from foundations.schema import ACTION, QUARANTINE_SCHEMA, STATE
-from training.checkpoints import latest_checkpoint, load_adapters, load_checkpoint, save_checkpoint
+from foundations.publish import resolve_version
+from foundations.recipes import load_recipe
+from training.checkpoints import (
+    dataset_lineage, find_checkpoint, latest_checkpoint, list_checkpoints, load_adapters, load_checkpoint,
+    save_checkpoint,
+)
 from training.lora_moe import LoRAMoEEncoderFactory, adapter_state_dict
 from training.offline_rl import TrainConfig, build_mdp_dataset, policy_actions, split_trainable, train
+from test_publish import do_publish, make_episodes, write_recipe
 from training_tables import INSTRUCTIONS, episode_table, tiny_bert_dir
+
+
+UNIT = (-1.0, 1.0)
 
 
 @pytest.fixture(scope="module")
@@ -25,13 +35,14 @@ def tiny_config(tiny_dir: str, **kw) -> TrainConfig:
     kw.setdefault("n_steps_per_epoch", 5)
     kw.setdefault("batch_size", 16)
     kw.setdefault("eval_episodes", 2)
+    kw.setdefault("action_bounds", UNIT)
     encoder = LoRAMoEEncoderFactory(model_dir=tiny_dir, n_layers=1, feature_size=32)
     return TrainConfig(encoder=encoder, num_threads=1, **kw)
 
 
 def test_dataset_terminals_timeouts_and_instruction_index():
     table = episode_table(n_episodes=6, steps=10)  # episodes 0 and 3 fall (terminal), the rest time out
-    dataset = build_mdp_dataset(table, "reward", INSTRUCTIONS)
+    dataset = build_mdp_dataset(table, "reward", INSTRUCTIONS, UNIT)
     assert len(dataset.episodes) == 6
     assert [ep.terminated for ep in dataset.episodes] == [True, False, False, True, False, False]
     # A terminal episode keeps its last transition (no bootstrap); a timeout cannot use it.
@@ -63,7 +74,7 @@ def test_split_trainable_rejects_bad_episodes_with_reasons():
     )
     table = table.filter(~((pl.col("episode_id") == ids[6]) & (pl.col("step") == 4)))  # a gap in the steps
 
-    clean, rejected = split_trainable(table, "reward", INSTRUCTIONS)
+    clean, rejected = split_trainable(table, "reward", INSTRUCTIONS, UNIT)
     assert rejected.schema == pl.Schema(QUARANTINE_SCHEMA)
     checks = dict(zip(rejected["episode_id"], rejected["check"]))
     assert checks == {
@@ -75,11 +86,11 @@ def test_split_trainable_rejects_bad_episodes_with_reasons():
     assert "1 of 8 steps" in reason and "observation.state" in reason
     assert sorted(clean["episode_id"].unique()) == ids[7:]
     # Behaviour cloning needs no reward: the null-reward episode is fine then.
-    _, rejected_bc = split_trainable(table, None, INSTRUCTIONS)
+    _, rejected_bc = split_trainable(table, None, INSTRUCTIONS, UNIT)
     assert ids[2] not in rejected_bc["episode_id"].to_list()
 
     with pytest.raises(ValueError, match="cannot be trained on: .*finite_values"):
-        build_mdp_dataset(table, "reward", INSTRUCTIONS)
+        build_mdp_dataset(table, "reward", INSTRUCTIONS, UNIT)
 
 
 def test_too_few_steps_is_refused_with_the_fix(tiny_dir):
@@ -125,18 +136,24 @@ def test_mlp_baseline_trains_on_the_same_observations(tiny_dir):
 def test_checkpoint_round_trip_reproduces_actions(tiny_dir, data_root):
     table = episode_table(n_episodes=6, steps=12)
     result = train(table, tiny_config(tiny_dir, algorithm="iql"), progress=False)
-    path = save_checkpoint(result, "ant_policy", version="1.2.0", dataset_name="ant_skills", dataset_version="1.0.0",
-                           recipe={"name": "ant_skills"}, metrics={"normalized_score": 12.5})
-    assert path.parent == data_root / "checkpoints" / "ant_policy" and path.name.startswith("v1.2.0-")
-    assert latest_checkpoint("ant_policy") == path
+    lineage = {"name": "ant_skills", "version": "1.0.0", "content_hash": "ab" * 32, "sources": []}
+    path = save_checkpoint(result, "ant_policy", dataset=lineage, recipe={"name": "ant_skills"},
+                           metrics={"normalized_score": 12.5}, training_key="k1")
+    assert path.parent == data_root / "checkpoints" / "ant_policy" and path.name.startswith("v1.0.0-")
+    assert latest_checkpoint("ant_policy") == path and find_checkpoint("ant_policy", "k1") == path
+    assert find_checkpoint("ant_policy", "other") is None
     # Same weights again: the immutable folder is reused, not rewritten.
-    assert save_checkpoint(result, "ant_policy", version="1.2.0") == path
+    assert save_checkpoint(result, "ant_policy", training_key="k1") == path
+    assert list_checkpoints("ant_policy") == [path]
 
     manifest = json.loads((path / "manifest.json").read_text())
-    assert manifest["dataset"] == {"name": "ant_skills", "version": "1.0.0"}
+    assert manifest["dataset"] == lineage and manifest["version"] == "1.0.0"
     assert manifest["algorithm"] == "iql" and manifest["metrics"]["normalized_score"] == 12.5
     assert manifest["observation"]["instructions"] == INSTRUCTIONS and manifest["observation"]["state_dim"] == 27
+    assert manifest["observation"]["action_bounds"] == [-1.0, 1.0]
     assert len(manifest["training"]["learning_curve"]) == 2 and manifest["backbone"]["sha256"]
+    record = json.loads((path / "version.json").read_text())  # the store's record
+    assert record["training_key"] == "k1" and set(record["files"]) >= {"model.d3", "manifest.json"}
 
     loaded = load_checkpoint(path)
     rng = np.random.default_rng(3)
@@ -151,11 +168,68 @@ def test_checkpoint_round_trip_reproduces_actions(tiny_dir, data_root):
     assert saved.keys() == live.keys() and any(".experts." in k for k in saved)
     assert all(torch.equal(saved[k], live[k]) for k in saved)
 
+    # Other weights: the next version.
+    other = train(table, tiny_config(tiny_dir, algorithm="iql", seed=1), progress=False)
+    second = save_checkpoint(other, "ant_policy", training_key="k2")
+    assert second.name.startswith("v1.1.0-") and list_checkpoints("ant_policy") == [path, second]
+    assert latest_checkpoint("ant_policy") == second and find_checkpoint("ant_policy", "k1") == path
+
     # A changed pickle is never loaded.
     with open(path / "model.d3", "ab") as fh:
         fh.write(b"\0")
     with pytest.raises(ValueError, match="will not be unpickled"):
         load_checkpoint(path)
+
+
+def test_non_unit_action_bounds_are_learnt_and_enforced(tiny_dir):
+    """A robot whose actions span [-3, 3]: its episodes are not rejected, and the policy acts beyond +-1."""
+    bounds = (-3.0, 3.0)
+    table = episode_table(n_episodes=6, steps=12).with_columns(
+        pl.col(ACTION).list.eval(pl.element() * 2.9).alias(ACTION)  # the linear controller's actions, scaled
+    )
+    with pytest.raises(ValueError, match="action_bounds is not set"):
+        train(table, tiny_config(tiny_dir, action_bounds=None), progress=False)
+    with pytest.raises(ValueError, match="low < high"):
+        split_trainable(table, "reward", INSTRUCTIONS, (1.0, -1.0))
+    _, rejected = split_trainable(table, "reward", INSTRUCTIONS, UNIT)
+    assert rejected["check"].unique().to_list() == ["action_range"]
+    assert "outside the robot's action bounds [-1.0, 1.0]" in rejected["reason"][0]
+
+    result = train(table, tiny_config(tiny_dir, algorithm="bc", n_steps=60, n_steps_per_epoch=20,
+                                      actor_learning_rate=3e-3, action_bounds=bounds), progress=False)
+    assert result.rejected.is_empty() and result.n_episodes == 6
+    states = np.stack(table[STATE].to_list())
+    actions = policy_actions(result.algo, states, table["language_instruction"].to_list(), result.instructions)
+    assert np.all(np.abs(actions) <= 3.0 + 1e-5)
+    assert np.abs(actions).max() > 1.2  # a [-1, 1] actor could never output these
+
+    path = save_checkpoint(result, "wide")
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["observation"]["action_bounds"] == [-3.0, 3.0]
+    np.testing.assert_allclose(load_checkpoint(path).act(states[:8], ["walk forward"]),
+                               policy_actions(result.algo, states[:8], ["walk forward"], result.instructions))
+
+
+def test_manifest_names_the_dataset_version_and_its_source_files(tmp_path, tiny_dir):
+    """Publish a dataset, train on its train split, and read the lineage back from the checkpoint."""
+    recipe = load_recipe(write_recipe(tmp_path))
+    published = do_publish(recipe, make_episodes(6, 25))
+    record = resolve_version("mini", "latest")
+    lineage = dataset_lineage(record)
+    assert (lineage["name"], lineage["version"], lineage["content_hash"]) == ("mini", "1.0.0", published.content_hash)
+    by_file = {s["source_file"]: s for s in lineage["sources"]}
+    assert set(by_file) == {"fleet_a.mcap", "fleet_b.mcap", "broken.mcap"}
+    assert by_file["fleet_a.mcap"]["source"] == "synthetic" and by_file["fleet_a.mcap"]["source_sha256"] == "a" * 64
+    assert by_file["broken.mcap"]["episodes"] == 0  # a file that gave no episode is still named
+    assert sum(s["steps"] for s in lineage["sources"]) == 150
+
+    table = pl.read_parquet(Path(record["path"]) / "data" / "train-*.parquet")
+    result = train(table, tiny_config(tiny_dir, algorithm="bc"), progress=False)
+    path = save_checkpoint(result, "mini-baseline", dataset=lineage)
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["dataset"] == lineage
+    assert json.loads((path / "version.json").read_text())["dataset"] == {
+        "name": "mini", "version": "1.0.0", "content_hash": published.content_hash}
 
 
 def test_presets_size_the_run():

@@ -153,17 +153,17 @@ def test_training_and_evaluation_assets(fleet, instance, referee):
     _ingest(defs, instance, batch, referee)
     run_job(defs, instance, "publish_job")
     # The small test fleet leaves few episodes above the curated cut: train both on all accepted data.
-    quick = {"n_steps": 20, "n_steps_per_epoch": 10, "recipe": "ant_skills"}
-    ops = {
-        "policy_checkpoint": quick,
-        "baseline_checkpoint": quick,
-        "policy_evaluation": {"seeds": [1000], "steps": 40},
-    }
-    run_job(defs, instance, "train_job", ops=ops)
+    quick = {"n_steps": 20, "n_steps_per_epoch": 10, "dataset": "ant_skills"}
+    ops = {"policy__ant": quick, "baseline__ant": quick, "evaluation__ant": {"seeds": [1000], "steps": 40}}
+    run_job(defs, instance, "train_ant", ops=ops)
 
-    policy = latest_checkpoint("policy_checkpoint")
+    policy = latest_checkpoint("ant-policy")
     manifest = json.loads((policy / "manifest.json").read_text())
-    assert manifest["dataset"] == {"name": "ant_skills", "version": "1.0.0"}
+    assert manifest["dataset"]["name"] == "ant_skills" and manifest["dataset"]["version"] == "1.0.0"
+    # Lineage in the manifest: every file of the dataset version by source, path in its batch and hash.
+    truth = _truth(fleet)
+    assert {s["source_file"] for s in manifest["dataset"]["sources"]} == set(truth["file"])
+    assert {s["source"] for s in manifest["dataset"]["sources"]} == {SOURCE}
     assert manifest["train_config"]["reward_column"] == "combined_reward"
     assert (policy / "adapters.safetensors").exists()
     ckpt = load_checkpoint(policy)
@@ -173,12 +173,12 @@ def test_training_and_evaluation_assets(fleet, instance, referee):
     assert actions.shape == (4, 8) and np.abs(actions).max() <= 1.0
     np.testing.assert_array_equal(actions, load_checkpoint(policy).act(state, ["walk forward"]))
 
-    table = storage.read_partition("policy_evaluation", "latest")
-    assert set(table["policy"]) == {"policy_checkpoint", "baseline_checkpoint"}
+    table = storage.read_partition("evaluation", "ant")
+    assert set(table["policy"]) == {"policy", "baseline"}
     assert set(table["instruction"]) == {"walk forward", "turn left", "turn right", "all skills"}
     assert table["normalized_score"].is_finite().all()
 
     # Same data, same config: the re-run trains nothing and reuses the checkpoints.
-    run_job(defs, instance, "train_job", ops=ops)
-    assert len(list_checkpoints("policy_checkpoint")) == 1
-    assert len(list_checkpoints("baseline_checkpoint")) == 1
+    run_job(defs, instance, "train_ant", ops=ops)
+    assert len(list_checkpoints("ant-policy")) == 1
+    assert len(list_checkpoints("ant-baseline")) == 1

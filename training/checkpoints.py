@@ -1,19 +1,20 @@
 """Immutable, versioned policy checkpoints.
 
-Layout: `<data root>/checkpoints/<name>/v<semver>-<hash8>/` holding
+Versions of a checkpoint are kept by the one versioned-artifact store
+(foundations.versions): `<data root>/checkpoints/<name>/v<semver>-<hash8>/` holding
   model.d3               d3rlpy's `save` output (config + weights; a pickle),
   adapters.safetensors   LoRA experts, routers and the other trained encoder weights,
-  manifest.json          dataset name/version, recipe, algorithm and configs, code
-                         version, backbone hash, metrics, learning curve, hashes.
-`hash8` is the start of the sha256 of model.d3, so identical weights map to the
-same folder and saving them again is a no-op. `.d3` files are pickles: they are
+  manifest.json          the dataset version and its source files (lineage), recipe,
+                         algorithm and configs, code version, backbone hash, metrics,
+                         learning curve,
+  version.json           the store's record: version, content hash, files' sha256.
+`hash8` is the start of the sha256 of model.d3: saving the latest version's weights
+again stores nothing. `.d3` files are pickles: they are
 only unpickled after their hash matches a manifest written by this module.
 """
 from __future__ import annotations
 
-import datetime as dt
 import json
-import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +22,13 @@ from typing import Any, Callable, Optional, Sequence
 
 import d3rlpy
 import numpy as np
+import polars as pl
 import torch
 from safetensors.torch import load_file, save_file
 
 from foundations.code_version import code_version
-from foundations.storage import AtomicDir, area, sha256_file
+from foundations.storage import sha256_file
+from foundations.versions import VersionStore
 from training.backbone import resolve_model_dir, weights_sha256
 from training.lora_moe import LoRAMoEEncoderFactory, adapter_state_dict, instruction_ids, make_observations
 from training.offline_rl import TrainResult
@@ -34,9 +37,7 @@ FORMAT = "robocurate-checkpoint/1"
 MANIFEST = "manifest.json"
 MODEL = "model.d3"
 ADAPTERS = "adapters.safetensors"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_SEMVER = re.compile(r"^\d+\.\d+\.\d+$")
-_FOLDER = re.compile(r"^v(\d+)\.(\d+)\.(\d+)-[0-9a-f]{8}$")
+STORE = VersionStore("checkpoints", kind="checkpoint")
 
 
 @dataclass
@@ -74,84 +75,115 @@ def save_checkpoint(
     result: TrainResult,
     name: str,
     *,
-    version: str = "0.1.0",
-    dataset_name: Optional[str] = None,
-    dataset_version: Optional[str] = None,
+    dataset: Optional[dict[str, Any]] = None,
     recipe: Optional[dict[str, Any]] = None,
     metrics: Optional[dict[str, Any]] = None,
+    training_key: Optional[str] = None,
 ) -> Path:
-    """Write `result`'s policy as `<checkpoints>/<name>/v<version>-<hash8>/` and return that folder.
+    """Store `result`'s policy as the next version of checkpoint `name`; returns its folder.
 
-    `metrics` (for example closed-loop scores) are stored beside the training
-    metrics. Saving identical weights under the same version returns the folder
-    that exists already.
+    `dataset` is the lineage of the data it learnt from (see `dataset_lineage`): name,
+    version, content hash and every source file. `training_key` identifies the inputs
+    (data content and configuration) so that callers can find a checkpoint trained on
+    the same ones (`find_checkpoint`). `metrics` (for example closed-loop scores) are
+    stored beside the training metrics. Weights identical to the latest version's are
+    not stored again: that version's folder is returned.
     """
-    if not _NAME.match(name):
-        raise ValueError(f"checkpoint name {name!r} must be letters, digits, '_', '.' or '-'")
-    if not _SEMVER.match(version):
-        raise ValueError(f"version {version!r} must be semantic, like 1.4.0")
     algo = result.algo
     if algo.impl is None:
         raise ValueError("the algorithm was never built or trained; nothing to save")
-    parent = area("checkpoints") / name
+    parent = STORE.folder(name)
     parent.mkdir(parents=True, exist_ok=True)
 
     with tempfile.TemporaryDirectory(prefix=".staging-", dir=parent) as staging:
         staged_model = Path(staging) / MODEL
         algo.save(str(staged_model))
         model_sha = sha256_file(staged_model)
-        final = parent / f"v{version}-{model_sha[:8]}"
-        if final.exists():
-            existing = json.loads((final / MANIFEST).read_text())
-            if existing.get("model_sha256") == model_sha:
-                return final
-            raise FileExistsError(f"{final} exists with different weights; choose another version")
 
-        adapters = adapter_state_dict(algo)
-        factories = _encoder_factories(algo)
-        backbone = None
-        if factories:
-            model_dir = factories[0].model_dir
-            backbone = {"model_dir": model_dir, "sha256": weights_sha256(resolve_model_dir(model_dir))}
-        manifest = {
-            "format": FORMAT,
-            "name": name,
-            "version": version,
-            "folder": final.name,
-            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "model_file": MODEL,
-            "model_sha256": model_sha,
-            "adapters_file": ADAPTERS if adapters else None,
-            "dataset": {"name": dataset_name, "version": dataset_version},
-            "recipe": recipe,
-            "algorithm": result.config.algorithm,
-            "train_config": result.config.to_dict(),
-            "d3rlpy_config": json.loads(algo.config.serialize()),
-            "observation": {
-                "layout": "observation.state values, then the index of language_instruction in `instructions`",
-                "state_dim": int(algo.impl.observation_shape[0]) - 1,
-                "action_size": int(algo.impl.action_size),
-                "instructions": result.instructions,
-            },
-            "backbone": backbone,
-            "code_version": code_version(),
-            "versions": {"d3rlpy": d3rlpy.__version__, "torch": torch.__version__},
-            "training": {
-                "metrics": result.final_metrics(),
-                "expert_usage": result.expert_usage,
-                "learning_curve": result.curve.to_dicts(),
-                "reward_scale": result.reward_scale,
-                "rejected_episodes": int(result.rejected["episode_id"].n_unique()),
-            },
-            "metrics": metrics or {},
-        }
-        with AtomicDir(final) as tmp:
+        def write(tmp: Path, record: dict[str, Any]) -> dict[str, Any]:
+            adapters = adapter_state_dict(algo)
+            factories = _encoder_factories(algo)
+            backbone = None
+            if factories:
+                model_dir = factories[0].model_dir
+                backbone = {"model_dir": model_dir, "sha256": weights_sha256(resolve_model_dir(model_dir))}
+            manifest = {
+                "format": FORMAT,
+                "name": name,
+                "version": record["version"],
+                "folder": f"v{record['version']}-{model_sha[:8]}",
+                "created_at": record["created_at"],
+                "model_file": MODEL,
+                "model_sha256": model_sha,
+                "adapters_file": ADAPTERS if adapters else None,
+                "dataset": dataset,
+                "recipe": recipe,
+                "algorithm": result.config.algorithm,
+                "train_config": result.config.to_dict(),
+                "d3rlpy_config": json.loads(algo.config.serialize()),
+                "observation": {
+                    "layout": "observation.state values, then the index of language_instruction in `instructions`",
+                    "state_dim": int(algo.impl.observation_shape[0]) - 1,
+                    "action_size": int(algo.impl.action_size),
+                    "action_bounds": list(result.config.action_bounds or ()),
+                    "instructions": result.instructions,
+                },
+                "backbone": backbone,
+                "code_version": code_version(),
+                "versions": {"d3rlpy": d3rlpy.__version__, "torch": torch.__version__},
+                "training": {
+                    "metrics": result.final_metrics(),
+                    "expert_usage": result.expert_usage,
+                    "learning_curve": result.curve.to_dicts(),
+                    "reward_scale": result.reward_scale,
+                    "rejected_episodes": int(result.rejected["episode_id"].n_unique()),
+                },
+                "metrics": metrics or {},
+            }
             staged_model.rename(tmp / MODEL)
             if adapters:
-                save_file(adapters, str(tmp / ADAPTERS), metadata={"format": FORMAT, "name": name, "version": version})
-                manifest["adapters_sha256"] = sha256_file(tmp / ADAPTERS)
+                save_file(adapters, str(tmp / ADAPTERS),
+                          metadata={"format": FORMAT, "name": name, "version": record["version"]})
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=_json_default))
-    return final
+            return {}
+
+        fields = {"format": FORMAT, "training_key": training_key,
+                  "dataset": {k: dataset.get(k) for k in ("name", "version", "content_hash")} if dataset else None}
+        record, _ = STORE.commit(name, model_sha, write, fields=fields)
+    return Path(record["path"])
+
+
+def dataset_lineage(record: dict[str, Any]) -> dict[str, Any]:
+    """Name, version, content hash and source files of a published dataset version (its record from
+    foundations.publish.resolve_version): what a checkpoint's manifest says it learnt from.
+
+    Every source file of the version's `meta/info.json` comes with its sha256 and the episodes and
+    steps it gave; `source` (the source mapping's name) is taken from the entry when the publisher
+    recorded it, else from the version's episode table (None for a file that gave no episode).
+    """
+    path = Path(record["path"])
+    info_path = path / "meta" / "info.json"
+    try:
+        sources = json.loads(info_path.read_text(encoding="utf-8"))["sources"]
+    except (OSError, json.JSONDecodeError, KeyError) as exc:
+        raise ValueError(f"{info_path} does not list the version's sources ({exc}); republish the dataset") from exc
+    table = pl.DataFrame(sources, schema_overrides={"source_file": pl.String, "source_sha256": pl.String},
+                         infer_schema_length=None)
+    keys = ["source_file", "source_sha256"]
+    episodes_path = path / "meta" / "episodes.parquet"
+    if "source" not in table.columns and episodes_path.exists():
+        episodes = pl.read_parquet(episodes_path)
+        if {"source", *keys} <= set(episodes.columns):
+            table = table.join(episodes.select("source", *keys).unique(keys), on=keys, how="left")
+    if "source" not in table.columns:
+        table = table.with_columns(pl.lit(None, pl.String).alias("source"))
+    columns = ["source", *keys, *[c for c in ("episodes", "steps") if c in table.columns]]
+    return {
+        "name": record["name"],
+        "version": record["version"],
+        "content_hash": record["content_hash"],
+        "sources": table.select(columns).sort(keys).to_dicts() if table.height else [],
+    }
 
 
 def _json_default(value: Any) -> Any:
@@ -205,14 +237,16 @@ def load_adapters(path: Path | str) -> dict[str, torch.Tensor]:
 
 def list_checkpoints(name: str) -> list[Path]:
     """Folders of checkpoint `name`, oldest version first."""
-    parent = area("checkpoints") / name
-    if not parent.exists():
-        return []
-    found = [(tuple(int(g) for g in m.groups()), p) for p in parent.iterdir() if (m := _FOLDER.match(p.name))]
-    return [p for _, p in sorted(found)]
+    return [Path(r["path"]) for r in STORE.list_versions(name)]
 
 
 def latest_checkpoint(name: str) -> Optional[Path]:
     """The highest version of checkpoint `name`, or None."""
-    versions = list_checkpoints(name)
-    return versions[-1] if versions else None
+    record = STORE.latest(name)
+    return Path(record["path"]) if record else None
+
+
+def find_checkpoint(name: str, training_key: str) -> Optional[Path]:
+    """The newest version of checkpoint `name` trained with `training_key` (same data and config), or None."""
+    found = [r for r in STORE.list_versions(name) if r.get("training_key") == training_key]
+    return Path(found[-1]["path"]) if found else None

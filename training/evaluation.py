@@ -1,9 +1,12 @@
-"""Closed-loop evaluation of policies in the simulator, as D4RL-style normalized scores.
+"""Closed-loop evaluation of policies in a simulated embodiment, as D4RL-style normalized scores.
 
 A policy's score on a skill is 100 * (p - p_random) / (p_expert - p_random), where p is
-the mean progress toward the instruction (metres forward, radians turned) over the
-same seeds for everyone: 0 is the random operator, 100 the expert operator of the
-fleet. Reference progress is measured by rollouts, not assumed, and cached per seed set.
+the mean progress toward the instruction (the skill's measure: metres forward, radians
+turned, share of the distance to a target closed) over the same seeds for everyone: 0 is
+the random operator, 100 the expert operator of the fleet. Reference progress is measured
+by rollouts of the embodiment (simulator.embodiments), not assumed, and cached per seed set.
+Instructions the embodiment has no skill for cannot be scored: `evaluable` separates them
+so that callers report them instead of failing.
 """
 from __future__ import annotations
 
@@ -17,21 +20,38 @@ import polars as pl
 from tqdm import tqdm
 
 from foundations import storage
-from simulator.rollout import Policy, reference_progress, rollout
-from simulator.skills import SKILLS
+from foundations.progress import instruction_key
+from simulator.embodiments import Embodiment, Policy
 
 REFERENCE_OPERATORS = ("random", "expert")
 
 
-def reference_scores(instructions: list[str], seeds: list[int], steps: int) -> dict[str, dict[str, float]]:
-    """instruction -> {"random": progress, "expert": progress}, cached under cache/evaluation/."""
-    key = hashlib.sha256(json.dumps([instructions, seeds, steps, SKILLS]).encode()).hexdigest()[:16]
+def evaluable(embodiment: Embodiment, instructions: list[str]) -> tuple[dict[str, str], list[str]]:
+    """({instruction: the embodiment's skill it means}, [instructions it has no skill for]).
+
+    Instructions match skills case- and whitespace-insensitively, as everywhere else.
+    """
+    keys = pl.DataFrame({"text": list(instructions)}).select(instruction_key(pl.col("text")))["text"].to_list()
+    skills = list(embodiment.skills)
+    skill_keys = pl.DataFrame({"text": skills}).select(instruction_key(pl.col("text")))["text"].to_list()
+    by_key = dict(zip(skill_keys, skills))
+    matched = {text: by_key[key] for text, key in zip(instructions, keys) if key in by_key}
+    return matched, [text for text in instructions if text not in matched]
+
+
+def reference_scores(
+    embodiment: Embodiment, skills: list[str], seeds: list[int], steps: int
+) -> dict[str, dict[str, float]]:
+    """skill -> {"random": progress, "expert": progress}, cached under cache/evaluation/."""
+    key = hashlib.sha256(
+        json.dumps([embodiment.name, skills, seeds, steps, embodiment.skills], sort_keys=True, default=str).encode()
+    ).hexdigest()[:16]
     path = storage.area("cache") / "evaluation" / f"reference-{key}.json"
     if path.exists():
         return json.loads(path.read_text())
     refs = {
-        instr: {op: reference_progress(op, instr, seeds, steps) for op in REFERENCE_OPERATORS}
-        for instr in tqdm(instructions, desc="reference operators", unit="skill")
+        skill: {op: float(embodiment.reference_progress(op, skill, seeds, steps)) for op in REFERENCE_OPERATORS}
+        for skill in tqdm(skills, desc=f"{embodiment.name} reference operators", unit="skill")
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -41,25 +61,34 @@ def reference_scores(instructions: list[str], seeds: list[int], steps: int) -> d
 
 
 def evaluate_policy(
+    embodiment: Embodiment,
     policy_for: Callable[[str], Policy],
-    instructions: list[str],
+    skills: dict[str, str],
     seeds: list[int],
     steps: int,
     refs: dict[str, dict[str, float]],
     label: str = "policy",
 ) -> pl.DataFrame:
-    """One row per (instruction, seed) rollout with its normalized score."""
+    """One row per (instruction, seed) rollout with its normalized score.
+
+    `skills` maps each instruction the policy was trained on to the embodiment's skill
+    (see `evaluable`); the policy is asked for the instruction, the simulator for the skill.
+    """
     rows = []
-    for instr in instructions:
-        policy = policy_for(instr)
-        for seed in tqdm(seeds, desc=f"{label}: {instr}", unit="episode", leave=False):
-            rows.append(rollout(policy, instr, seed, steps))
-    df = pl.DataFrame(rows).with_columns(pl.lit(label).alias("policy"))
+    for instruction, skill in skills.items():
+        policy = policy_for(instruction)
+        for seed in tqdm(seeds, desc=f"{label}: {instruction}", unit="episode", leave=False):
+            out = embodiment.rollout(policy, skill, seed, steps)
+            rows.append({"instruction": instruction, "skill": skill, "seed": int(seed),
+                         "progress": float(out["progress"]), "fell": bool(out["fell"]), "steps": int(out["steps"])})
+    df = pl.DataFrame(rows, schema={"instruction": pl.String, "skill": pl.String, "seed": pl.Int64,
+                                    "progress": pl.Float64, "fell": pl.Boolean, "steps": pl.Int64})
     ref = pl.DataFrame(
-        {"instruction": list(refs), "random": [r["random"] for r in refs.values()],
-         "expert": [r["expert"] for r in refs.values()]}
+        {"skill": list(refs), "random": [r["random"] for r in refs.values()],
+         "expert": [r["expert"] for r in refs.values()]},
+        schema={"skill": pl.String, "random": pl.Float64, "expert": pl.Float64},
     )
-    return df.join(ref, on="instruction").with_columns(
+    return df.with_columns(pl.lit(label).alias("policy")).join(ref, on="skill", how="left").with_columns(
         (100 * (pl.col("progress") - pl.col("random")) / (pl.col("expert") - pl.col("random"))).alias("normalized_score")
     )
 

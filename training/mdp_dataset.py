@@ -9,7 +9,7 @@ value is still bootstrapped). The two flags never meet on one step.
 Rewards stay raw in the dataset; `reward_scale` gives the multiplier that
 training applies through d3rlpy's MultiplyRewardScaler (saved with the model).
 Rewards are scaled, never shifted: a shift changes what ending an episode early
-is worth, and falls end Ant episodes.
+is worth, and falls end the episodes of legged robots.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from foundations.schema import ACTION, LINEAGE, QUARANTINE_SCHEMA, STATE
 
 STAGE = "training"
 MIN_EPISODE_STEPS = 2  # a timeout episode of one step yields no transition at all
-ACTION_BOUND = 1.0 + 1e-5
+BOUND_TOLERANCE = 1e-5  # float32 round-off at the bounds is not a violation
 
 
 def _expected_width(table: pl.DataFrame, column: str) -> int:
@@ -39,16 +39,28 @@ def _finite_list(column: str) -> pl.Expr:
     return pl.col(column).list.eval(pl.element().is_finite().fill_null(False)).list.all().fill_null(False)
 
 
+def check_bounds(action_bounds: Sequence[float]) -> tuple[float, float]:
+    """(low, high) of the robot profile's action bounds; ValueError unless low < high, both finite."""
+    try:
+        low, high = (float(b) for b in action_bounds)
+    except (TypeError, ValueError):
+        raise ValueError(f"action_bounds must be [low, high] (the robot profile's), got {action_bounds!r}") from None
+    if not (np.isfinite(low) and np.isfinite(high) and low < high):
+        raise ValueError(f"action_bounds must be finite with low < high, got [{low}, {high}]")
+    return low, high
+
+
 def split_trainable(
     table: pl.DataFrame,
     reward_column: Optional[str],
     instructions: Sequence[str],
+    action_bounds: Sequence[float],
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Split a canonical table into (trainable rows, rejections in QUARANTINE_SCHEMA).
 
     An episode is rejected, with one record per failed check, when its state or
     action vectors have the wrong width or non-finite values, actions leave
-    [-1, 1], the reward column (unless None) is null or non-finite, its
+    `action_bounds` (the robot profile's [low, high]), the reward column (unless None) is null or non-finite, its
     instruction is not in `instructions`, or its steps are not 0..T-1 ending in
     exactly one `is_last` (with `is_terminal` only there) and at least 2 steps.
     """
@@ -58,6 +70,7 @@ def split_trainable(
     missing = sorted(required - set(table.columns))
     if missing:
         raise ValueError(f"the episode table lacks columns {missing}; it must follow foundations.schema")
+    low, high = check_bounds(action_bounds)
     if table.is_empty():
         return table, pl.DataFrame(schema=QUARANTINE_SCHEMA)
 
@@ -79,7 +92,8 @@ def split_trainable(
         _finite_list(STATE).alias("state_finite"),
         (pl.col(ACTION).list.len() == action_dim).fill_null(False).alias("action_width"),
         _finite_list(ACTION).alias("action_finite"),
-        (pl.col(ACTION).list.eval(pl.element().abs() <= ACTION_BOUND).list.all().fill_null(False)).alias("action_bounded"),
+        (pl.col(ACTION).list.eval(pl.element().is_between(low - BOUND_TOLERANCE, high + BOUND_TOLERANCE))
+         .list.all().fill_null(False)).alias("action_bounded"),
         reward_ok.alias("reward_ok"),
         pl.col("language_instruction").is_in(list(instructions)).fill_null(False).alias("instruction_ok"),
         *[pl.col(c) if c in table.columns else pl.lit(None, pl.String).alias(c) for c in LINEAGE],
@@ -113,7 +127,8 @@ def split_trainable(
         ("finite_values", pl.col("bad_action_finite") > 0,
          pl.format("{} of {} steps have NaN, infinite or null values in action", "bad_action_finite", "n_steps")),
         ("action_range", pl.col("bad_action_bounded") > 0,
-         pl.format("{} of {} steps have actions outside [-1, 1]", "bad_action_bounded", "n_steps")),
+         pl.format("{} of {} steps have actions outside the robot's action bounds [{}, {}]",
+                   "bad_action_bounded", "n_steps", pl.lit(low), pl.lit(high))),
         ("reward_missing", pl.col("bad_reward") > 0,
          pl.format("{} of {} steps have a null or non-finite {}", "bad_reward", "n_steps",
                    pl.lit(str(reward_column)))),
@@ -166,6 +181,7 @@ def build_mdp_dataset(
     table: pl.DataFrame,
     reward_column: Optional[str],
     instructions: Sequence[str],
+    action_bounds: Sequence[float],
 ) -> MDPDataset:
     """A d3rlpy MDPDataset from a canonical table whose episodes all pass `split_trainable`.
 
@@ -174,7 +190,7 @@ def build_mdp_dataset(
     Raises ValueError naming the failed checks when any episode is unusable;
     call `split_trainable` first to keep the good ones and record the rest.
     """
-    clean, rejected = split_trainable(table, reward_column, instructions)
+    clean, rejected = split_trainable(table, reward_column, instructions, action_bounds)
     if not rejected.is_empty():
         summary = rejected.group_by("check").agg(pl.len(), pl.col("reason").first()).sort("check")
         details = "; ".join(f"{r['check']} x{r['len']} (e.g. {r['reason']})" for r in summary.iter_rows(named=True))

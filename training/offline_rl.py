@@ -22,7 +22,7 @@ import torch
 from d3rlpy.logging import NoopAdapterFactory
 from d3rlpy.metrics import InitialStateValueEstimationEvaluator, TDErrorEvaluator
 from d3rlpy.models.encoders import EncoderFactory, VectorEncoderFactory
-from d3rlpy.preprocessing import MultiplyRewardScaler
+from d3rlpy.preprocessing import MinMaxActionScaler, MultiplyRewardScaler
 
 from training.lora_moe import (
     LoRAMoEEncoderFactory,
@@ -31,7 +31,7 @@ from training.lora_moe import (
     make_observations,
     pop_aux_loss,
 )
-from training.mdp_dataset import build_mdp_dataset, reward_scale, split_trainable, state_statistics
+from training.mdp_dataset import build_mdp_dataset, check_bounds, reward_scale, split_trainable, state_statistics
 
 __all__ = [
     "ALGORITHMS",
@@ -71,6 +71,10 @@ class TrainConfig:
         encoder_type: "lora_moe" (default) or "mlp" (d3rlpy's VectorEncoder, a baseline).
         encoder: LoRA-MoE settings; instructions and state statistics are filled in from the data.
         reward_column: "reward", "referee_reward" or "combined_reward" (ignored by bc).
+        action_bounds: [low, high] of every action dimension, from the robot profile
+            (foundations.profile.load_profile(name).action_bounds). Episodes with actions outside
+            are rejected, and the policy's outputs are scaled to these bounds (d3rlpy's
+            MinMaxActionScaler): its actor squashes to [-1, 1] internally.
         instructions: instruction vocabulary; None = the sorted distinct instructions of the table.
         normalize_reward: scale rewards by 1/std (never shifted). Off by default: referee rewards
             are bounded by construction (a segment's rewards sum to [-1, 1]), and 1/std turned a
@@ -92,6 +96,7 @@ class TrainConfig:
         default_factory=lambda: LoRAMoEEncoderFactory(**PRESETS["cpu"]["encoder"])
     )
     reward_column: str = "reward"
+    action_bounds: Optional[tuple[float, float]] = None  # required to train: the robot profile's
     instructions: Optional[list[str]] = None
     seed: int = 0
     device: str = PRESETS["cpu"]["device"]
@@ -127,6 +132,10 @@ class TrainConfig:
             raise ValueError(f"algorithm {self.algorithm!r} is unknown; choose from {ALGORITHMS}")
         if self.encoder_type not in ENCODER_TYPES:
             raise ValueError(f"encoder_type {self.encoder_type!r} is unknown; choose from {ENCODER_TYPES}")
+        if self.action_bounds is None:
+            raise ValueError("action_bounds is not set: give the robot profile's [low, high] "
+                             "(foundations.profile.load_profile(name).action_bounds)")
+        check_bounds(self.action_bounds)
         if self.n_steps_per_epoch < 1 or self.batch_size < 1:
             raise ValueError("n_steps_per_epoch and batch_size must be positive")
         if self.n_steps < self.n_steps_per_epoch:
@@ -180,10 +189,14 @@ def make_encoder_factory(config: TrainConfig, instructions: list[str], clean: pl
     return factory
 
 
-def make_algo(config: TrainConfig, encoder: EncoderFactory, scale: float) -> Any:
-    """An unbuilt d3rlpy algorithm of `config` with `encoder` on every network and rewards times `scale`."""
+def make_algo(config: TrainConfig, encoder: EncoderFactory, scale: float, action_size: int) -> Any:
+    """An unbuilt d3rlpy algorithm of `config` with `encoder` on every network, rewards times `scale`
+    and actions scaled between the robot's bounds and the actor's [-1, 1]."""
     scaler = MultiplyRewardScaler(scale) if config.normalize_reward else None
-    common = dict(batch_size=config.batch_size, gamma=config.gamma, reward_scaler=scaler)
+    low, high = check_bounds(config.action_bounds)
+    actions = MinMaxActionScaler(minimum=np.full(action_size, low, np.float32),
+                                 maximum=np.full(action_size, high, np.float32))
+    common = dict(batch_size=config.batch_size, gamma=config.gamma, reward_scaler=scaler, action_scaler=actions)
     if config.algorithm == "iql":
         algo_config = d3rlpy.algos.IQLConfig(
             actor_encoder_factory=encoder,
@@ -215,7 +228,8 @@ def make_algo(config: TrainConfig, encoder: EncoderFactory, scale: float) -> Any
         )
     else:
         algo_config = d3rlpy.algos.BCConfig(
-            encoder_factory=encoder, learning_rate=config.actor_learning_rate, batch_size=config.batch_size
+            encoder_factory=encoder, learning_rate=config.actor_learning_rate, batch_size=config.batch_size,
+            action_scaler=actions,
         )
     return algo_config.create(device=config.device)
 
@@ -275,15 +289,16 @@ def _train(table: pl.DataFrame, config: TrainConfig, progress: bool) -> TrainRes
     if not instructions:
         raise ValueError("no language_instruction values in the table and none configured")
 
-    clean, rejected = split_trainable(table, reward_column, instructions)
+    clean, rejected = split_trainable(table, reward_column, instructions, config.action_bounds)
     if clean.is_empty():
         reasons = "; ".join(rejected["reason"].unique().head(5).to_list()) or "the table is empty"
         raise ValueError(f"no episode can be trained on ({rejected['episode_id'].n_unique()} rejected): {reasons}")
-    dataset = build_mdp_dataset(clean, reward_column, instructions)
+    dataset = build_mdp_dataset(clean, reward_column, instructions, config.action_bounds)
     scale = reward_scale(clean, reward_column) if reward_column else 1.0
 
     d3rlpy.seed(config.seed)
-    algo = make_algo(config, make_encoder_factory(config, instructions, clean), scale)
+    encoder = make_encoder_factory(config, instructions, clean)
+    algo = make_algo(config, encoder, scale, dataset.dataset_info.action_size)
     evaluators = None
     if config.algorithm != "bc" and config.eval_episodes > 0:
         episodes = _evaluation_episodes(dataset, config.eval_episodes)

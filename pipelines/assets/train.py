@@ -1,88 +1,114 @@
-"""Group `train`: offline-RL policies on the newest dataset version, and their closed-loop evaluation.
+"""Group `train`: per training target (datasets/targets/<name>.yaml), a policy, a baseline and their evaluation.
 
-Expensive work is keyed by content: a checkpoint is trained only when no checkpoint of
-the same name was trained on the same dataset content with the same configuration, and
-an evaluation only when its checkpoints or rollout settings changed.
+For each target the assets ["policy", name] and ["baseline", name] train checkpoints
+"<name>-policy" and "<name>-baseline" on the newest version of their datasets, and
+["evaluation", name] rolls both out in the target's simulator. Job `train_<name>`
+materializes the three; sensor `retrain_<name>` runs it when the policy's dataset
+publishes a new version. Nothing here names a target: they are all generated from YAML.
+
+Expensive work is keyed by content: a checkpoint is trained only when no version of it
+was trained on the same dataset content with the same configuration, and an evaluation
+only when its checkpoints or rollout settings changed.
 """
+
 import hashlib
 import json
+from functools import cache
 from pathlib import Path
 from typing import Optional
 
 import dagster as dg
 import polars as pl
+import yaml
 
 from foundations import storage
-from pipelines.metadata import md_table, png_metadata
+from foundations.catalog import config_path
 from foundations.publish import resolve_version
-from foundations.recipes import load_recipe
+from foundations.targets import Target, list_targets, load_target
+from pipelines.metadata import md_table, png_metadata
 
-CURATED = "ant_skills_curated"  # offline RL learns from the curated, referee-labelled cut...
-ALL_DATA = "ant_skills"  # ...and must beat behaviour cloning on everything that was accepted
-POLICY = "policy_checkpoint"
-BASELINE = "baseline_checkpoint"
-
+ROLES = ("policy", "baseline")  # each a checkpoint "<target>-<role>"
+GROUP = "train"
 TRAINING_POOL = "training"  # dagster.yaml limits every pool to one at a time: trainings never share a machine
 RETRY = dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL)
+EVALUATION_TABLE = "evaluation"  # lake table, one partition per target
 
 
 class TrainingConfig(dg.Config):
-    """One offline-RL run on the newest version of a published dataset (train split)."""
+    """Run-time overrides of a target's training (None: the target's YAML, then the preset's)."""
 
-    recipe: str = CURATED
-    algorithm: str = "iql"  # iql | cql | td3plusbc | bc
-    preset: str = "cpu"  # cpu: one trailing backbone layer, a step budget; gpu: whole backbone, more steps
-    n_steps: Optional[int] = None  # None: the preset's
-    n_steps_per_epoch: Optional[int] = None  # None: the preset's; d3rlpy trains n_steps // this many epochs
-    reward_column: str = "combined_reward"  # reward | referee_reward | combined_reward
-    seed: int = 0
+    dataset: Optional[str] = None  # train on another published dataset (e.g. a small test fleet's)
+    n_steps: Optional[int] = None
+    n_steps_per_epoch: Optional[int] = None  # d3rlpy trains n_steps // this many epochs
     # One torch thread: on a 2-core machine shared with anything else, two threads wait on each
     # other (4-7x slower IQL updates measured in benchmarks/train_benchmark.py). None: torch's default.
     num_threads: Optional[int] = 1
 
 
-def train_checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig, name: str) -> dg.MaterializeResult:
-    """Train (or reuse) checkpoint `name` on the newest dataset version; the shared body of both assets."""
-    from training.checkpoints import list_checkpoints, save_checkpoint
+class EvaluationConfig(dg.Config):
+    """Run-time overrides of a target's rollouts (None: the target's YAML)."""
+
+    seeds: Optional[list[int]] = None
+    steps: Optional[int] = None
+
+
+def checkpoint_name(target: str, role: str) -> str:
+    return f"{target}-{role}"
+
+
+def asset_key(kind: str, target: str) -> dg.AssetKey:
+    """["policy" | "baseline" | "evaluation", target]."""
+    return dg.AssetKey([kind, target])
+
+
+def train_checkpoint(context: dg.AssetExecutionContext, target: Target, role: str,
+                     config: TrainingConfig) -> dg.MaterializeResult:
+    """Train (or reuse) checkpoint `<target>-<role>` on the newest version of its dataset."""
+    from training.checkpoints import dataset_lineage, find_checkpoint, save_checkpoint
     from training.offline_rl import TrainConfig, train
 
-    dataset = resolve_version(config.recipe, "latest")
-    overrides = {"algorithm": config.algorithm, "reward_column": config.reward_column, "seed": config.seed,
-                 "num_threads": config.num_threads}
-    for name_ in ("n_steps", "n_steps_per_epoch"):
-        if getattr(config, name_) is not None:
-            overrides[name_] = getattr(config, name_)
-    train_config = TrainConfig.from_preset(config.preset, **overrides)
+    learner = getattr(target, role)
+    name = checkpoint_name(target.name, role)
+    dataset_name = config.dataset or learner.dataset
+    dataset = resolve_version(dataset_name, "latest")
+    overrides = {"algorithm": learner.algorithm, "seed": target.training.seed, "num_threads": config.num_threads,
+                 "action_bounds": tuple(target.profile.action_bounds)}
+    if learner.reward_column:
+        overrides["reward_column"] = learner.reward_column
+    for field in ("n_steps", "n_steps_per_epoch"):
+        value = getattr(config, field) or getattr(target.training, field)
+        if value is not None:
+            overrides[field] = value
+    train_config = TrainConfig.from_preset(target.training.preset, **overrides)
     key = hashlib.sha256(
         json.dumps([dataset["content_hash"], train_config.to_dict()], sort_keys=True, default=str).encode()
     ).hexdigest()[:16]
 
-    existing = [p for p in list_checkpoints(name) if _manifest(p)["metrics"].get("training_key") == key]
-    if existing:
-        path, trained = existing[-1], False
-        context.log.info(f"{name}: {path.name} was trained on {config.recipe} {dataset['version']} with this config")
+    path = find_checkpoint(name, key)
+    trained = path is None
+    if path is not None:
+        context.log.info(f"{name}: {path.name} was trained on {dataset_name} {dataset['version']} with this config")
     else:
         table = pl.read_parquet(Path(dataset["path"]) / "data" / "train-*.parquet")
         result = train(table, train_config)
-        path = save_checkpoint(
-            result, name, version=_next_version(list_checkpoints(name)),
-            dataset_name=config.recipe, dataset_version=dataset["version"],
-            recipe=load_recipe(config.recipe).to_dict(), metrics={"training_key": key},
-        )
-        trained = True
+        recipe = yaml.safe_load(config_path("recipes", dataset_name).read_text(encoding="utf-8"))
+        path = save_checkpoint(result, name, dataset=dataset_lineage(dataset), recipe=recipe, training_key=key)
     manifest = _manifest(path)
     training = manifest["training"]
     curve = pl.DataFrame(training["learning_curve"])
     metadata = {
         "path": dg.MetadataValue.path(str(path)),
         "version": manifest["version"],
+        "dataset": dataset_name,
         "dataset_version": dataset["version"],
         "trained_now": trained,
         "algorithm": manifest["algorithm"],
-        "reward_column": config.reward_column if config.algorithm != "bc" else "none (behaviour cloning)",
+        "reward_column": learner.reward_column or "none (behaviour cloning)",
+        "action_bounds": dg.MetadataValue.json(list(train_config.action_bounds)),
         "seconds": training["metrics"].get("seconds"),
         "seconds_per_update": training["metrics"].get("seconds_per_update"),
         "transitions": training["metrics"].get("n_transitions"),
+        "source_files": len(manifest["dataset"]["sources"]),
         "expert_usage": dg.MetadataValue.json(training["expert_usage"]),
         "learning_curve": md_table(curve),
     }
@@ -97,95 +123,185 @@ def _manifest(path: Path) -> dict:
     return json.loads((path / "manifest.json").read_text())
 
 
-def _next_version(existing: list[Path]) -> str:
-    if not existing:
-        return "1.0.0"
-    major, minor, _ = _manifest(existing[-1])["version"].split(".")
-    return f"{major}.{int(minor) + 1}.0"
+def evaluate_target(context: dg.AssetExecutionContext, target: Target,
+                    config: EvaluationConfig) -> dg.MaterializeResult:
+    """Closed-loop normalized scores of both checkpoints (when the target names a simulator) and offline metrics."""
+    from training.checkpoints import latest_checkpoint
+    from training.evaluation import learning_curves_png, per_skill
 
-
-@dg.asset(
-    name=POLICY,
-    group_name="train",
-    deps=[dg.AssetKey(["hub", CURATED])],
-    pool=TRAINING_POOL,
-    retry_policy=RETRY,
-    description="IQL with a LoRA mixture-of-experts MiniLM encoder on the newest curated dataset version, "
-    "rewarded by the environment plus the referee. Immutable, versioned; retrained only when data or config change.",
-    kinds={"pytorch", "d3rlpy"},
-)
-def policy_checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig) -> dg.MaterializeResult:
-    return train_checkpoint(context, config, POLICY)
-
-
-class BaselineConfig(TrainingConfig):
-    recipe: str = ALL_DATA
-    algorithm: str = "bc"
-
-
-@dg.asset(
-    name=BASELINE,
-    group_name="train",
-    deps=[dg.AssetKey(["hub", ALL_DATA])],
-    pool=TRAINING_POOL,
-    retry_policy=RETRY,
-    description="Behaviour cloning on all of the same data with the same encoder: the bar offline RL must clear.",
-    kinds={"pytorch", "d3rlpy"},
-)
-def baseline_checkpoint(context: dg.AssetExecutionContext, config: BaselineConfig) -> dg.MaterializeResult:
-    return train_checkpoint(context, config, BASELINE)
-
-
-class EvaluationConfig(dg.Config):
-    seeds: list[int] = [1000, 1001, 1002, 1003, 1004]  # per skill; the same for every policy and reference
-    steps: int = 200  # control steps per rollout (10 s)
-
-
-@dg.asset(
-    group_name="train",
-    deps=[POLICY, BASELINE],
-    description="Closed-loop rollouts of both checkpoints in the simulator for every skill, as normalized scores "
-    "(0 = random operator, 100 = expert operator), beside offline metrics and learning curves.",
-    kinds={"mujoco"},
-)
-def policy_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig) -> dg.MaterializeResult:
-    from training.checkpoints import latest_checkpoint, load_checkpoint
-    from training.evaluation import evaluate_policy, learning_curves_png, per_skill, reference_scores
-
-    paths = {name: latest_checkpoint(name) for name in (POLICY, BASELINE)}
-    missing = [n for n, p in paths.items() if p is None]
+    paths = {role: latest_checkpoint(checkpoint_name(target.name, role)) for role in ROLES}
+    missing = [checkpoint_name(target.name, r) for r, p in paths.items() if p is None]
     if missing:
-        raise FileNotFoundError(f"no checkpoint for {missing}: materialize them first")
-    key = hashlib.sha256(json.dumps([str(p) for p in paths.values()] + [config.seeds, config.steps]).encode()).hexdigest()[:16]
-    cached = storage.area("evaluations") / f"{key}.parquet"
-    if cached.exists():
-        rollouts = pl.read_parquet(cached)
-        context.log.info("these checkpoints were evaluated with these settings before; reusing the rollouts")
-    else:
-        checkpoints = {name: load_checkpoint(p) for name, p in paths.items()}
-        instructions = checkpoints[POLICY].instructions
-        refs = reference_scores(instructions, config.seeds, config.steps)
-        rollouts = pl.concat([
-            evaluate_policy(ckpt.policy, instructions, config.seeds, config.steps, refs, label=name)
-            for name, ckpt in checkpoints.items()
-        ])
-        rollouts.write_parquet(cached)
-    table = per_skill(rollouts)
-    storage.write_partition(table.with_columns(pl.lit(key).alias("evaluation")), "policy_evaluation", "latest")
-    overall = dict(table.filter(pl.col("instruction") == "all skills").select("policy", "normalized_score").iter_rows())
-    manifests = {name: _manifest(p) for name, p in paths.items()}
+        keys = [asset_key(r, target.name).to_user_string() for r in ROLES]
+        raise dg.Failure(f"no checkpoint {missing}: materialize {keys} first", allow_retries=False)
+    manifests = {role: _manifest(p) for role, p in paths.items()}
     offline = {
-        name: {k: m["training"]["metrics"].get(k) for k in ("td_error", "initial_state_value")}
-        for name, m in manifests.items()
+        role: {k: m["training"]["metrics"].get(k) for k in ("td_error", "initial_state_value", "loss")}
+        for role, m in manifests.items()
     }
-    curves = {name: pl.DataFrame(m["training"]["learning_curve"]) for name, m in manifests.items()}
+    curves = {role: pl.DataFrame(m["training"]["learning_curve"]) for role, m in manifests.items()}
+    metadata = {
+        "offline_metrics": dg.MetadataValue.json(offline),
+        "checkpoints": dg.MetadataValue.json({r: str(p) for r, p in paths.items()}),
+        **png_metadata(learning_curves_png(curves), f"{target.name}_learning_curves"),
+    }
+    simulator = target.evaluation.simulator
+    if simulator is None:
+        return dg.MaterializeResult(metadata={**metadata, "closed_loop": "none: the target names no simulator"})
+
+    rollouts, not_evaluated = _rollouts(context, target, config, paths)
+    table = per_skill(rollouts)
+    storage.write_partition(table, EVALUATION_TABLE, target.name)
+    overall = dict(table.filter(pl.col("instruction") == "all skills").select("policy", "normalized_score").iter_rows())
     return dg.MaterializeResult(
         metadata={
-            "normalized_score_policy": overall.get(POLICY),
-            "normalized_score_bc": overall.get(BASELINE),
+            **metadata,
+            "simulator": simulator,
+            "normalized_score_policy": overall.get("policy"),
+            "normalized_score_baseline": overall.get("baseline"),
             "per_skill": md_table(table),
-            "offline_metrics": dg.MetadataValue.json(offline),
-            "checkpoints": dg.MetadataValue.json({n: str(p) for n, p in paths.items()}),
-            **png_metadata(learning_curves_png(curves), "learning_curves"),
+            "not_evaluated": dg.MetadataValue.json(not_evaluated),
         }
     )
+
+
+def _rollouts(context: dg.AssetExecutionContext, target: Target, config: EvaluationConfig,
+              paths: dict[str, Path]) -> tuple[pl.DataFrame, dict[str, list[str]]]:
+    """Rollouts of both checkpoints (cached per checkpoints and settings), and per role the
+    instructions the simulator has no skill for."""
+    from simulator.embodiments import get_embodiment
+    from training.checkpoints import load_checkpoint
+    from training.evaluation import evaluable, evaluate_policy, reference_scores
+
+    embodiment = get_embodiment(target.evaluation.simulator)
+    seeds = config.seeds or target.evaluation.seeds
+    steps = config.steps or target.evaluation.steps or embodiment.episode_steps
+    instructions = {role: list(_manifest(p)["observation"]["instructions"]) for role, p in paths.items()}
+    skills, not_evaluated = {}, {}
+    for role, texts in instructions.items():
+        skills[role], not_evaluated[role] = evaluable(embodiment, texts)
+        if not_evaluated[role]:
+            context.log.warning(f"{target.name} {role}: {embodiment.name} has no skill for {not_evaluated[role]}; "
+                                "not scored")
+    key = hashlib.sha256(
+        json.dumps([embodiment.name, [str(p) for p in paths.values()], seeds, steps]).encode()
+    ).hexdigest()[:16]
+    cached = storage.area("evaluations") / f"{key}.parquet"
+    if cached.exists():
+        context.log.info("these checkpoints were evaluated with these settings before; reusing the rollouts")
+        return pl.read_parquet(cached), not_evaluated
+    refs = reference_scores(embodiment, sorted({s for m in skills.values() for s in m.values()}), seeds, steps)
+    rollouts = pl.concat([
+        evaluate_policy(embodiment, load_checkpoint(paths[role]).policy, skills[role], seeds, steps, refs, label=role)
+        for role in ROLES
+    ])
+    rollouts.write_parquet(cached)
+    return rollouts, not_evaluated
+
+
+def target_assets(target: Target) -> list[dg.AssetsDefinition]:
+    """The policy, baseline and evaluation assets of one target; ValueError when its simulator does not exist."""
+    from simulator.embodiments import EMBODIMENTS
+
+    simulator = target.evaluation.simulator
+    if simulator is not None and simulator not in EMBODIMENTS:
+        raise ValueError(f"{target.path}: key 'evaluation.simulator': no simulated embodiment {simulator!r} "
+                         f"(known: {', '.join(EMBODIMENTS)}); omit it for offline metrics only")
+    assets = []
+    for role in ROLES:
+        learner = getattr(target, role)
+        assets.append(_checkpoint_asset(target, role, learner.dataset, learner.algorithm))
+
+    @dg.asset(
+        key=asset_key("evaluation", target.name),
+        group_name=GROUP,
+        deps=[asset_key(role, target.name) for role in ROLES],
+        pool=TRAINING_POOL,  # rollouts load the CPU as training does
+        retry_policy=RETRY,
+        description=f"Closed-loop rollouts of {target.name}'s policy and baseline in simulator "
+        f"{target.evaluation.simulator or '(none)'} for every skill, as normalized scores (0 = random operator, "
+        f"100 = expert operator), beside offline metrics and learning curves. Target: {_where(target)}.",
+        kinds={"mujoco"},
+        tags={"target": target.name},
+    )
+    def _evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig) -> dg.MaterializeResult:
+        return evaluate_target(context, target, config)
+
+    return [*assets, _evaluation]
+
+
+def _checkpoint_asset(target: Target, role: str, dataset: str, algorithm: str) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=asset_key(role, target.name),
+        group_name=GROUP,
+        deps=[dg.AssetKey(["hub", dataset])],
+        pool=TRAINING_POOL,
+        retry_policy=RETRY,
+        description=f"{algorithm.upper()} with the LoRA mixture-of-experts MiniLM encoder on the newest version of "
+        f"{dataset} ({role} of target {target.name}: {_where(target)}). Checkpoint "
+        f"{checkpoint_name(target.name, role)}: immutable, versioned; retrained only when data or config change.",
+        kinds={"pytorch", "d3rlpy"},
+        tags={"target": target.name},
+    )
+    def _checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig) -> dg.MaterializeResult:
+        return train_checkpoint(context, target, role, config)
+
+    return _checkpoint
+
+
+def _where(target: Target) -> str:
+    return f"datasets/targets/{target.name}.yaml"
+
+
+@cache
+def target_job(name: str):
+    """Job `train_<name>`: a target's policy, baseline and evaluation (one object per name, shared by its sensor)."""
+    return dg.define_asset_job(
+        f"train_{name}",
+        selection=dg.AssetSelection.assets(*[asset_key(kind, name) for kind in (*ROLES, "evaluation")]),
+        description=f"Train target {name}'s policy and baseline on the newest dataset versions, then evaluate them.",
+        tags={"target": name},
+    )
+
+
+def target_sensor(target: Target) -> dg.SensorDefinition:
+    """Sensor `retrain_<name>`: runs `train_<name>` when the policy's dataset publishes a new version."""
+    dataset = target.policy.dataset
+
+    @dg.asset_sensor(
+        name=f"retrain_{target.name}",
+        asset_key=dg.AssetKey(["hub", dataset]),
+        job=target_job(target.name),
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"Retrains target {target.name} when {dataset} gets a new version (not when nothing changed).",
+    )
+    def _retrain(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
+        meta = asset_event.asset_materialization.metadata
+        if not meta.get("new_version") or not meta["new_version"].value:
+            return dg.SkipReason(f"{dataset} was materialized without a new version")
+        version = meta["version"].value
+        return dg.RunRequest(
+            run_key=f"{target.name}:{dataset}:{version}",
+            tags={"target": target.name, "dataset": dataset, "dataset_version": str(version)},
+        )
+
+    return _retrain
+
+
+def _targets() -> list[Target]:
+    return [load_target(name) for name in list_targets()]
+
+
+def training_assets() -> list[dg.AssetsDefinition]:
+    """Every target's policy, baseline and evaluation assets."""
+    return [asset for target in _targets() for asset in target_assets(target)]
+
+
+def training_jobs() -> list:
+    """Every target's job `train_<name>`."""
+    return [target_job(target.name) for target in _targets()]
+
+
+def training_sensors() -> list[dg.SensorDefinition]:
+    """Every target's sensor `retrain_<name>`."""
+    return [target_sensor(target) for target in _targets()]

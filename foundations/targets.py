@@ -1,0 +1,119 @@
+"""Training targets: which dataset trains which policy, against which baseline, evaluated where.
+
+A target is `datasets/targets/<name>.yaml` (format: `datasets/targets/README.md`). The
+pipeline generates its policy, baseline and evaluation assets and its retraining sensor
+from these files; no target is named in code. Loading checks the file against the model
+(unknown keys refused), that its datasets are recipes of the same catalog and that its
+robot profile loads; every error names the file and the key.
+"""
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from foundations.catalog import config_error, config_path, list_configs
+from foundations.profile import ProfileError, RobotProfile, load_profile
+
+DEFAULT_SEEDS = [1000, 1001, 1002, 1003, 1004]
+
+
+class TargetError(ValueError):
+    """A training target is missing or malformed; the message names the file, the key and the fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Learner(_Strict):
+    """One checkpoint to train: on the newest version of `dataset`, with `algorithm`."""
+
+    dataset: str  # a recipe name: the asset ["hub", dataset] publishes it
+    algorithm: Literal["iql", "cql", "td3plusbc", "bc"]
+    reward_column: Optional[str] = None  # reward | referee_reward | combined_reward; bc needs none
+
+    @model_validator(mode="after")
+    def _reward_for_rl(self) -> "Learner":
+        if self.algorithm != "bc" and not self.reward_column:
+            raise ValueError(f"algorithm {self.algorithm} learns from rewards: set reward_column "
+                             "(reward, referee_reward or combined_reward)")
+        return self
+
+
+class Training(_Strict):
+    """Sizes of both runs; None takes the preset's (training.offline_rl.PRESETS)."""
+
+    preset: Literal["cpu", "gpu"] = "cpu"
+    n_steps: Optional[int] = Field(None, ge=1)
+    n_steps_per_epoch: Optional[int] = Field(None, ge=1)
+    seed: int = 0
+
+
+class Evaluation(_Strict):
+    """Closed-loop rollouts in a simulated embodiment; without `simulator`, offline metrics only."""
+
+    simulator: Optional[str] = None  # a name of simulator.embodiments.EMBODIMENTS
+    seeds: list[int] = Field(default_factory=lambda: list(DEFAULT_SEEDS), min_length=1)
+    steps: Optional[int] = Field(None, ge=1)  # control steps per rollout; None: the embodiment's episode length
+
+
+class Target(_Strict):
+    """A validated training target (see the module docstring)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_]*$")  # names assets, a job and a sensor
+    description: str = ""
+    robot: str  # robot profile: datasets/robots/<robot>.yaml (action bounds, skills)
+    policy: Learner
+    baseline: Learner
+    training: Training = Training()
+    evaluation: Evaluation = Evaluation()
+    path: Optional[Path] = Field(None, exclude=True)
+
+    @property
+    def profile(self) -> RobotProfile:
+        return load_profile(self.robot)
+
+    @property
+    def datasets(self) -> list[str]:
+        """The recipes it trains on, each once, policy's first."""
+        return list(dict.fromkeys([self.policy.dataset, self.baseline.dataset]))
+
+
+@cache
+def _load(path: Path, mtime_ns: int) -> Target:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise TargetError(f"{path}: not valid YAML: {exc}") from exc
+    try:
+        target = Target.model_validate(raw if isinstance(raw, dict) else {"": raw})
+    except ValidationError as exc:
+        raise TargetError(config_error(path, exc)) from None
+    if target.name != path.stem:
+        raise TargetError(f"{path}: key 'name': {target.name!r} but the file is {path.name}; make them match")
+    recipes = list_configs("recipes")
+    for role in ("policy", "baseline"):
+        dataset = getattr(target, role).dataset
+        if dataset not in recipes:
+            raise TargetError(f"{path}: key '{role}.dataset': no recipe {dataset!r} in the catalog "
+                              f"(known: {', '.join(recipes) or 'none'})")
+    try:
+        load_profile(target.robot)
+    except ProfileError as exc:
+        raise TargetError(f"{path}: key 'robot': {exc}") from None
+    return target.model_copy(update={"path": path})
+
+
+def load_target(name_or_path: str | Path) -> Target:
+    """The training target `datasets/targets/<name>.yaml` (or a path to one); raises TargetError."""
+    path = config_path("targets", name_or_path, TargetError)
+    return _load(path, path.stat().st_mtime_ns)
+
+
+def list_targets() -> list[str]:
+    """Names of every training target in the catalog."""
+    return list_configs("targets")
