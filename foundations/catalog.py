@@ -11,9 +11,14 @@ message per bad key, naming the file, the key path and what was wrong.
 from __future__ import annotations
 
 import os
+from functools import cache
 from pathlib import Path
+from typing import TypeVar
 
-from pydantic import ValidationError
+import yaml
+from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
 
 RECIPES_ENV = "ROBOCURATE_RECIPES"
 KINDS = ("recipes", "sources", "robots", "targets")
@@ -60,3 +65,30 @@ def config_error(path: Path | str, exc: ValidationError) -> str:
             msg = "unknown key (a typo? see the format documented beside the file)"
         lines.append(f"{path}: key '{key}': {msg}")
     return "\n".join(lines)
+
+
+def load_model(kind: str, name_or_path: str | Path, model: type[M], error: type[Exception]) -> M:
+    """Read, validate and name-check one YAML config of `kind` as `model` (cached until the file changes).
+
+    Raises `error` naming the file and key: missing file, invalid YAML, invalid keys, or a
+    `name` that differs from the file name. The model gets `path` set to the file.
+    """
+    path = config_path(kind, name_or_path, error)
+    return _load_model(path, path.stat().st_mtime_ns, model, error)
+
+
+@cache
+def _load_model(path: Path, mtime_ns: int, model: type[M], error: type[Exception]) -> M:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise error(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise error(f"{path}: expected a mapping of keys, got {type(raw).__name__}")
+    try:
+        loaded = model.model_validate(raw)
+    except ValidationError as exc:
+        raise error(config_error(path, exc)) from None
+    if getattr(loaded, "name", path.stem) != path.stem:
+        raise error(f"{path}: key 'name': {loaded.name!r} but the file is {path.name}; make them match")
+    return loaded.model_copy(update={"path": path})

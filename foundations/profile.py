@@ -8,14 +8,12 @@ these declarations. The format is documented in `datasets/robots/README.md`.
 """
 from __future__ import annotations
 
-from functools import cache
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from foundations.catalog import config_error, config_path
+from foundations.catalog import load_model
 
 # Progress measures and the declarations each one needs (see foundations.progress).
 MEASURES: dict[str, tuple[str, ...]] = {
@@ -116,22 +114,6 @@ class RobotProfile(_Strict):
         return {s.feature for s in slices if s is not None}
 
 
-@cache
-def _load(path: Path, mtime_ns: int) -> RobotProfile:
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ProfileError(f"{path}: not valid YAML: {exc}") from exc
-    try:
-        profile = RobotProfile.model_validate(raw if isinstance(raw, dict) else {"": raw})
-    except ValidationError as exc:
-        raise ProfileError(config_error(path, exc)) from None
-    if profile.name != path.stem:
-        raise ProfileError(f"{path}: name is {profile.name!r} but the file is {path.name}; make them match")
-    return profile.model_copy(update={"path": path})
-
-
 def load_profile(name_or_path: str | Path) -> RobotProfile:
     """The robot profile `datasets/robots/<name>.yaml` (or a path to one); raises ProfileError."""
-    path = config_path("robots", name_or_path, ProfileError)
-    return _load(path, path.stat().st_mtime_ns)
+    return load_model("robots", name_or_path, RobotProfile, ProfileError)

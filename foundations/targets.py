@@ -8,14 +8,13 @@ robot profile loads; every error names the file and the key.
 """
 from __future__ import annotations
 
-from functools import cache
 from pathlib import Path
 from typing import Literal, Optional
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from foundations.catalog import config_error, config_path, list_configs
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from foundations.catalog import list_configs, load_model
 from foundations.profile import ProfileError, RobotProfile, load_profile
 
 DEFAULT_SEEDS = [1000, 1001, 1002, 1003, 1004]
@@ -83,35 +82,23 @@ class Target(_Strict):
         return list(dict.fromkeys([self.policy.dataset, self.baseline.dataset]))
 
 
-@cache
-def _load(path: Path, mtime_ns: int) -> Target:
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise TargetError(f"{path}: not valid YAML: {exc}") from exc
-    try:
-        target = Target.model_validate(raw if isinstance(raw, dict) else {"": raw})
-    except ValidationError as exc:
-        raise TargetError(config_error(path, exc)) from None
-    if target.name != path.stem:
-        raise TargetError(f"{path}: key 'name': {target.name!r} but the file is {path.name}; make them match")
+def load_target(name_or_path: str | Path) -> Target:
+    """The training target `datasets/targets/<name>.yaml` (or a path to one); raises TargetError.
+
+    Besides its keys, checks that the datasets it names are recipes of the catalog and that its
+    robot profile loads."""
+    target = load_model("targets", name_or_path, Target, TargetError)
     recipes = list_configs("recipes")
     for role in ("policy", "baseline"):
         dataset = getattr(target, role).dataset
         if dataset not in recipes:
-            raise TargetError(f"{path}: key '{role}.dataset': no recipe {dataset!r} in the catalog "
+            raise TargetError(f"{target.path}: key '{role}.dataset': no recipe {dataset!r} in the catalog "
                               f"(known: {', '.join(recipes) or 'none'})")
     try:
         load_profile(target.robot)
     except ProfileError as exc:
-        raise TargetError(f"{path}: key 'robot': {exc}") from None
-    return target.model_copy(update={"path": path})
-
-
-def load_target(name_or_path: str | Path) -> Target:
-    """The training target `datasets/targets/<name>.yaml` (or a path to one); raises TargetError."""
-    path = config_path("targets", name_or_path, TargetError)
-    return _load(path, path.stat().st_mtime_ns)
+        raise TargetError(f"{target.path}: key 'robot': {exc}") from None
+    return target
 
 
 def list_targets() -> list[str]:
