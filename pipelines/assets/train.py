@@ -26,6 +26,7 @@ from foundations.catalog import config_path
 from foundations.publish import resolve_version
 from foundations.targets import Target, list_targets, load_target
 from pipelines.metadata import md_table, png_metadata
+from pipelines.resources import DataRoot
 
 ROLES = ("policy", "baseline")  # each a checkpoint "<target>-<role>"
 GROUP = "train"
@@ -224,7 +225,8 @@ def target_assets(target: Target) -> list[dg.AssetsDefinition]:
         kinds={"mujoco"},
         tags={"target": target.name},
     )
-    def _evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig) -> dg.MaterializeResult:
+    def _evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig,
+                    data_root: DataRoot) -> dg.MaterializeResult:  # data_root: roots every storage call
         return evaluate_target(context, target, config)
 
     return [*assets, _evaluation]
@@ -243,7 +245,8 @@ def _checkpoint_asset(target: Target, role: str, dataset: str, algorithm: str) -
         kinds={"pytorch", "d3rlpy"},
         tags={"target": target.name},
     )
-    def _checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig) -> dg.MaterializeResult:
+    def _checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig,
+                    data_root: DataRoot) -> dg.MaterializeResult:  # data_root: roots every storage call
         return train_checkpoint(context, target, role, config)
 
     return _checkpoint
