@@ -177,15 +177,15 @@ def step_progress(df: pl.DataFrame, profile: RobotProfile) -> pl.DataFrame:
     )
 
 
-def episode_progress(df: pl.DataFrame, profile: RobotProfile) -> pl.DataFrame:
+def episode_progress(df: pl.DataFrame, profile: RobotProfile, *, steps: pl.DataFrame | None = None) -> pl.DataFrame:
     """Progress of each episode at its last step.
 
     Columns: episode_id, language_instruction, measure, target, progress_raw (the measure:
     metres, radians or a share of the distance, signed), progress (progress_raw / target
     clipped to [0, 1]; null when it cannot be measured) and progress_note (null, or why
-    progress is null).
+    progress is null). `steps`: `step_progress(df, profile)` when the caller has it already.
     """
-    steps = step_progress(df, profile)
+    steps = step_progress(df, profile) if steps is None else steps
     instructions = df.group_by(_EP).agg(pl.col("language_instruction").drop_nulls().first())
     return (
         steps.group_by(_EP, maintain_order=True)

@@ -18,7 +18,8 @@ instruction's progress measure is. Components (columns of `score_episodes`):
   IDLE_ACTION half action ranges) and the robot is essentially still by what the profile
   declares: base speed < IDLE_SPEED and |yaw rate| < IDLE_YAW_RATE when it has a base pose,
   else end-effector speed < IDLE_EE_SPEED when it has an end effector; and every joint speed
-  < IDLE_JOINT_SPEED when it has joint velocities.
+  < IDLE_JOINT_SPEED when it has joint velocities. Steps after the episode first reached its
+  skill's target are never idle: holding still at the goal is the task done, not idling.
 - saturation: 1 - saturated_fraction, the share of action values within SATURATION_MARGIN of
   the action range (the profile's action_bounds) from a bound.
 - completeness: 0 when the episode ended terminal (the environment ended it as a failure, e.g.
@@ -91,8 +92,8 @@ def _second_difference(col: pl.Expr) -> pl.Expr:
     return (col - 2 * col.shift(1) + col.shift(2)).over(_EP)
 
 
-def _step_measures(df: pl.DataFrame, profile: RobotProfile) -> pl.LazyFrame:
-    """Per-step jerk, stillness and saturation, sorted by (episode_id, step)."""
+def _step_measures(df: pl.DataFrame, profile: RobotProfile, progress: pl.DataFrame) -> pl.LazyFrame:
+    """Per-step jerk, stillness and saturation, sorted by (episode_id, step); `progress` is step_progress's."""
     low, high = profile.action_bounds
     margin = SATURATION_MARGIN * (high - low)
     half_range = (high - low) / 2
@@ -124,11 +125,15 @@ def _step_measures(df: pl.DataFrame, profile: RobotProfile) -> pl.LazyFrame:
         ee = profile_slice(profile.end_effector)
         columns.append((vector_norm((ee - ee.shift(1)).over(_EP)) / dt).alias("ee_speed"))
         still.append(pl.col("ee_speed") < IDLE_EE_SPEED)
+    reached = (pl.col("progress_raw") / pl.col("target") >= 1).fill_null(False).cast(pl.Int8).cum_max().over(_EP)
     return (
-        df.lazy().sort(_EP, "step")
+        df.lazy()
+        .join(progress.lazy().select(_EP, "step", "progress_raw", "target"), on=[_EP, "step"], how="left")
+        .sort(_EP, "step")
         .with_columns(columns)
         # The first step has no motion to measure; it counts as idle only if the next step does.
         .with_columns(idle=pl.all_horizontal(still).cast(pl.Float64).backward_fill(1).over(_EP))
+        .with_columns(idle=pl.when(reached == 1).then(0.0).otherwise(pl.col("idle")))
     )
 
 
@@ -163,7 +168,12 @@ def score_episodes(
         raise ValueError(f"nominal_steps must be >= 1, got {nominal_steps}")
     if df.is_empty():
         return _empty_scores()
-    steps = _step_measures(df, profile)
+    repeated = df.filter(pl.struct(_EP, "step").is_duplicated()).select(_EP, "step").unique().head(3)
+    if repeated.height:
+        raise ValueError(f"the episode table repeats (episode_id, step) rows, e.g. {repeated.rows()}; "
+                         "score validated episodes (quality.validation rejects these)")
+    progress = step_progress(df, profile)
+    steps = _step_measures(df, profile, progress)
     per_episode = (
         steps.group_by(_EP)
         .agg(
@@ -174,7 +184,7 @@ def score_episodes(
             saturated_fraction=pl.col("saturated").mean(),
             terminal=pl.col("is_terminal").any(),
         )
-        .join(episode_progress(df, profile).lazy(), on=_EP, how="left")
+        .join(episode_progress(df, profile, steps=progress).lazy(), on=_EP, how="left")
         .with_columns(
             nominal=pl.lit(nominal_steps, pl.Int64) if nominal_steps is not None
             else pl.col("n_steps").max().over("language_instruction")

@@ -135,6 +135,8 @@ def test_nominal_steps_and_bad_profiles(fleet):
     assert _row(fixed, "walker")["completeness"] == pytest.approx(0.5)
     with pytest.raises(ValidationError, match="forward_m"):
         ANT.model_validate({**ANT.model_dump(), "skills": {"walk forward": {"measure": "speed_m", "target": 1.0}}})
+    with pytest.raises(ValueError, match="repeats"):
+        score_episodes(pl.concat([fleet, fleet.head(3)]), ANT)
     with pytest.raises(TypeError, match="RobotProfile"):
         score_episodes(fleet, {"walk forward": {"measure": "forward_m", "target": 2.0}})
 
@@ -192,8 +194,9 @@ def test_arm_scores_read_the_end_effector_and_target(arm_fleet):
     assert reacher["progress_raw"] == pytest.approx(1.0, abs=1e-5) and reacher["progress"] == 1.0  # on the target
     assert away["progress_raw"] < -1.0 and away["progress"] == 0.0  # moved away: negative, clipped to 0
     assert idle["progress_raw"] == 0.0 and idle["idle"] == 0.0 and idle["smoothness"] == 1.0
-    # The reacher holds still at the target for the last 40 % of the episode, with zero commands.
-    assert reacher["idle_fraction"] == pytest.approx(0.4, abs=0.05)
+    # The reacher holds still at the target for the last 40 % of the episode, with zero commands:
+    # the task is done, so that is not idling. The one that left the target and stopped is idle.
+    assert reacher["idle_fraction"] == 0.0 and away["idle_fraction"] == pytest.approx(0.4, abs=0.05)
     assert flail["idle"] == 1.0 and flail["smoothness"] < 0.6 < 0.99 < reacher["smoothness"]
     assert reacher["quality_score"] > idle["quality_score"] > flail["quality_score"]
     assert reacher["quality_score"] > away["quality_score"]
@@ -211,4 +214,5 @@ def test_arm_without_joint_velocities_uses_end_effector_speed_and_commands(arm_f
     scores = score_episodes(arm_fleet, arm_profile(joint_velocity=False))
     assert scores["joint_jerk"].null_count() == scores.height
     assert _row(scores, "idle")["idle"] == 0.0 and _row(scores, "sweep_left")["idle"] == 1.0
-    assert _row(scores, "reacher")["idle_fraction"] == pytest.approx(0.4, abs=0.05)
+    assert _row(scores, "away")["idle_fraction"] == pytest.approx(0.4, abs=0.05)
+    assert _row(scores, "reacher")["idle_fraction"] == 0.0
