@@ -10,12 +10,14 @@ In one process, on the same prompts and the same loaded model:
     constant per segment), per-segment Spearman, graded-label accuracy beside always
     answering the most common true label.
 
-Episodes come from the simulated fleet (simulator, ingested like real logs), from a
-Parquet file of the canonical table (--episodes), or, with --kinematic, from a kinematic
-stand-in (straight-line motion of graded quality, no physics) for when the simulator is
-not available.
+Episodes come from a simulated fleet (simulator.embodiments, ingested like real logs with
+the fleet's source mapping), from a Parquet file of the canonical table (--episodes, read
+with --embodiment's robot profile), or, with --kinematic, from a kinematic stand-in for the
+quadruped (straight-line motion of graded quality, no physics) for when the simulator is not
+available. The robot profile (datasets/robots/) says how segments are described and what
+true progress is.
 
-    python benchmarks/referee_benchmark.py --sim 6 --prompts 16
+    python benchmarks/referee_benchmark.py --sim 6 --prompts 16 [--embodiment ant]
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from foundations.profile import RobotProfile, load_profile
 from foundations.schema import POSE, STATE
 from quality.llm_backends import LocalLLMBackend
 from quality.referee import label_episodes, referee_agreement
@@ -38,21 +41,30 @@ from quality.referee_segments import segment_table
 RATE_HZ = 20.0
 
 
-def simulated_episodes(n: int, seed: int, steps: int) -> pl.DataFrame:
-    """`n` episodes of the simulated fleet (graded operators), written as MCAP and ingested."""
+def embodiment_profile(embodiment: str) -> RobotProfile:
+    """The robot profile the simulated embodiment's logs are read with."""
+    from simulator.embodiments import get_embodiment
+
+    return load_profile(get_embodiment(embodiment).robot_profile)
+
+
+def simulated_episodes(embodiment: str, n: int, seed: int, steps: int) -> pl.DataFrame:
+    """`n` episodes of a simulated fleet (graded operators), written as MCAP and ingested with its mapping."""
     from foundations.ingest.ingest import ingest_files
     from foundations.ingest.mapping import load_mapping
-    from simulator.fleet import simulate_fleet
+    from simulator.embodiments import get_embodiment
 
+    fleet = get_embodiment(embodiment)
     with tempfile.TemporaryDirectory() as tmp:
-        simulate_fleet(n, Path(tmp), seed=seed, fault_rate=0.0, episode_steps=steps)
-        result = ingest_files(sorted(Path(tmp).glob("*.mcap")), load_mapping("ant_fleet_ros2"), progress=False)
+        fleet.simulate_fleet(n, Path(tmp), seed=seed, fault_rate=0.0, episode_steps=steps)
+        result = ingest_files(sorted(Path(tmp).rglob("*.mcap")), load_mapping(fleet.source), progress=False)
     return result.episodes
 
 
 def kinematic_episodes(n: int, seed: int, steps: int) -> pl.DataFrame:
-    """Stand-in episodes: per 1 s stretch, an operator of graded quality moves toward the
-    skill's goal at full pace, hesitates, goes the wrong way, or jitters; poor ones may fall."""
+    """Stand-in quadruped episodes (the `ant` profile's layout): per 1 s stretch, an operator of
+    graded quality moves toward the skill's goal at full pace, hesitates, goes the wrong way, or
+    jitters; poor ones may fall."""
     rng = np.random.default_rng(seed)
     skills = {"walk forward": (0.3, 0.0), "turn left": (0.0, 0.4), "turn right": (0.0, -0.4)}
     # operator -> probabilities of (good, hesitate, wrong, jitter) per stretch, chance of a fall
@@ -97,6 +109,7 @@ def timed(fn):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--embodiment", default="ant", help="simulated fleet and robot profile (default ant)")
     parser.add_argument("--sim", type=int, default=6, help="simulated episodes (default 6)")
     parser.add_argument("--steps", type=int, default=200, help="control steps per simulated episode")
     parser.add_argument("--episodes", type=Path, help="a Parquet canonical table to label instead")
@@ -109,16 +122,20 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
+    if args.kinematic and args.embodiment != "ant":
+        parser.error("--kinematic stands in for the ant only")
+    profile = embodiment_profile(args.embodiment)
     if args.episodes:
         df, source = pl.read_parquet(args.episodes), str(args.episodes)
     elif args.kinematic:
         df, source = kinematic_episodes(args.sim, args.seed, args.steps), "kinematic stand-in"
     else:
-        df, source = simulated_episodes(args.sim, args.seed, args.steps), "simulated fleet (MuJoCo Ant)"
-    print(f"episodes: {df['episode_id'].n_unique()} from {source}, {df.height} steps")
+        df = simulated_episodes(args.embodiment, args.sim, args.seed, args.steps)
+        source = f"simulated fleet ({args.embodiment})"
+    print(f"episodes: {df['episode_id'].n_unique()} from {source}, {df.height} steps; robot profile {profile.name}")
 
     backend = LocalLLMBackend(args.model_dir, batch_size=args.batch_size, num_threads=args.threads)
-    _, seg = segment_table(df)
+    _, seg = segment_table(df, profile)
     texts = seg["text"].drop_nulls().to_list()[: args.prompts]
     _, load_s = timed(lambda: backend.judge(texts[:1]))  # loads the model, computes the shared prefix
     print(f"model {backend.model_id}: loaded and first prompt in {load_s:.1f} s")
@@ -139,14 +156,15 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         cache = JudgementCache(Path(tmp) / "judgements.sqlite")
-        (labels_cold, cold_s) = timed(lambda: label_episodes(df, backend, batch_size=args.batch_size, cache=cache))
-        (labels_warm, warm_s) = timed(lambda: label_episodes(df, backend, batch_size=args.batch_size, cache=cache,
-                                                             progress_bar=False))  # fmt: skip
+        (labels_cold, cold_s) = timed(lambda: label_episodes(df, backend, profile, batch_size=args.batch_size,
+                                                            cache=cache))
+        (labels_warm, warm_s) = timed(lambda: label_episodes(df, backend, profile, batch_size=args.batch_size,
+                                                             cache=cache, progress_bar=False))  # fmt: skip
     cold, warm = labels_cold.stats, labels_warm.stats
     print(f"cache: cold run {cold_s:.1f} s ({cold['calls']} prompts, {cold['prompt_tokens']} tokens), "
           f"rerun {warm_s:.3f} s ({warm['calls']} prompts, {warm['cache_hits']} hits) = {cold_s / warm_s:.0f}x faster")  # fmt: skip
 
-    agreement = referee_agreement(labels_cold.segments, df)
+    agreement = referee_agreement(labels_cold.segments, df, profile)
     print(f"labels: {cold['label_counts']}; true labels: {agreement.get('true_label_counts')}")
     print(f"agreement over {agreement['segments']} segments of {agreement['episodes']} episodes:")
     print(f"  value-order correlation {agreement['voc']}  (time baseline {agreement['voc_time_baseline']})")

@@ -1,12 +1,16 @@
 """The referee: an LLM that labels episode segments with graded, dense rewards (LARM's "referee RL").
 
-    labels = label_episodes(episodes, LocalLLMBackend())
+    profile = load_profile(mapping.robot)     # foundations.profile: what the robot's features mean
+    labels = label_episodes(episodes, LocalLLMBackend(), profile)
     labels.steps      # episode_id, step, segment, referee_reward (float32)
     labels.segments   # episode_id, segment, start_step, end_step, n_steps, label, probs, reward, text, ...
     labels.stats      # calls, cache_hits, prompt_tokens, seconds, ...
-    referee_agreement(labels.segments, episodes)   # how well the labels follow true progress
+    referee_agreement(labels.segments, episodes, profile)   # how well the labels follow true progress
 
-Each segment (K control steps, `quality.referee_segments`) is rendered as text and judged
+Every function takes the episode table(s) first, then (label_episodes) the backend, then the
+robot profile.
+Each segment (K control steps, `quality.referee_segments`) is rendered as text from what the
+profile declares (base pose, posture, end effector, target, and the skill's measure) and judged
 with one multiple-choice question (`quality.referee_prompt`): A right action and good
 outcome (+1.0), B right action without visible outcome (+0.3), C wrong action without harm
 (-0.3), D wrong action with harm (-1.0). The segment's reward is the expected scalar under
@@ -30,6 +34,7 @@ import numpy as np
 import polars as pl
 from tqdm import tqdm
 
+from foundations.profile import RobotProfile
 from quality.llm_backends import JudgeBackend, RefereeBackendError
 from quality.referee_cache import JudgementCache
 from quality.referee_prompt import LABEL_REWARDS, PROMPT_TEMPLATE_VERSION, REFEREE_QUESTION, Question, check_label_rewards
@@ -64,6 +69,7 @@ def _check_probs(probs: dict[str, float], labels: tuple[str, ...], model_id: str
 def label_episodes(
     df: pl.DataFrame,
     backend: JudgeBackend,
+    profile: RobotProfile,
     *,
     segment_steps: int = 20,
     batch_size: int = 16,
@@ -74,8 +80,10 @@ def label_episodes(
 ) -> RefereeLabels:
     """Judge every `segment_steps`-step segment of every episode and turn the labels into rewards.
 
-    `df` is the canonical episode table with `observation.pose`. `label_rewards` maps the
-    question's labels to scalars (default `LABEL_REWARDS`). `cache` is the judgement store
+    `df` is the canonical episode table, `backend` the model that judges, `profile` the table's
+    robot profile (the features it declares must be columns of `df`; it says how segments are
+    described). `label_rewards` maps the question's labels to scalars (default
+    `LABEL_REWARDS`). `cache` is the judgement store
     (default: the data root's; False: none). Segments whose numbers are missing or not
     finite are not judged: they keep a null label and reward and say why in
     `invalid_reason`, and their steps get a null `referee_reward`.
@@ -88,7 +96,7 @@ def label_episodes(
     template = template_key(question)
     labels = question.labels
 
-    rows, seg = segment_table(df, segment_steps)
+    rows, seg = segment_table(df, profile, segment_steps)
     texts: list[str | None] = seg["text"].to_list()
     hashes = [hashlib.sha256(t.encode()).hexdigest() if t is not None else None for t in texts]  # per segment
     seg = seg.with_columns(pl.Series("content_hash", hashes, dtype=pl.String))
@@ -153,16 +161,18 @@ def label_episodes(
 
 
 # ---------------------------------------------------------------------------------------------
-# Truth and agreement: how well the referee follows the progress measured from the poses.
+# Truth and agreement: how well the referee follows the progress measured from the declared features.
 
 
 @dataclass(frozen=True)
 class TruthThresholds:
     """Graded labels from true progress, as a fraction of the skill's target per second.
 
-    The target is what a good operator reaches in a 10 s episode (2 m, 3 rad), i.e. 0.1 of
-    the target per second. A: at least `good` (half that pace); B: at least `visible`;
-    D: fell in the segment, or below `harm` (moved or turned the wrong way); C: the rest.
+    The defaults assume a skill's target is what a good operator reaches in about 10 s, i.e.
+    0.1 of the target per second. A: at least `good` (half that pace); B: at least `visible`;
+    D: fell in the segment (robots with a declared posture), or below `harm` (moved or turned
+    the wrong way); C: the rest. A segment that starts with the skill's target already reached
+    (an arm holding at its goal) is A unless it falls or loses ground faster than `harm`.
     """
 
     good: float = 0.05
@@ -170,53 +180,39 @@ class TruthThresholds:
     harm: float = -0.025
 
 
-def load_skills(source: str = "ant_fleet_ros2") -> dict[str, tuple[str, float]]:
-    """`skills:` of a source mapping: instruction -> (measure, target)."""
-    from foundations.ingest.mapping import load_mapping
-
-    return {name: (spec.measure, float(spec.target)) for name, spec in load_mapping(source).skills.items()}
-
-
 def true_segment_progress(
     df: pl.DataFrame,
+    profile: RobotProfile,
     *,
     segment_steps: int = 20,
-    skills: dict[str, tuple[str, float]] | None = None,
     thresholds: TruthThresholds = TruthThresholds(),
     labels: tuple[str, ...] = REFEREE_QUESTION.labels,
 ) -> pl.DataFrame:
-    """Per segment: true progress toward the instruction's skill, measured from `observation.pose`.
+    """Per segment: true progress toward the instruction's skill, from the profile's declared features.
 
-    walk forward (`forward_m`): metres along the episode's initial heading; turns (`yaw_rad`):
-    signed yaw change, positive = left. `progress` is that change divided by the skill's
-    target (so toward the goal is positive for every skill); `true_label` grades it by pace
-    (`TruthThresholds`), null for instructions without a skill, with `truth_reason` saying so.
+    The skill's measure (`foundations.progress`: forward metres along the episode's initial
+    heading, signed yaw, share of the starting distance to the target closed, bearing swept)
+    changes over the segment by `task_change`; `progress` is that change divided by the
+    skill's target (so toward the goal is positive for every skill). `true_label` grades it by
+    pace (`TruthThresholds`), null for instructions without a skill, with `truth_reason`
+    saying so.
     """
-    skills = load_skills() if skills is None else skills
-    known = pl.DataFrame(
-        {"instruction": list(skills), "measure": [m for m, _ in skills.values()], "target": [t for _, t in skills.values()]},
-        schema={"instruction": pl.String, "measure": pl.String, "target": pl.Float64},
-    )
-    seg = segment_features(step_features(df, segment_steps)).join(known, on="instruction", how="left")
-    dx, dy = pl.col("x_after") - pl.col("x_before"), pl.col("y_after") - pl.col("y_before")
-    change = (
-        pl.when(pl.col("measure") == "forward_m").then(dx * pl.col("yaw_start").cos() + dy * pl.col("yaw_start").sin())
-        .when(pl.col("measure") == "yaw_rad").then(pl.col("turn_rad"))
-    )  # fmt: skip
+    seg = segment_features(step_features(df, profile, segment_steps), profile)
     a, b, c, d = labels
-    seg = seg.with_columns((change / pl.col("target")).alias("progress"))
+    seg = seg.with_columns((pl.col("task_change") / pl.col("target")).alias("progress"))  # share of the target
     rate = pl.col("progress") / pl.col("duration_s").clip(lower_bound=1e-6)
     graded = (
         pl.when(pl.col("progress").is_null()).then(None)
         .when(pl.col("fell") | (rate < thresholds.harm)).then(pl.lit(d))
-        .when(rate >= thresholds.good).then(pl.lit(a))
+        .when((rate >= thresholds.good) | (pl.col("progress_before") / pl.col("target") >= 1)).then(pl.lit(a))
         .when(rate >= thresholds.visible).then(pl.lit(b))
         .otherwise(pl.lit(c))
     )  # fmt: skip
     reason = (
         pl.when(pl.col("invalid_reason").is_not_null()).then(pl.col("invalid_reason"))
-        .when(pl.col("measure").is_null()).then(pl.format("no skill named \"{}\" in the skills table", pl.col("instruction")))
-        .when(~pl.col("measure").is_in(["forward_m", "yaw_rad"])).then(pl.format("unknown measure {}", pl.col("measure")))
+        .when(pl.col("measure").is_null())
+        .then(pl.format(f"no skill named \"{{}}\" in robot profile {profile.name!r}", pl.col("instruction")))
+        .when(pl.col("progress").is_null()).then(pl.format("{} cannot be measured here", pl.col("measure")))
     )  # fmt: skip
     return seg.with_columns(graded.alias("true_label"), reason.alias("truth_reason")).select(
         _EP, "segment", "start_step", "end_step", "instruction", "duration_s", "fell", "progress", "true_label", "truth_reason"
@@ -226,16 +222,17 @@ def true_segment_progress(
 def referee_agreement(
     segments: pl.DataFrame,
     truth: pl.DataFrame,
+    profile: RobotProfile,
     *,
     segment_steps: int = 20,
-    skills: dict[str, tuple[str, float]] | None = None,
     thresholds: TruthThresholds = TruthThresholds(),
     labels: tuple[str, ...] = REFEREE_QUESTION.labels,
 ) -> dict[str, Any]:
     """Agreement of the referee's segments (from `label_episodes`) with true progress.
 
-    `truth` is the episode table the segments came from (true progress is measured from
-    its poses; see `true_segment_progress`) or that function's output. Returns:
+    `truth` is the episode table the segments came from (true progress is measured from the
+    features `profile` declares; see `true_segment_progress`) or that function's output.
+    Returns:
     - `voc`: value-order correlation as in GVL, here the Spearman correlation between
       predicted progress (cumulative referee reward) and true cumulative progress at the
       segment ends, averaged over episodes (`voc_episodes` counts those where it is defined);
@@ -247,7 +244,7 @@ def referee_agreement(
       common true label), `confusion` (true label -> predicted label -> count).
     """
     if "true_label" not in truth.columns:
-        truth = true_segment_progress(truth, segment_steps=segment_steps, skills=skills, thresholds=thresholds,
+        truth = true_segment_progress(truth, profile, segment_steps=segment_steps, thresholds=thresholds,
                                       labels=labels)  # fmt: skip
     truth_cols = [_EP, "segment", pl.col("start_step").alias("true_start"), "progress", "true_label"]
     truth_cols += ["truth_reason"] if "truth_reason" in truth.columns else []

@@ -20,7 +20,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
-PROMPT_TEMPLATE_VERSION = "referee-v1"
+PROMPT_TEMPLATE_VERSION = "referee-v2"  # v2: any robot (the wording no longer assumes legs)
 
 LABEL_REWARDS: dict[str, float] = {"A": 1.0, "B": 0.3, "C": -0.3, "D": -1.0}
 
@@ -65,13 +65,13 @@ class Question:
 
 REFEREE_QUESTION = Question(
     instructions=(
-        "You referee a four-legged walking robot. Below are its task and what it did during one "
-        "short segment. Judge the segment against the task."
+        "You referee a robot. Below are its task and what it did during one short segment, "
+        "ending with how far that took it toward the task. Judge the segment against the task."
     ),
     options=(
         ("progress", "right action, good outcome: it clearly moved or turned the way the task asks"),
         ("no visible outcome", "right action, no visible outcome: it tried the task but barely moved or turned"),
-        ("wrong, no harm", "wrong action, no harm: it did something else but stayed upright and did not move away"),
+        ("wrong, no harm", "wrong action, no harm: it did something else but did not fall or move away from the goal"),
         ("harm", "wrong action with harm: it fell over, or moved or turned away from what the task asks"),
     ),
 )

@@ -1,44 +1,54 @@
 """Per-episode quality scores: named components in [0, 1] (higher is better) and their weighted mean.
 
-Components (columns of `score_episodes`):
+Everything robot-specific comes from the robot profile (`foundations.profile`): the action
+bounds, where the joint velocities, the base pose and the end effector sit, and what each
+instruction's progress measure is. Components (columns of `score_episodes`):
 
-- progress: how far the episode got toward its instruction, from the base pose (see
-  `foundations.progress`): forward metres along the initial heading for "walk forward", signed
-  unwrapped yaw for turns, divided by the skill's target and clipped to [0, 1]. Null when
-  the instruction is unknown; `progress_note` says why.
-- smoothness: mean of two robust jerk scores, each 1 / (1 + (j / scale)^2) of a median
-  over the episode's steps (a median, so a few spikes do not dominate):
+- progress: how far the episode got toward its instruction (`foundations.progress`): the
+  skill's measure (metres along the initial heading, unwrapped yaw, share of the distance to
+  a target closed, bearing swept) divided by its target and clipped to [0, 1]. Null when the
+  instruction is unknown; `progress_note` says why.
+- smoothness: mean of the robust jerk scores that can be measured, each 1 / (1 + (j / scale)^2)
+  of a median over the episode's steps (a median, so a few spikes do not dominate):
   action jerk = RMS over action dimensions of the second difference a[t] - 2 a[t-1] + a[t-2]
-  (command units per step^2; scale ACTION_JERK_SCALE = 0.3: a 1 Hz gait at amplitude 0.6
-  gives about 0.04, uniform random commands in [-1, 1] about 1.4), and joint jerk = RMS of
-  the second difference of joint velocities divided by dt^2 (rad/s^3; scale
-  JOINT_JERK_SCALE = 1500: stable Ant-v5 gaits measured 50 to 1000, random flailing about
-  2900). Joint velocities are `observation.state[19:27]` in the Ant-v5 layout; episodes
-  whose state is shorter use the action term alone.
-- idle: 1 - idle_fraction, where a step is idle when the robot is essentially still (base
-  speed < IDLE_SPEED m/s, |yaw rate| < IDLE_YAW_RATE rad/s, every joint speed <
-  IDLE_JOINT_SPEED rad/s) and every command is near zero (|a| < IDLE_ACTION).
-- saturation: 1 - saturated_fraction, the share of action values within
-  SATURATION_MARGIN of the action range from a bound.
-- completeness: 0 when the episode ended terminal (the robot fell); otherwise its length
-  relative to the nominal length, min(1, n_steps / nominal). The nominal length is
-  `nominal_steps` when given, else the longest episode with the same instruction in the
-  table (pass `nominal_steps` for scores that do not depend on what else is in the table).
+  (in half action ranges per step^2), and, when the profile declares `joint_velocity`, joint
+  jerk = RMS of the second difference of the joint velocities divided by dt^2 (rad/s^3).
+  Without joint velocities the action term stands alone.
+- idle: 1 - idle_fraction. A step is idle when every command is near zero (|a| below
+  IDLE_ACTION half action ranges) and the robot is essentially still by what the profile
+  declares: base speed < IDLE_SPEED and |yaw rate| < IDLE_YAW_RATE when it has a base pose,
+  else end-effector speed < IDLE_EE_SPEED when it has an end effector; and every joint speed
+  < IDLE_JOINT_SPEED when it has joint velocities. Steps after the episode first reached its
+  skill's target are never idle: holding still at the goal is the task done, not idling.
+- saturation: 1 - saturated_fraction, the share of action values within SATURATION_MARGIN of
+  the action range (the profile's action_bounds) from a bound.
+- completeness: 0 when the episode ended terminal (the environment ended it as a failure, e.g.
+  a fall); otherwise its length relative to the nominal length, min(1, n_steps / nominal).
+  The nominal length is `nominal_steps` when given, else the longest episode with the same
+  instruction in the table (pass `nominal_steps` for scores that do not depend on what else
+  is in the table).
 
 quality_score is the weighted mean of the components that are not null, with
 DEFAULT_WEIGHTS (progress weighted most); weights passed in override the defaults per
 component, and a weight of 0 drops a component.
+
+The jerk scales were calibrated on the simulated quadruped fleet (20 Hz torque commands in
+[-1, 1]): action jerk of a 1 Hz gait at amplitude 0.6 is about 0.04 and of uniform random
+commands about 1.4; joint jerk of stable gaits 50 to 1000 rad/s^3, of random flailing about
+2900. A scale is the jerk that scores 0.5; commands on another range or rate shift these.
 """
 from __future__ import annotations
 
 import io
 import math
-from typing import Any, Mapping
+from typing import Mapping
 
 import polars as pl
 
-from foundations.schema import ACTION, POSE, STATE
-from foundations.progress import episode_progress, step_progress, wrap_angle
+from foundations.geometry import wrap_angle
+from foundations.profile import RobotProfile
+from foundations.progress import episode_progress, profile_slice, step_progress, vector_norm
+from foundations.schema import ACTION
 
 __all__ = [
     "COMPONENTS", "DEFAULT_WEIGHTS", "episode_progress", "score_episodes", "score_histogram_png", "step_progress",
@@ -48,13 +58,15 @@ COMPONENTS = ("progress", "smoothness", "completeness", "idle", "saturation")
 DEFAULT_WEIGHTS: dict[str, float] = {
     "progress": 0.4, "smoothness": 0.25, "completeness": 0.15, "idle": 0.1, "saturation": 0.1,
 }
-ACTION_JERK_SCALE = 0.3  # command units per step^2
-JOINT_JERK_SCALE = 1500.0  # rad/s^3
-ANT_JOINT_VELOCITY = (19, 8)  # (offset, count) of joint velocities in observation.state
-IDLE_ACTION = 0.05
-IDLE_SPEED = 0.05  # m/s
-IDLE_YAW_RATE = 0.05  # rad/s
-IDLE_JOINT_SPEED = 0.2  # rad/s
+ACTION_JERK_SCALE = 0.3  # half action ranges per step^2 (see the module docstring)
+JOINT_JERK_SCALE = 1500.0  # rad/s^3 (see the module docstring)
+# Stillness thresholds: below these a robot is not doing anything on purpose (the simulated
+# fleets' steady skills run at 0.5 m/s or 0.5 rad/s of the base, ten times these).
+IDLE_ACTION = 0.05  # half action ranges: 2.5 % of the range
+IDLE_SPEED = 0.05  # m/s of the base
+IDLE_YAW_RATE = 0.05  # rad/s of the base
+IDLE_EE_SPEED = 0.01  # m/s of the end effector: a tabletop arm's reach is tens of cm, so 1 cm/s is still
+IDLE_JOINT_SPEED = 0.2  # rad/s of every joint
 SATURATION_MARGIN = 0.01  # fraction of the action range
 
 _EP = "episode_id"
@@ -80,45 +92,48 @@ def _second_difference(col: pl.Expr) -> pl.Expr:
     return (col - 2 * col.shift(1) + col.shift(2)).over(_EP)
 
 
-def _step_measures(df: pl.DataFrame, action_bounds: tuple[float, float],
-                   joint_velocity: tuple[int, int] | None) -> pl.LazyFrame:
-    """Per-step jerk, stillness and saturation, sorted by (episode_id, step)."""
-    low, high = action_bounds
+def _step_measures(df: pl.DataFrame, profile: RobotProfile, progress: pl.DataFrame) -> pl.LazyFrame:
+    """Per-step jerk, stillness and saturation, sorted by (episode_id, step); `progress` is step_progress's."""
+    low, high = profile.action_bounds
     margin = SATURATION_MARGIN * (high - low)
+    half_range = (high - low) / 2
     action = pl.col(ACTION)
     dt = pl.col("timestamp").diff().over(_EP)
-    dt_episode = dt.median().over(_EP)
     saturated = action.list.eval(
         ((pl.element() >= high - margin) | (pl.element() <= low + margin)).cast(pl.Float64)).list.mean()
-    command_max = action.list.eval(pl.element().abs()).list.max()
+    command_max = action.list.eval(pl.element().abs() / half_range).list.max()
     columns = [
-        _rms(_second_difference(action)).alias("action_jerk"),
+        (_rms(_second_difference(action)) / half_range).alias("action_jerk"),
         saturated.alias("saturated"),
         command_max.alias("command_max"),
     ]
-    if joint_velocity is not None and STATE in df.columns:
-        offset, count = joint_velocity
-        qd = pl.when(pl.col(STATE).list.len() >= offset + count).then(pl.col(STATE).list.slice(offset, count))
+    still = [pl.col("command_max") < IDLE_ACTION]
+    if profile.joint_velocity is not None:
+        qd = profile_slice(profile.joint_velocity)
         columns += [
-            (_rms(_second_difference(qd)) / dt_episode.pow(2)).alias("joint_jerk"),
+            (_rms(_second_difference(qd)) / dt.median().over(_EP).pow(2)).alias("joint_jerk"),
             qd.list.eval(pl.element().abs()).list.max().alias("joint_speed"),
         ]
+        still.append(pl.col("joint_speed") < IDLE_JOINT_SPEED)
     else:
-        columns += [pl.lit(None, pl.Float64).alias("joint_jerk"), pl.lit(0.0).alias("joint_speed")]
-    if POSE in df.columns:
-        pose = pl.col(POSE)
-        dx, dy = (pose.list.get(i, null_on_oob=True).cast(pl.Float64).diff().over(_EP) for i in range(2))
-        dyaw = wrap_angle(pose.list.get(2, null_on_oob=True).cast(pl.Float64).diff().over(_EP))
-        columns += [((dx.pow(2) + dy.pow(2)).sqrt() / dt).alias("speed"), (dyaw.abs() / dt).alias("yaw_rate")]
-    else:
-        columns += [pl.lit(None, pl.Float64).alias("speed"), pl.lit(None, pl.Float64).alias("yaw_rate")]
-    still = ((pl.col("speed") < IDLE_SPEED) & (pl.col("yaw_rate") < IDLE_YAW_RATE)
-             & (pl.col("joint_speed").fill_null(0.0) < IDLE_JOINT_SPEED))
+        columns.append(pl.lit(None, pl.Float64).alias("joint_jerk"))
+    if profile.base_pose is not None:
+        x, y, yaw = (profile_slice(profile.base_pose, i).diff().over(_EP) for i in range(3))
+        columns += [((x.pow(2) + y.pow(2)).sqrt() / dt).alias("speed"), (wrap_angle(yaw).abs() / dt).alias("yaw_rate")]
+        still += [pl.col("speed") < IDLE_SPEED, pl.col("yaw_rate") < IDLE_YAW_RATE]
+    elif profile.end_effector is not None:
+        ee = profile_slice(profile.end_effector)
+        columns.append((vector_norm((ee - ee.shift(1)).over(_EP)) / dt).alias("ee_speed"))
+        still.append(pl.col("ee_speed") < IDLE_EE_SPEED)
+    reached = (pl.col("progress_raw") / pl.col("target") >= 1).fill_null(False).cast(pl.Int8).cum_max().over(_EP)
     return (
-        df.lazy().sort(_EP, "step")
+        df.lazy()
+        .join(progress.lazy().select(_EP, "step", "progress_raw", "target"), on=[_EP, "step"], how="left")
+        .sort(_EP, "step")
         .with_columns(columns)
         # The first step has no motion to measure; it counts as idle only if the next step does.
-        .with_columns(idle=(still & (pl.col("command_max") < IDLE_ACTION)).cast(pl.Float64).backward_fill(1).over(_EP))
+        .with_columns(idle=pl.all_horizontal(still).cast(pl.Float64).backward_fill(1).over(_EP))
+        .with_columns(idle=pl.when(reached == 1).then(0.0).otherwise(pl.col("idle")))
     )
 
 
@@ -128,34 +143,37 @@ def _robust(col: str, scale: float) -> pl.Expr:
 
 def score_episodes(
     df: pl.DataFrame,
-    skills: Mapping[str, Any],
+    profile: RobotProfile,
     weights: Mapping[str, float] | None = None,
     *,
-    action_bounds: tuple[float, float] = (-1.0, 1.0),
     nominal_steps: int | None = None,
-    joint_velocity: tuple[int, int] | None = ANT_JOINT_VELOCITY,
 ) -> pl.DataFrame:
     """Score every episode of an (accepted) episode table; one row per episode_id, sorted by it.
 
     Columns: episode_id, language_instruction, n_steps, the components progress,
     smoothness, completeness, idle, saturation (each in [0, 1], higher is better; see the
     module docstring), quality_score, and the raw measures behind them: progress_raw
-    (metres or radians), progress_note (why progress is null, else null), action_jerk,
-    joint_jerk (medians), idle_fraction, saturated_fraction, terminal.
+    (the skill's measure, signed), progress_note (why progress is null, else null),
+    action_jerk, joint_jerk (medians; joint_jerk null without declared joint velocities),
+    idle_fraction, saturated_fraction, terminal.
 
-    skills: the source mapping's `skills:` (instruction -> {measure, target}, as dicts or
-        objects with those attributes such as foundations.ingest's SkillSpec).
+    profile: the robot profile of the table's source (action bounds, declared slices, skills).
     weights: per-component weights overriding DEFAULT_WEIGHTS.
-    action_bounds: the action range, for saturation.
     nominal_steps: intended episode length for completeness (default: see module docstring).
-    joint_velocity: (offset, count) of joint velocities in observation.state, or None.
     """
+    if not isinstance(profile, RobotProfile):
+        raise TypeError(f"profile must be a foundations.profile.RobotProfile (load_profile(name)), got {type(profile).__name__}")
     w = _weights(weights)
     if nominal_steps is not None and nominal_steps < 1:
         raise ValueError(f"nominal_steps must be >= 1, got {nominal_steps}")
     if df.is_empty():
         return _empty_scores()
-    steps = _step_measures(df, action_bounds, joint_velocity)
+    repeated = df.filter(pl.struct(_EP, "step").is_duplicated()).select(_EP, "step").unique().head(3)
+    if repeated.height:
+        raise ValueError(f"the episode table repeats (episode_id, step) rows, e.g. {repeated.rows()}; "
+                         "score validated episodes (quality.validation rejects these)")
+    progress = step_progress(df, profile)
+    steps = _step_measures(df, profile, progress)
     per_episode = (
         steps.group_by(_EP)
         .agg(
@@ -166,7 +184,7 @@ def score_episodes(
             saturated_fraction=pl.col("saturated").mean(),
             terminal=pl.col("is_terminal").any(),
         )
-        .join(episode_progress(df, skills).lazy(), on=_EP, how="left")
+        .join(episode_progress(df, profile, steps=progress).lazy(), on=_EP, how="left")
         .with_columns(
             nominal=pl.lit(nominal_steps, pl.Int64) if nominal_steps is not None
             else pl.col("n_steps").max().over("language_instruction")

@@ -1,15 +1,20 @@
-"""Small, physically plausible Ant episodes in the canonical table, for validation and score tests.
+"""Small, physically plausible episodes in the canonical table, for validation, score and referee tests.
 
-Kinematics follow the Ant-v5 state layout (z, quaternion w,x,y,z, 8 joint angles, base
-linear and angular velocity, 8 joint velocities) at the fleet's 20 Hz control rate:
-joint angles and velocities are consistent derivatives of each other, the base pose
+Ant episodes (`episode`) follow the Ant-v5 state layout (z, quaternion w,x,y,z, 8 joint
+angles, base linear and angular velocity, 8 joint velocities) at the fleet's 20 Hz control
+rate: joint angles and velocities are consistent derivatives of each other, the base pose
 integrates the commanded motion, and the quaternion matches the yaw.
+
+Arm episodes (`arm_episode`) are a planar two-link arm with Reacher's link lengths: the state
+is [q1, q2, qd1, qd2], `observation.ee` is the fingertip from forward kinematics of q, and
+`observation.target` the goal; `arm_profile` is a robot profile for them.
 """
 from __future__ import annotations
 
 import numpy as np
 import polars as pl
 
+from foundations.profile import RobotProfile
 from foundations.schema import ACTION, POLARS_SCHEMA, POSE, STATE
 
 RATE_HZ = 20.0
@@ -99,3 +104,96 @@ def episode(kind: str, episode_id: str, n: int = 200, seed: int = 0, yaw0: float
 def table(*episodes: pl.DataFrame) -> pl.DataFrame:
     """Concatenate episodes into one table."""
     return pl.concat(episodes)
+
+
+# ---------------------------------------------------------------------------------------------
+# A planar two-link arm.
+
+EE, TARGET = "observation.ee", "observation.target"
+LINKS = (0.1, 0.11)  # metres, Reacher's
+ARM_SKILLS = {
+    "reach the target": {"measure": "reach_fraction", "target": 0.9},
+    "sweep left": {"measure": "bearing_rad", "target": 1.5},
+    "sweep right": {"measure": "bearing_rad", "target": -1.5},
+}
+ARM_INSTRUCTION = {"reacher": "reach the target", "away": "reach the target", "arm_idle": "reach the target",
+                   "arm_flail": "reach the target", "sweep_left": "sweep left", "sweep_right": "sweep right"}
+
+
+def arm_profile(joint_velocity: bool = True, **changes) -> RobotProfile:
+    """Robot profile of `arm_episode` tables (without joint velocities when asked)."""
+    raw = {
+        "name": "two_link_arm", "action_bounds": [-1.0, 1.0],
+        "end_effector": {"feature": EE, "start": 0, "count": 2},
+        "target": {"feature": TARGET, "start": 0, "count": 2},
+        "joint_velocity": {"feature": STATE, "start": 2, "count": 2} if joint_velocity else None,
+        "skills": ARM_SKILLS, **changes,
+    }
+    return RobotProfile.model_validate(raw)
+
+
+def fingertip(q: np.ndarray) -> np.ndarray:
+    """Forward kinematics: (n, 2) joint angles -> (n, 2) fingertip positions."""
+    l1, l2 = LINKS
+    return np.stack([l1 * np.cos(q[:, 0]) + l2 * np.cos(q[:, 0] + q[:, 1]),
+                     l1 * np.sin(q[:, 0]) + l2 * np.sin(q[:, 0] + q[:, 1])], axis=1)
+
+
+def arm_episode(kind: str, episode_id: str, n: int = 60, seed: int = 0, q1_0: float = 0.3,
+                instruction: str | None = None) -> pl.DataFrame:
+    """One arm episode of `kind`: reacher (eases from its start to the target's joint angles in the
+    first 60 % of the episode, then holds with zero commands), away (starts near the target and moves
+    out to the reacher's start), arm_idle (zero commands, still), arm_flail (uniform random
+    torques, jittering joints), sweep_left / sweep_right (shoulder turning at +-0.5 rad/s, elbow held)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n) * DT
+    q_start, q_goal = np.array([q1_0, 1.2]), np.array([q1_0 + 1.0, 0.4])
+    if kind in ("reacher", "away"):
+        s = np.clip(np.arange(n) / (0.6 * n), 0.0, 1.0)
+        ease = (1 - np.cos(np.pi * s)) / 2  # smooth start and stop
+        near_goal = q_goal + 0.2 * (q_start - q_goal)  # leaving from on the target would leave nothing to close
+        a, b = (q_start, q_goal) if kind == "reacher" else (near_goal, q_start)
+        q = a + (b - a) * ease[:, None]
+        target = np.broadcast_to(fingertip(q_goal[None]), (n, 2))
+    elif kind in ("sweep_left", "sweep_right"):
+        rate = 0.5 if kind == "sweep_left" else -0.5
+        q = np.stack([q1_0 + rate * t, np.full(n, 0.8)], axis=1)
+        target = np.broadcast_to(fingertip(q_goal[None]), (n, 2))
+    elif kind == "arm_idle":
+        q = np.broadcast_to(q_start, (n, 2)).copy()
+        target = np.broadcast_to(fingertip(q_goal[None]), (n, 2))
+    elif kind == "arm_flail":
+        q = q_start + np.cumsum(rng.normal(0, 0.05, (n, 2)), axis=0)
+        target = np.broadcast_to(fingertip(q_goal[None]), (n, 2))
+    else:
+        raise ValueError(kind)
+    qd = np.gradient(q, DT, axis=0)
+    if kind == "arm_flail":
+        action = rng.uniform(-1, 1, (n, 2))
+    else:
+        # Torque follows the commanded acceleration; zero when the joints hold still.
+        qdd = np.gradient(qd, DT, axis=0)
+        action = np.clip(0.5 * qdd / max(np.abs(qdd).max(), 1e-9), -1, 1)
+    state = np.concatenate([q, qd], axis=1).astype(np.float32)
+    is_last = np.arange(n) == n - 1
+    return pl.DataFrame(
+        {
+            "episode_id": [episode_id] * n,
+            "step": np.arange(n, dtype=np.int32),
+            "timestamp": t,
+            STATE: state.tolist(),
+            ACTION: action.astype(np.float32).tolist(),
+            "reward": [None] * n,
+            "is_first": np.arange(n) == 0,
+            "is_last": is_last,
+            "is_terminal": np.zeros(n, dtype=bool),
+            "language_instruction": [instruction or ARM_INSTRUCTION[kind]] * n,
+            "robot_id": ["arm-01"] * n,
+            "source": ["synthetic"] * n,
+            "source_file": [f"{episode_id}.mcap"] * n,
+            "source_sha256": ["cd" * 32] * n,
+            EE: fingertip(q).astype(np.float32).tolist(),
+            TARGET: np.asarray(target, dtype=np.float32).tolist(),
+        },
+        schema={**POLARS_SCHEMA, EE: pl.List(pl.Float32), TARGET: pl.List(pl.Float32)},
+    )

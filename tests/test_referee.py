@@ -20,6 +20,7 @@ import polars as pl
 import pytest
 import torch
 
+from foundations.profile import load_profile
 from foundations.schema import POSE, STATE
 from quality.llm_backends import LocalLLMBackend, OpenAICompatibleBackend, RefereeBackendError
 from quality.referee import label_episodes, referee_agreement, true_segment_progress
@@ -28,7 +29,7 @@ from quality.referee_prompt import LABEL_REWARDS, REFEREE_QUESTION, Question
 from quality.referee_segments import segment_table
 
 RATE = 20.0
-SKILLS = {"walk forward": ("forward_m", 2.0), "turn left": ("yaw_rad", 3.0), "turn right": ("yaw_rad", -3.0)}
+ANT = load_profile("ant")
 
 
 def make_episode(
@@ -107,7 +108,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     folder = tmp_path_factory.mktemp("tiny-llama")
-    _, seg = segment_table(mixed_episodes(), 20)
+    _, seg = segment_table(mixed_episodes(), ANT, 20)
     corpus = [REFEREE_QUESTION.render(t) for t in seg["text"].to_list()]
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -152,7 +153,7 @@ def naive_probs(model_dir: Path, prompt: str, question: Question = REFEREE_QUEST
 
 def test_segments_measure_motion_in_the_heading_frame():
     walk = make_episode("w", "walk forward", speed=0.5, n=50)  # heading 30 deg, 0.5 m/s straight ahead
-    _, seg = segment_table(walk, 20)
+    _, seg = segment_table(walk, ANT, 20)
     assert seg["n_steps"].to_list() == [20, 20, 10]
     assert seg["start_step"].to_list() == [0, 20, 40] and seg["end_step"].to_list() == [19, 39, 49]
     # Segment 1 runs from step 19 to step 39: 1.0 s at 0.5 m/s.
@@ -166,23 +167,28 @@ def test_segments_measure_motion_in_the_heading_frame():
     assert 'Task: "walk forward"' in text
     assert "moved 0.50 m forward and 0.00 m left, turned 0 deg left, stayed upright." in text
     assert "heading 30 deg" in text and "speed 0.50 m/s" in text and "height 0.55 m" in text
+    # What changed in the terms of the instruction: forward along the starting heading, against the 2 m target.
+    assert text.endswith("Toward the task: moved 0.50 m forward along the starting heading "
+                         "(25 % of the task's goal; 49 % done so far).")
 
-    back = segment_table(make_episode("b", "walk forward", speed=0.3, direction=math.pi), 20)[1].row(1, named=True)
+    back = segment_table(make_episode("b", "walk forward", speed=0.3, direction=math.pi), ANT, 20)[1].row(1, named=True)
     assert back["forward_m"] == pytest.approx(-0.3, abs=1e-4)
     assert "moved 0.30 m backward" in back["text"]
-    side = segment_table(make_episode("s", "walk forward", speed=0.2, direction=-math.pi / 2), 20)[1].row(1, named=True)
+    side = segment_table(make_episode("s", "walk forward", speed=0.2, direction=-math.pi / 2), ANT, 20)[1].row(1, named=True)
     assert side["left_m"] == pytest.approx(-0.2, abs=1e-4) and "0.20 m right" in side["text"]
 
 
 def test_turns_unwrap_across_the_pi_seam_and_falls_are_seen():
     # Starts at 170 deg turning left at 0.5 rad/s: the logged yaw jumps from +180 to -180.
-    turn = segment_table(make_episode("t", "turn left", yaw_rate=0.5, yaw0=math.radians(170)), 20)[1]
+    turn = segment_table(make_episode("t", "turn left", yaw_rate=0.5, yaw0=math.radians(170)), ANT, 20)[1]
     assert turn["turn_rad"][1:].to_list() == pytest.approx([0.5, 0.5], abs=1e-4)
-    assert "turned 29 deg left" in turn["text"][1]
-    right = segment_table(make_episode("r", "turn right", yaw_rate=-0.2), 20)[1]
-    assert "turned 11 deg right" in right["text"][1]
+    assert "turned 29 deg left" in turn["text"][1] and "Toward the task: turned 29 deg left (17 % of" in turn["text"][1]
+    right = segment_table(make_episode("r", "turn right", yaw_rate=-0.2), ANT, 20)[1]
+    assert "turned 11 deg right" in right["text"][1] and "Toward the task: turned 11 deg right (7 % of" in right["text"][1]
+    wrong = segment_table(make_episode("w", "turn right", yaw_rate=0.2), ANT, 20)[1]
+    assert "Toward the task: turned 11 deg left (-7 % of the task's goal" in wrong["text"][1]
 
-    fall = segment_table(make_episode("f", "walk forward", speed=0.4, fall_at=50, n=70), 20)[1]
+    fall = segment_table(make_episode("f", "walk forward", speed=0.4, fall_at=50, n=70), ANT, 20)[1]
     assert fall["fell"].to_list() == [False, False, True, False]
     assert "fell over" in fall["text"][2] and "fallen." in fall["text"][2]
     assert "stayed fallen" in fall["text"][3]
@@ -191,7 +197,7 @@ def test_turns_unwrap_across_the_pi_seam_and_falls_are_seen():
 def test_bad_rows_make_a_segment_with_a_reason_and_missing_columns_are_refused(tiny_model_dir):
     df = pl.concat([make_episode("ok", "walk forward", speed=0.4), make_episode("bad", "walk forward", nan_at=25)])
     backend = LocalLLMBackend(tiny_model_dir)
-    steps, segments, stats = label_episodes(df, backend, progress_bar=False)
+    steps, segments, stats = label_episodes(df, backend, ANT, progress_bar=False)
     bad = segments.filter((pl.col("episode_id") == "bad") & (pl.col("segment") == 1)).row(0, named=True)
     assert "non-finite" in bad["invalid_reason"] and "step 25" in bad["invalid_reason"]
     assert bad["label"] is None and bad["reward"] is None and bad["text"] is None
@@ -201,7 +207,46 @@ def test_bad_rows_make_a_segment_with_a_reason_and_missing_columns_are_refused(t
     assert steps.height == df.height  # every input step is keyed, none dropped
 
     with pytest.raises(ValueError, match="observation.pose"):
-        label_episodes(df.drop(POSE), backend, progress_bar=False)
+        label_episodes(df.drop(POSE), backend, ANT, progress_bar=False)
+    with pytest.raises(TypeError, match="RobotProfile"):
+        label_episodes(df, ANT, backend, progress_bar=False)  # the backend comes before the profile
+
+
+def test_an_arm_is_described_by_its_end_effector_and_target():
+    from synthetic_episodes import arm_episode, arm_profile
+
+    arm = arm_profile()
+    df = pl.concat([arm_episode("reacher", "reach"), arm_episode("away", "away"),
+                    arm_episode("sweep_right", "sweep", q1_0=-2.5), arm_episode("reacher", "dance", instruction="dance")])
+    _, seg = segment_table(df, arm, 20)
+    first = seg.filter(pl.col("episode_id") == "reach").row(0, named=True)
+    text = first["text"]
+    assert 'Task: "reach the target".' in text and "end effector at (" in text and "m from the target" in text
+    assert "heading" not in text and "upright" not in text  # no base pose, no posture declared
+    share = -first["closer_m"] / first["dist_before"]  # segment 0 starts at the episode's first step
+    assert first["task_change"] == pytest.approx(-share, abs=1e-6) and first["task_change"] > 0.3
+    assert f"Toward the task: closed {round(100 * first['task_change'])} % of the starting distance to the target" in text
+    assert "m closer to the target" in text
+    away = seg.filter(pl.col("episode_id") == "away")["text"][0]
+    assert "Toward the task: moved away from the target by" in away and "m farther from the target" in away
+    sweep = seg.filter(pl.col("episode_id") == "sweep")["text"][1]
+    assert "Toward the task: swept the end effector 29 deg right around the base (33 % of the task's goal" in sweep
+    assert "no skill of this robot matches the task." in seg.filter(pl.col("episode_id") == "dance")["text"][0]
+
+    truth = true_segment_progress(df, arm)
+    labels = dict(truth.group_by("episode_id").agg("true_label").iter_rows())
+    # The reacher closes in, then holds at the target (done, so still A); the other one leaves it.
+    assert labels["reach"] == ["A", "A", "A"] and labels["away"][:2] == ["D", "D"] and labels["sweep"] == ["A"] * 3
+    assert labels["dance"] == [None] * 3
+    reasons = truth.filter(pl.col("episode_id") == "dance")["truth_reason"]
+    assert 'no skill named "dance"' in reasons[0]
+
+    bad = df.with_columns(pl.when(pl.col("step") == 30).then(pl.lit([float("nan"), 0.1], pl.List(pl.Float32)))
+                          .otherwise(pl.col("observation.ee")).alias("observation.ee"))
+    reason = segment_table(bad.filter(pl.col("episode_id") == "reach"), arm, 20)[1]["invalid_reason"][1]
+    assert "end effector (observation.ee)" in reason and "step 30" in reason
+    with pytest.raises(ValueError, match="observation.target"):
+        segment_table(df.drop("observation.target"), arm, 20)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,7 +254,7 @@ def test_bad_rows_make_a_segment_with_a_reason_and_missing_columns_are_refused(t
 
 
 def test_batched_left_padding_matches_unbatched_and_naive(tiny_model_dir):
-    _, seg = segment_table(mixed_episodes(), 20)
+    _, seg = segment_table(mixed_episodes(), ANT, 20)
     prompts = seg["text"].to_list()[:9] + ['Task: "turn left".\nSegment: 0.05 s.']  # lengths differ
     batched = LocalLLMBackend(tiny_model_dir, batch_size=8)
     single = LocalLLMBackend(tiny_model_dir, batch_size=1)
@@ -230,7 +275,7 @@ def test_batched_left_padding_matches_unbatched_and_naive(tiny_model_dir):
 def test_label_episodes_rewards_labels_and_cache(tiny_model_dir, data_root):
     df = mixed_episodes()
     backend = LocalLLMBackend(tiny_model_dir, batch_size=4)
-    steps, segments, stats = label_episodes(df, backend, batch_size=4, progress_bar=False)
+    steps, segments, stats = label_episodes(df, backend, ANT, batch_size=4, progress_bar=False)
     n = segments.height
     # The idle episode's segments read the same, so they share one prompt.
     assert n == 21 and stats["unique_prompts"] == 18 and stats["calls"] == 18 and stats["cache_hits"] == 0
@@ -250,22 +295,22 @@ def test_label_episodes_rewards_labels_and_cache(tiny_model_dir, data_root):
     np.testing.assert_allclose(ret["referee_reward"], seg_ret["reward"], atol=1e-5)
 
     # Nothing new: the model is asked nothing. Another reward mapping reuses the same judgements.
-    _, again, stats2 = label_episodes(df, backend, batch_size=4, progress_bar=False)
+    _, again, stats2 = label_episodes(df, backend, ANT, batch_size=4, progress_bar=False)
     assert stats2["calls"] == 0 and stats2["cache_hits"] == n and stats2["prompt_tokens"] == 0
     assert again["reward"].to_list() == segments["reward"].to_list()
     flipped = {k: -v for k, v in LABEL_REWARDS.items()}
-    _, neg, stats3 = label_episodes(df, backend, progress_bar=False, label_rewards=flipped)
+    _, neg, stats3 = label_episodes(df, backend, ANT, progress_bar=False, label_rewards=flipped)
     assert stats3["calls"] == 0
     np.testing.assert_allclose(neg["reward"], -segments["reward"].to_numpy(), atol=1e-6)
     assert JudgementCache().count(backend.model_id) == 18
     # Another model or another question is another key.
     other = LocalLLMBackend(tiny_model_dir, model_id="another-model")
-    assert label_episodes(df.head(20), other, progress_bar=False).stats["calls"] == 1
+    assert label_episodes(df.head(20), other, ANT, progress_bar=False).stats["calls"] == 1
     question = Question(REFEREE_QUESTION.instructions + " Be strict.", REFEREE_QUESTION.options)
-    assert label_episodes(df.head(20), backend, progress_bar=False, question=question).stats["calls"] == 1
+    assert label_episodes(df.head(20), backend, ANT, progress_bar=False, question=question).stats["calls"] == 1
 
     with pytest.raises(ValueError, match="label_rewards must map exactly"):
-        label_episodes(df, backend, progress_bar=False, label_rewards={"A": 1.0})
+        label_episodes(df, backend, ANT, progress_bar=False, label_rewards={"A": 1.0})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,7 +319,7 @@ def test_label_episodes_rewards_labels_and_cache(tiny_model_dir, data_root):
 
 def test_true_progress_and_agreement_metrics():
     df = mixed_episodes()
-    truth = true_segment_progress(df, skills=SKILLS)
+    truth = true_segment_progress(df, ANT)
     by_ep = truth.group_by("episode_id").agg(pl.col("true_label"), pl.col("progress").sum()).sort("episode_id")
     labels = dict(zip(by_ep["episode_id"], by_ep["true_label"].to_list()))
     total = dict(zip(by_ep["episode_id"], by_ep["progress"]))
@@ -290,16 +335,16 @@ def test_true_progress_and_agreement_metrics():
         "episode_id", "segment", "start_step", pl.col("true_label").alias("label"),
         pl.col("true_label").replace_strict(LABEL_REWARDS, return_dtype=pl.Float32).alias("reward"),
     )  # fmt: skip
-    good = referee_agreement(perfect, truth)
+    good = referee_agreement(perfect, truth, ANT)
     assert good["accuracy"] == 1.0 and good["balanced_accuracy"] == 1.0
     # A fall after progress (label D, progress positive) breaks the order once.
     assert good["spearman_segment"] > 0.7 and good["voc"] > 0.8
     assert good["majority_accuracy"] < 1.0
     mirror = {"A": "D", "B": "C", "C": "B", "D": "A"}
-    bad = referee_agreement(perfect.with_columns(-pl.col("reward"), pl.col("label").replace_strict(mirror)), truth)
+    bad = referee_agreement(perfect.with_columns(-pl.col("reward"), pl.col("label").replace_strict(mirror)), truth, ANT)
     assert bad["accuracy"] < 0.2 and bad["spearman_segment"] < -0.7 and bad["voc"] < 0
     with pytest.raises(ValueError, match="segment_steps"):
-        referee_agreement(perfect, df, segment_steps=10, skills=SKILLS)
+        referee_agreement(perfect, df, ANT, segment_steps=10)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,13 +354,13 @@ def test_true_progress_and_agreement_metrics():
 def test_smollm2_judges_segments_and_the_cache_answers_reruns(smollm2_dir, data_root):
     df = pl.concat([make_episode("w", "walk forward", speed=0.4, n=40), make_episode("t", "turn left", yaw_rate=-0.5, n=40)])
     backend = LocalLLMBackend(smollm2_dir, batch_size=4)
-    steps, segments, stats = label_episodes(df, backend, batch_size=4, progress_bar=False)
+    steps, segments, stats = label_episodes(df, backend, ANT, batch_size=4, progress_bar=False)
     assert stats["calls"] == 4 and stats["cache_hits"] == 0 and stats["prompt_tokens"] > 4 * 100
     mat = segments.unnest("probs").select("A", "B", "C", "D").to_numpy()
     assert np.all(mat >= 0) and np.allclose(mat.sum(1), 1.0, atol=1e-5)
     assert segments["reward"].is_between(-1.0, 1.0).all()
     assert steps["referee_reward"].abs().max() <= 1.0 / 20 + 1e-6
-    _, _, again = label_episodes(df, LocalLLMBackend(smollm2_dir), progress_bar=False)
+    _, _, again = label_episodes(df, LocalLLMBackend(smollm2_dir), ANT, progress_bar=False)
     assert again["calls"] == 0 and again["cache_hits"] == 4 and again["prompt_tokens"] == 0
 
 
@@ -373,7 +418,7 @@ def test_systemone_backend_against_transformers_serve(served_tiny, tiny_model_di
 
     backend = OpenAICompatibleBackend(served_tiny, str(tiny_model_dir), api="systemone", api_key_env=None)
     df = make_episode("w", "walk forward", speed=0.4, n=40)
-    _, segments, stats = label_episodes(df, backend, progress_bar=False)
+    _, segments, stats = label_episodes(df, backend, ANT, progress_bar=False)
     assert stats["calls"] == 2 and stats["prompt_tokens"] > 0
     # The server's probabilities, mapped from option names to letters, are the decision
     # pipeline's on the same model, state and question.
@@ -383,7 +428,7 @@ def test_systemone_backend_against_transformers_serve(served_tiny, tiny_model_di
         expected = [answer["probabilities"][name] for name, _ in REFEREE_QUESTION.options]
         got = [row["probs"][k] for k in "ABCD"]
         np.testing.assert_allclose(got, expected, atol=1e-4)
-    assert label_episodes(df, backend, progress_bar=False).stats["calls"] == 0
+    assert label_episodes(df, backend, ANT, progress_bar=False).stats["calls"] == 0
 
 
 @pytest.mark.parametrize("api", ["chat", "completions"])

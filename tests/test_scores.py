@@ -1,4 +1,4 @@
-"""Per-episode quality scores and true progress on small, physically plausible Ant episodes."""
+"""Per-episode quality scores and true progress on small, physically plausible Ant and arm episodes."""
 from __future__ import annotations
 
 import io
@@ -7,7 +7,9 @@ import matplotlib.image
 import numpy as np
 import polars as pl
 import pytest
+from pydantic import ValidationError
 
+from foundations.profile import load_profile
 from foundations.schema import ACTION
 from quality.scores import (
     COMPONENTS,
@@ -17,10 +19,11 @@ from quality.scores import (
     score_histogram_png,
     step_progress,
 )
-from synthetic_episodes import DT, SKILLS, episode, table
+from synthetic_episodes import DT, arm_episode, arm_profile, episode, table
 
 N = 100
 TRAVEL = 0.5 * (N - 1) * DT  # metres (walker, 0.5 m/s) or radians (turners, 0.5 rad/s) by the last step
+ANT = load_profile("ant")
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +46,7 @@ def fleet() -> pl.DataFrame:
 
 @pytest.fixture(scope="module")
 def scores(fleet) -> pl.DataFrame:
-    return score_episodes(fleet, SKILLS)
+    return score_episodes(fleet, ANT)
 
 
 def _row(scores: pl.DataFrame, episode_id: str) -> dict:
@@ -79,11 +82,11 @@ def test_progress_follows_initial_heading_and_signed_unwrapped_yaw(scores):
 
 def test_step_progress_is_cumulative_and_ends_at_episode_progress(fleet):
     walker = fleet.filter(pl.col("episode_id") == "walker")
-    steps = step_progress(walker, SKILLS)
+    steps = step_progress(walker, ANT)
     raw = steps.get_column("progress_raw").to_numpy()
     assert steps.height == N and raw[0] == 0.0
     assert np.all(np.diff(raw) > 0)
-    final = episode_progress(walker, SKILLS)
+    final = episode_progress(walker, ANT)
     assert final.item(0, "progress_raw") == pytest.approx(raw[-1])
 
 
@@ -113,7 +116,7 @@ def test_hesitation_and_saturation_lower_their_components(scores):
 
 def test_quality_score_is_the_weighted_mean_of_present_components(fleet, scores):
     weights = {"progress": 1.0, "smoothness": 0.0, "completeness": 0.0, "idle": 1.0, "saturation": 0.0}
-    custom = score_episodes(fleet, SKILLS, weights=weights)
+    custom = score_episodes(fleet, ANT, weights=weights)
     hesitant = _row(custom, "hesitant")
     assert hesitant["quality_score"] == pytest.approx((hesitant["progress"] + hesitant["idle"]) / 2)
     # With the defaults, a null progress drops out and the other weights are renormalised.
@@ -122,16 +125,20 @@ def test_quality_score_is_the_weighted_mean_of_present_components(fleet, scores)
     expected = sum(DEFAULT_WEIGHTS[c] * dancer[c] for c in rest) / sum(DEFAULT_WEIGHTS[c] for c in rest)
     assert dancer["quality_score"] == pytest.approx(expected)
     with pytest.raises(ValueError, match="unknown score components"):
-        score_episodes(fleet, SKILLS, weights={"speed": 1.0})
+        score_episodes(fleet, ANT, weights={"speed": 1.0})
     with pytest.raises(ValueError, match="must be finite and >= 0"):
-        score_episodes(fleet, SKILLS, weights={"progress": -1.0})
+        score_episodes(fleet, ANT, weights={"progress": -1.0})
 
 
-def test_nominal_steps_and_bad_skills(fleet):
-    fixed = score_episodes(fleet, SKILLS, nominal_steps=200)
+def test_nominal_steps_and_bad_profiles(fleet):
+    fixed = score_episodes(fleet, ANT, nominal_steps=200)
     assert _row(fixed, "walker")["completeness"] == pytest.approx(0.5)
-    with pytest.raises(ValueError, match="measure 'speed_m'"):
-        score_episodes(fleet, {"walk forward": {"measure": "speed_m", "target": 1.0}})
+    with pytest.raises(ValidationError, match="forward_m"):
+        ANT.model_validate({**ANT.model_dump(), "skills": {"walk forward": {"measure": "speed_m", "target": 1.0}}})
+    with pytest.raises(ValueError, match="repeats"):
+        score_episodes(pl.concat([fleet, fleet.head(3)]), ANT)
+    with pytest.raises(TypeError, match="RobotProfile"):
+        score_episodes(fleet, {"walk forward": {"measure": "forward_m", "target": 2.0}})
 
 
 def test_histogram_png_is_a_readable_image(scores):
@@ -142,8 +149,70 @@ def test_histogram_png_is_a_readable_image(scores):
     assert image[..., :3].std() > 0.05  # not a blank canvas
 
 
-def test_skills_from_the_parsed_source_mapping_score_like_the_yaml_dicts(fleet, scores):
-    from foundations.ingest import load_mapping
+def test_a_profile_written_to_yaml_scores_like_the_repository_one(fleet, scores, tmp_path):
+    import yaml
 
-    parsed = load_mapping("ant_fleet_ros2").skills  # SkillSpec objects, not dicts
-    assert score_episodes(fleet, parsed).equals(scores)
+    path = tmp_path / "ant.yaml"
+    path.write_text(yaml.safe_dump(ANT.model_dump(mode="json")), encoding="utf-8")
+    assert score_episodes(fleet, load_profile(path)).equals(scores)
+
+
+def test_without_joint_velocities_smoothness_is_the_action_term_alone(fleet, scores):
+    bare = score_episodes(fleet, ANT.model_copy(update={"joint_velocity": None}))
+    assert bare["joint_jerk"].null_count() == bare.height
+    for name in ("walker", "flail"):
+        row = _row(bare, name)
+        assert row["smoothness"] == pytest.approx(1 / (1 + (row["action_jerk"] / 0.3) ** 2))
+    # Progress, completeness and saturation do not read joint velocities.
+    assert bare.select("progress", "completeness", "saturation").equals(scores.select("progress", "completeness",
+                                                                                      "saturation"))
+    assert _row(bare, "idle")["idle"] == 0.0 and _row(bare, "walker")["idle"] == 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# An arm: no base pose, an end effector and a target.
+
+ARM = arm_profile()
+
+
+@pytest.fixture(scope="module")
+def arm_fleet() -> pl.DataFrame:
+    return table(
+        arm_episode("reacher", "reacher"),
+        arm_episode("away", "away"),
+        arm_episode("arm_idle", "idle"),
+        arm_episode("arm_flail", "flail", seed=3),
+        arm_episode("sweep_left", "sweep_left", q1_0=2.5),  # the bearing crosses +pi
+        arm_episode("sweep_right", "sweep_right", q1_0=-2.5),  # and -pi
+        arm_episode("reacher", "dancer", instruction="dance"),
+    )
+
+
+def test_arm_scores_read_the_end_effector_and_target(arm_fleet):
+    scores = score_episodes(arm_fleet, ARM)
+    reacher, away, idle, flail = (_row(scores, e) for e in ("reacher", "away", "idle", "flail"))
+    assert reacher["progress_raw"] == pytest.approx(1.0, abs=1e-5) and reacher["progress"] == 1.0  # on the target
+    assert away["progress_raw"] < -1.0 and away["progress"] == 0.0  # moved away: negative, clipped to 0
+    assert idle["progress_raw"] == 0.0 and idle["idle"] == 0.0 and idle["smoothness"] == 1.0
+    # The reacher holds still at the target for the last 40 % of the episode, with zero commands:
+    # the task is done, so that is not idling. The one that left the target and stopped is idle.
+    assert reacher["idle_fraction"] == 0.0 and away["idle_fraction"] == pytest.approx(0.4, abs=0.05)
+    assert flail["idle"] == 1.0 and flail["smoothness"] < 0.6 < 0.99 < reacher["smoothness"]
+    assert reacher["quality_score"] > idle["quality_score"] > flail["quality_score"]
+    assert reacher["quality_score"] > away["quality_score"]
+    left, right = _row(scores, "sweep_left"), _row(scores, "sweep_right")
+    swept = 0.5 * 59 * DT  # rad at 0.5 rad/s; the bearing of a two-link arm turns with its shoulder
+    assert left["progress_raw"] == pytest.approx(swept, rel=1e-4) and right["progress_raw"] == pytest.approx(-swept, rel=1e-4)
+    assert left["progress"] == pytest.approx(swept / 1.5, rel=1e-4) == right["progress"]
+    assert "unknown instruction 'dance'" in _row(scores, "dancer")["progress_note"]
+    for name in [*COMPONENTS, "quality_score"]:
+        values = scores.get_column(name).drop_nulls()
+        assert ((values >= 0) & (values <= 1)).all(), name
+
+
+def test_arm_without_joint_velocities_uses_end_effector_speed_and_commands(arm_fleet):
+    scores = score_episodes(arm_fleet, arm_profile(joint_velocity=False))
+    assert scores["joint_jerk"].null_count() == scores.height
+    assert _row(scores, "idle")["idle"] == 0.0 and _row(scores, "sweep_left")["idle"] == 1.0
+    assert _row(scores, "away")["idle_fraction"] == pytest.approx(0.4, abs=0.05)
+    assert _row(scores, "reacher")["idle_fraction"] == 0.0

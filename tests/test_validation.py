@@ -186,3 +186,20 @@ def test_empty_table_validates_to_nothing_and_fails_the_publish_check(planted):
     assert report.accepted.is_empty() and report.rejected.is_empty()
     assert check_accepted(empty, RATE_HZ, BOUNDS)[0] is False
     assert check_accepted(empty, RATE_HZ, BOUNDS, allow_empty=True)[0] is True
+
+
+def test_an_arm_table_validates_with_its_own_features_and_bounds():
+    from synthetic_episodes import EE, TARGET, arm_episode
+
+    clean = [arm_episode(kind, kind, seed=i) for i, kind in enumerate(["reacher", "away", "arm_idle", "sweep_left"])]
+    nan_ee = arm_episode("reacher", "nan_ee").with_columns(_at([7], EE, pl.lit([float("nan"), 0.1], pl.List(pl.Float32))))
+    no_target = arm_episode("reacher", "no_target").with_columns(_at([9, 10], TARGET, None))
+    strong = arm_episode("reacher", "strong").with_columns(pl.col(ACTION).list.eval(pl.element() * 3))  # peaks at 1.5
+    report = validate_episodes(table(*clean, nan_ee, no_target, strong), RATE_HZ, (-1.0, 1.0), min_steps=20)
+    assert set(report.accepted["episode_id"]) == {"reacher", "away", "arm_idle", "sweep_left"}
+    reasons = {(r["episode_id"], r["check"]): r["reason"] for r in report.rejected.iter_rows(named=True)}
+    assert set(reasons) == {("nan_ee", "finite_values"), ("no_target", "not_null"), ("strong", "action_bounds")}
+    assert EE in reasons[("nan_ee", "finite_values")] and TARGET in reasons[("no_target", "not_null")]
+    # Another robot's bounds are the caller's: the same commands pass within [-2, 2].
+    wider = validate_episodes(table(*clean, strong), RATE_HZ, (-2.0, 2.0), min_steps=20)
+    assert wider.rejected.is_empty() and wider.accepted.height == 5 * 60
