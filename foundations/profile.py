@@ -96,6 +96,22 @@ class RobotProfile(_Strict):
         return v
 
     @model_validator(mode="after")
+    def _slice_sizes(self) -> "RobotProfile":
+        # The number of dimensions each declaration must have (count null: unknown until data is seen).
+        sizes = {"base_pose": (3,), "end_effector": (2, 3), "target": (2, 3)}
+        for key, allowed in sizes.items():
+            s = getattr(self, key)
+            if s is not None and s.count is not None and s.count not in allowed:
+                raise ValueError(f"{key}: count must be {' or '.join(map(str, allowed))}, got {s.count}")
+        ee, target = self.end_effector, self.target
+        if ee is not None and target is not None and ee.count != target.count:
+            raise ValueError(f"end_effector and target need the same count of dimensions, got {ee.count} and {target.count}")
+        if self.posture is not None:
+            if self.posture.height.count not in (None, 1) or self.posture.orientation_wxyz.count not in (None, 4):
+                raise ValueError("posture: height has count 1 and orientation_wxyz count 4")
+        return self
+
+    @model_validator(mode="after")
     def _measures_have_what_they_need(self) -> "RobotProfile":
         if not self.skills:
             raise ValueError("skills: declare at least one skill (instruction -> {measure, target})")

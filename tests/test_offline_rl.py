@@ -219,7 +219,7 @@ def test_manifest_names_the_dataset_version_and_its_source_files(tmp_path, tiny_
     assert (lineage["name"], lineage["version"], lineage["content_hash"]) == ("mini", "1.0.0", published.content_hash)
     by_file = {s["source_file"]: s for s in lineage["sources"]}
     assert set(by_file) == {"fleet_a.mcap", "fleet_b.mcap", "broken.mcap"}
-    assert by_file["fleet_a.mcap"]["source"] == "synthetic" and by_file["fleet_a.mcap"]["source_sha256"] == "a" * 64
+    assert by_file["fleet_a.mcap"]["source"] == "ant_fleet_ros2" and by_file["fleet_a.mcap"]["source_sha256"] == "a" * 64
     assert by_file["broken.mcap"]["episodes"] == 0  # a file that gave no episode is still named
     assert sum(s["steps"] for s in lineage["sources"]) == 150
 

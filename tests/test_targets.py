@@ -11,9 +11,11 @@ import pytest
 import yaml
 
 from foundations.targets import TargetError, list_targets, load_target
+from pipelines.resources import DataRoot
 from test_publish import do_publish, make_episodes, write_recipe
 
 REPO_DATASETS = Path(__file__).resolve().parents[1] / "datasets"
+RESOURCES = {"data_root": DataRoot()}
 
 
 def write_target(catalog: Path, stem: str, **overrides) -> Path:
@@ -120,7 +122,7 @@ def test_generated_assets_jobs_and_sensors(catalog):
     jobs, sensors = training_jobs(), training_sensors()
     assert [j.name for j in jobs] == ["train_alpha", "train_beta"]
     assert [(s.name, s.job_name) for s in sensors] == [("retrain_alpha", "train_alpha"), ("retrain_beta", "train_beta")]
-    defs = dg.Definitions(assets=assets, jobs=jobs, sensors=sensors)
+    defs = dg.Definitions(assets=assets, jobs=jobs, sensors=sensors, resources={"data_root": DataRoot()})
     job = defs.resolve_job_def("train_beta")
     assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} == {
         "policy/beta", "baseline/beta", "evaluation/beta"}
@@ -178,7 +180,7 @@ def test_target_trains_reuses_and_evaluates_in_its_simulator(catalog, tmp_path):
     quick = {"n_steps": 10, "n_steps_per_epoch": 5}
     run_config = {"ops": {"policy__beta": {"config": quick}, "baseline__beta": {"config": quick}}}
     instance = dg.DagsterInstance.ephemeral()
-    result = dg.materialize(assets, instance=instance, run_config=run_config)
+    result = dg.materialize(assets, instance=instance, run_config=run_config, resources=RESOURCES)
     assert result.success
 
     from training.checkpoints import list_checkpoints
@@ -203,7 +205,7 @@ def test_target_trains_reuses_and_evaluates_in_its_simulator(catalog, tmp_path):
     assert scores["normalized_score"].is_finite().all()
 
     # Same data, same config: nothing is trained again.
-    again = dg.materialize(assets[:2], instance=instance, run_config=run_config)
+    again = dg.materialize(assets[:2], instance=instance, run_config=run_config, resources=RESOURCES)
     meta = {e.asset_key.to_user_string(): e.materialization.metadata for e in again.get_asset_materialization_events()}
     assert meta["policy/beta"]["trained_now"].value is False and meta["baseline/beta"]["trained_now"].value is False
     assert len(list_checkpoints("beta-policy")) == 1
@@ -219,7 +221,7 @@ def test_evaluation_without_a_simulator_reports_offline_metrics(catalog, tmp_pat
 
     [evaluation] = [a for a in training_assets() if a.key == dg.AssetKey(["evaluation", "alpha"])]
     instance = dg.DagsterInstance.ephemeral()
-    missing = dg.materialize([evaluation], instance=instance, raise_on_error=False)  # not retried: nothing to wait for
+    missing = dg.materialize([evaluation], instance=instance, raise_on_error=False, resources=RESOURCES)  # not retried: nothing to wait for
     assert not missing.success
     [failure] = [e for e in missing.all_events if e.is_step_failure]
     assert "no checkpoint ['alpha-policy', 'alpha-baseline']" in str(failure.step_failure_data.error.message)
@@ -230,7 +232,7 @@ def test_evaluation_without_a_simulator_reports_offline_metrics(catalog, tmp_pat
         config = TrainConfig(algorithm=algorithm, n_steps=4, n_steps_per_epoch=2, batch_size=8, eval_episodes=2,
                              encoder=encoder, num_threads=1, action_bounds=(-3.0, 3.0))
         save_checkpoint(train(table, config, progress=False), f"alpha-{role}")
-    result = dg.materialize([evaluation], instance=instance)
+    result = dg.materialize([evaluation], instance=instance, resources=RESOURCES)
     meta = result.get_asset_materialization_events()[0].materialization.metadata
     assert meta["closed_loop"].value == "none: the target names no simulator"
     offline = meta["offline_metrics"].value
