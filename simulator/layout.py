@@ -26,6 +26,7 @@ the site's topics.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Literal, Mapping
 
 import numpy as np
@@ -79,8 +80,6 @@ def relative_paths(layout: SiteLayout, robots: list[str], robot_index: list[int]
 
     `robot_index` is each episode's robot as a 1-based position in the fleet's robot list."""
     if layout.files == "flat":
-        from datetime import datetime, timezone
-
         stamps = [datetime.fromtimestamp(int(s) / NS, tz=timezone.utc).strftime("%Y%m%dT%H%M%S") for s in start_ns]
         return [f"{r}_{s}_{i:05d}.mcap" for i, (r, s) in enumerate(zip(robots, stamps))]
     runs: dict[int, int] = {}
