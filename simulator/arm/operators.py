@@ -26,9 +26,9 @@ RANDOM_HOLD_S = (0.15, 0.5)
 
 ARM_OPERATORS: dict[str, Proficiency | None] = {
     "expert": Proficiency(noise_std=0.02, hesitation_per_s=0.0, hesitation_s=(0.0, 0.0), wrong_skill_share=0.0),
-    "medium": Proficiency(noise_std=0.08, hesitation_per_s=0.12, hesitation_s=(0.5, 1.5), wrong_skill_share=0.0,
+    "medium": Proficiency(noise_std=0.05, hesitation_per_s=0.12, hesitation_s=(0.5, 1.5), wrong_skill_share=0.0,
                           lag_steps=1, pace=0.75),
-    "poor": Proficiency(noise_std=0.2, hesitation_per_s=0.25, hesitation_s=(0.8, 2.0), wrong_skill_share=0.35,
+    "poor": Proficiency(noise_std=0.12, hesitation_per_s=0.25, hesitation_s=(0.8, 2.0), wrong_skill_share=0.35,
                         segment_s=1.5, lag_steps=1, pace=0.6),
     "random": None,  # flailing toward uniform random joint configurations
 }
