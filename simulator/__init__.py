@@ -1,5 +1,10 @@
-"""The simulated Ant fleet: real MuJoCo physics, scripted operators, ROS 2 MCAP logs.
+"""Simulated fleets that write real ROS 2 logs: MuJoCo physics, scripted operators, ground truth beside.
 
-Public entry points: `simulate_fleet` (fleet.py), `rollout` and `operator_policy`
-(rollout.py, operators.py), `SKILLS`, `progress`, `make_env` (skills.py).
+Embodiments (simulator.embodiments: EMBODIMENTS, get_embodiment):
+  ant  Ant-v5 quadruped: simulator.fleet, .rollout, .operators, .skills, .ant_log
+  arm  Reacher-v5 two-joint arm: simulator.arm.fleet, .rollout, .operators, .skills, .log
+
+Shared by both: driver.py (fleet generation, ground truth), layout.py (how a site records logs),
+mcap_log.py (MCAP writing), faults.py (planted faults), control.py (the closed control loop),
+operators.py (graded scripted operators), ros_msgs.py (ROS 2 message definitions).
 """

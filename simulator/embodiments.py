@@ -24,7 +24,9 @@ class Embodiment:
     skills: dict[str, dict[str, Any]]  # instruction -> {"measure", "target"}, as in the robot profile
     control_hz: int
     episode_steps: int
-    simulate_fleet: Callable[..., Path]  # (n_episodes, out_dir, seed=0, fault_rate=0.15, **options) -> truth path
+    # (n_episodes, out_dir, seed=0, fault_rate=0.15, episode_steps=None, operators=None, workers=1,
+    #  layout=None) -> ground-truth path; layout: a simulator.layout.SiteLayout or a preset's name
+    simulate_fleet: Callable[..., Path]
     rollout: Callable[[Policy, str, int, int], dict]  # -> instruction, seed, progress, fell, steps
     reference_progress: Callable[[str, str, list[int], int], float]  # (operator, instruction, seeds, steps)
 
@@ -43,7 +45,17 @@ def _ant() -> Embodiment:
     )
 
 
-_FACTORIES: dict[str, Callable[[], Embodiment]] = {"ant": _ant}
+def _arm() -> Embodiment:
+    from .arm import fleet, rollout, skills
+
+    return Embodiment(
+        name="arm", robot_profile="arm", source="arm_fleet_ros2", skills=skills.SKILLS,
+        control_hz=skills.CONTROL_HZ, episode_steps=skills.EPISODE_STEPS,
+        simulate_fleet=fleet.simulate_fleet, rollout=rollout.rollout, reference_progress=rollout.reference_progress,
+    )
+
+
+_FACTORIES: dict[str, Callable[[], Embodiment]] = {"ant": _ant, "arm": _arm}
 EMBODIMENTS: tuple[str, ...] = tuple(_FACTORIES)
 
 

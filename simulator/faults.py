@@ -1,13 +1,16 @@
 """Faults planted in some logs, one per faulty file, so the pipeline's checks have work.
 
-nan          NaN in a few /joint_states positions for 0.12-0.3 s mid-episode (a glitching encoder;
-             long enough to span at least two 20 Hz control steps, so it reaches the episode table)
-dropped      /joint_states and /odom silent for more than 0.5 s mid-episode
+nan          NaN in a few joint positions (the log's JointState topic) for 0.12-0.3 s mid-episode
+             (a glitching encoder; long enough to span at least two 20 Hz control steps, so it
+             reaches the episode table)
+dropped      every sensor stream (the log's `states`) silent for more than 0.5 s mid-episode
 time_jump    every topic's clock jumps forward by several seconds mid-episode
 truncated    the written file is cut to a fraction of its bytes (as by a full disk or a crash)
-wrong_topic  /joint_states recorded under the misspelt name /joint_state
+wrong_topic  the JointState topic recorded under a misspelt name (its last letter dropped:
+             /joint_states becomes /joint_state)
 
-Falls are not faults: they are real outcomes of the physics.
+Faults find their topics by role (EpisodeLog.joints, .states), so they work for every fleet and
+site layout. Falls are not faults: they are real outcomes of the physics.
 """
 from __future__ import annotations
 
@@ -46,27 +49,31 @@ def plant_in_log(log: EpisodeLog, kind: str, rng: np.random.Generator) -> str:
     at_s = float(rng.uniform(0.3, 0.6) * duration)
     at_ns = log.start_ns + int(at_s * NS)
     if kind == "nan":
-        js = log.topic("/joint_states")
+        js = log.topic(log.joints)
         first = int(np.searchsorted(js.stamp, at_ns))
-        rows = np.arange(first, min(first + int(rng.integers(12, 31)), len(js)))
-        joints = rng.choice(8, size=int(rng.integers(1, 4)), replace=False)
+        # 12-30 samples' worth at 100 Hz (0.12-0.3 s), whatever the topic's rate.
+        until_ns = int(js.stamp[first]) + int(rng.integers(12, 31)) * NS // 100
+        rows = np.arange(first, int(np.searchsorted(js.stamp, until_ns)))
+        n_joints = js.payload["position"].shape[1]
+        joints = rng.choice(n_joints, size=int(rng.integers(1, min(3, n_joints - 1) + 1)), replace=False)
         js.payload["position"][np.ix_(rows, joints)] = np.nan
-        return f"NaN in /joint_states position[{sorted(joints.tolist())}] for {len(rows)} messages from {at_s:.2f} s"
+        return f"NaN in {log.joints} position[{sorted(joints.tolist())}] for {len(rows)} messages from {at_s:.2f} s"
     if kind == "dropped":
         gap_s = float(min(rng.uniform(0.6, 1.5), 0.35 * duration))
         end_ns = at_ns + int(gap_s * NS)
-        for name in ("/joint_states", "/odom"):
+        for name in log.states:
             t = log.topic(name)
             t.keep((t.stamp < at_ns) | (t.stamp >= end_ns))
-        return f"/joint_states and /odom dropped for {gap_s:.2f} s from {at_s:.2f} s"
+        return f"{' and '.join(log.states)} dropped for {gap_s:.2f} s from {at_s:.2f} s"
     if kind == "time_jump":
         jump_ns = int(rng.uniform(3.0, 8.0) * NS)
         for t in log.topics.values():
             t.shift(at_ns, jump_ns)
         return f"clock jumps forward {jump_ns / NS:.2f} s at {at_s:.2f} s on all topics"
     if kind == "wrong_topic":
-        log.topic("/joint_states").name = "/joint_state"
-        return "/joint_states recorded as /joint_state"
+        right = log.joints
+        log.rename(right, right[:-1])
+        return f"{right} recorded as {right[:-1]}"
     raise ValueError(f"fault {kind!r} is not planted in messages")
 
 

@@ -7,41 +7,23 @@ episode at the physics step where it happens.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
+from .control import Policy, RecordedEpisode, closed_loop, mean_progress
 from .operators import operator_policy
-from .skills import EPISODE_STEPS, SUBSTEPS, check_skill, make_env, observe, poses_from_qpos, trajectory_progress
+from .skills import EPISODE_STEPS, SUBSTEPS, check_skill, make_env, poses_from_qpos, sensed, trajectory_progress
 
-Policy = Callable[[np.ndarray], np.ndarray]
-
-__all__ = ["Episode", "simulate_episode", "rollout", "operator_policy", "reference_progress"]
+__all__ = ["Episode", "Policy", "simulate_episode", "rollout", "operator_policy", "reference_progress"]
 
 
 @dataclass
-class Episode:
-    """Everything one episode did, sampled at every physics step.
+class Episode(RecordedEpisode):
+    """Everything one Ant episode did, sampled at every physics step (0.01 s): qpos (S + 1, 15),
+    qvel (S + 1, 14), actions (n_steps, 8, actuator order), Ant-v5 rewards (S,), whether it fell."""
 
-    qpos/qvel row j is the state j physics steps (j * 0.01 s) after reset, row 0 the
-    reset state; action k is applied from physics step 5k on (actuator order).
-    """
-
-    instruction: str
-    seed: int
-    qpos: np.ndarray  # (S + 1, 15)
-    qvel: np.ndarray  # (S + 1, 14)
-    actions: np.ndarray  # (n_steps, 8)
-    rewards: np.ndarray  # (S,) Ant-v5 reward of each physics step
-    fell: bool
-
-    @property
-    def n_steps(self) -> int:
-        return len(self.actions)
-
-    @property
-    def n_substeps(self) -> int:
-        return len(self.rewards)
+    substeps = SUBSTEPS
+    sense = staticmethod(sensed)  # what the policy sees: odometry at 50 Hz
 
     @property
     def poses(self) -> np.ndarray:
@@ -65,40 +47,12 @@ class Episode:
 
 
 def simulate_episode(policy: Policy, instruction: str, seed: int, steps: int = EPISODE_STEPS) -> Episode:
-    """Run `policy(obs27) -> action8` for up to `steps` control steps from the env reset with `seed`."""
+    """Run `policy(obs27) -> action8` for up to `steps` control steps from the env reset with `seed`.
+
+    The policy sees the Ant-v5 observation as the logs show it (`skills.sensed`)."""
     check_skill(instruction)
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    env = make_env(seed)
-    data = env.unwrapped.data
-    n_sub = steps * SUBSTEPS
-    qpos = np.empty((n_sub + 1, data.qpos.size))
-    qvel = np.empty((n_sub + 1, data.qvel.size))
-    rewards = np.empty(n_sub)
-    actions = np.empty((steps, 8))
-    qpos[0], qvel[0] = data.qpos, data.qvel
-    obs, j, fell, k = observe(env), 0, False, 0
-    try:
-        for k in range(steps):
-            action = np.asarray(policy(obs), dtype=np.float64).reshape(-1)
-            if action.shape != (8,) or not np.all(np.isfinite(action)):
-                raise ValueError(
-                    f"policy returned {action!r} at control step {k}; it must return 8 finite torques in [-1, 1]"
-                )
-            action = np.clip(action, -1.0, 1.0)
-            actions[k] = action
-            for _ in range(SUBSTEPS):
-                obs, reward, terminated, _, _ = env.step(action)
-                j += 1
-                qpos[j], qvel[j], rewards[j - 1] = data.qpos, data.qvel, reward
-                if terminated:
-                    fell = True
-                    break
-            if fell:
-                break
-    finally:
-        env.close()
-    return Episode(instruction, int(seed), qpos[: j + 1], qvel[: j + 1], actions[: k + 1], rewards[:j], fell)
+    t = closed_loop(make_env(seed), policy, steps, SUBSTEPS, 8, sensed)
+    return Episode(instruction, int(seed), t.qpos, t.qvel, t.actions, t.rewards, t.terminated)
 
 
 def rollout(policy: Policy, instruction: str, seed: int, steps: int = EPISODE_STEPS) -> dict:
@@ -118,7 +72,4 @@ def rollout(policy: Policy, instruction: str, seed: int, steps: int = EPISODE_ST
 def reference_progress(operator: str, instruction: str, seeds: list[int], steps: int = EPISODE_STEPS) -> float:
     """Mean progress of a scripted operator over `seeds`: with "random" and "expert" these
     are the 0 and 100 of D4RL-style normalised scores."""
-    if not seeds:
-        raise ValueError("seeds must not be empty")
-    return float(np.mean([rollout(operator_policy(operator, instruction, s), instruction, s, steps)["progress"]
-                          for s in seeds]))
+    return mean_progress(rollout, operator_policy, operator, instruction, seeds, steps)

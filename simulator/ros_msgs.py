@@ -18,6 +18,8 @@ _DEFS = {
     "geometry_msgs/PoseWithCovariance": "Pose pose\nfloat64[36] covariance",
     "geometry_msgs/Twist": "Vector3  linear\nVector3  angular",
     "geometry_msgs/TwistWithCovariance": "Twist twist\nfloat64[36] covariance",
+    "geometry_msgs/PoseStamped": "std_msgs/Header header\nPose pose",
+    "geometry_msgs/TwistStamped": "std_msgs/Header header\nTwist twist",
     "std_msgs/MultiArrayDimension": "string label\nuint32 size\nuint32 stride",
     "std_msgs/MultiArrayLayout": "MultiArrayDimension[] dim\nuint32 data_offset",
     "sensor_msgs/JointState": (
@@ -45,6 +47,13 @@ _NESTED = {
         "geometry_msgs/Twist",
         "geometry_msgs/Vector3",
     ],
+    "geometry_msgs/PoseStamped": [
+        "std_msgs/Header", "builtin_interfaces/Time", "geometry_msgs/Pose", "geometry_msgs/Point",
+        "geometry_msgs/Quaternion",
+    ],
+    "geometry_msgs/TwistStamped": [
+        "std_msgs/Header", "builtin_interfaces/Time", "geometry_msgs/Twist", "geometry_msgs/Vector3",
+    ],
     "std_msgs/Float64MultiArray": ["std_msgs/MultiArrayLayout", "std_msgs/MultiArrayDimension"],
     "std_msgs/String": [],
 }
@@ -60,5 +69,7 @@ def msgdef(ros_type: str) -> str:
 
 JOINT_STATE = "sensor_msgs/msg/JointState"
 ODOMETRY = "nav_msgs/msg/Odometry"
+POSE_STAMPED = "geometry_msgs/msg/PoseStamped"
+TWIST_STAMPED = "geometry_msgs/msg/TwistStamped"
 FLOAT64_MULTI_ARRAY = "std_msgs/msg/Float64MultiArray"
 STRING = "std_msgs/msg/String"

@@ -17,6 +17,7 @@ CONTROL_HZ = 20
 PHYSICS_DT = 0.01  # Ant-v5's MuJoCo timestep
 SUBSTEPS = 5  # physics steps per control step: 20 Hz control, 100 Hz state
 EPISODE_STEPS = 200  # control steps: 10 s
+ODOM_EVERY = 2  # /odom is logged at 50 Hz: every second physics sample
 
 SKILLS: dict[str, dict[str, Any]] = {
     "walk forward": {"measure": "forward_m", "target": 2.0},
@@ -55,6 +56,13 @@ def observe(env: gym.Env) -> np.ndarray:
     """The env's current 27-dim observation: qpos[2:15] then qvel[0:14]."""
     data = env.unwrapped.data
     return np.concatenate([data.qpos[2:], data.qvel]).astype(np.float64)
+
+
+def sensed(qpos: np.ndarray, qvel: np.ndarray, j: int) -> np.ndarray:
+    """The 27-dim observation as the logs show it at physics sample j: joints (100 Hz) from sample j,
+    the base (odometry, 50 Hz) from the newest odometry sample, j itself at every even sample."""
+    o = j - j % ODOM_EVERY
+    return np.concatenate([qpos[o, 2:7], qpos[j, 7:15], qvel[o, 0:6], qvel[j, 6:14]])
 
 
 # Ant-v5's actuators run hip_4, ankle_4, hip_1, ankle_1, ... while qpos runs hip_1,

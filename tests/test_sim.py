@@ -4,6 +4,7 @@ from __future__ import annotations
 import collections
 import json
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -47,16 +48,23 @@ def stamp_ns(msg) -> int:
     return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
 
 
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory) -> tuple[Path, list[dict]]:
-    out = tmp_path_factory.mktemp("fleet")
-    truth = simulate_fleet(10, out, seed=7, fault_rate=0.5, episode_steps=FLEET_STEPS)
-    return out, read_ground_truth(truth)
+def fleet_fixture(simulate: Callable[..., Path], n_episodes: int, seed: int, fault_rate: float, **options):
+    """A module-scoped fixture: (output folder, ground-truth records) of one simulated fleet."""
+
+    @pytest.fixture(scope="module")
+    def fleet(tmp_path_factory) -> tuple[Path, list[dict]]:
+        out = tmp_path_factory.mktemp("fleet")
+        return out, read_ground_truth(simulate(n_episodes, out, seed=seed, fault_rate=fault_rate, **options))
+
+    return fleet
 
 
-def test_skills_agree_with_source_mapping():
-    mapping = yaml.safe_load((REPO / "datasets/sources/ant_fleet_ros2.yaml").read_text())
-    assert mapping["skills"] == SKILLS
+fleet = fleet_fixture(simulate_fleet, 10, seed=7, fault_rate=0.5, episode_steps=FLEET_STEPS)
+
+
+def test_skills_agree_with_robot_profile():
+    profile = yaml.safe_load((REPO / "datasets/robots/ant.yaml").read_text())
+    assert profile["skills"] == SKILLS
     assert set(load_gaits()) == set(SKILLS)
 
 
@@ -166,63 +174,79 @@ def test_clean_files_have_topics_counts_and_no_operator(fleet):
         assert not any(r["operator"] in s for s in strings)
 
 
-def test_state_rebuilt_from_log_equals_env_observation(fleet):
+def test_state_rebuilt_from_log_equals_what_the_policy_saw(fleet):
     out, truth = fleet
     r = next(t for t in truth if t["fault"] is None and not t["fell"])
     topics, _ = read_mcap(out / r["file"])
     ep = simulate_episode(operator_policy(r["operator"], r["skill"], r["seed"]), r["skill"], r["seed"], FLEET_STEPS)
-    obs = ep.observations()
+    seen, obs = ep.policy_states(), ep.observations()
     js, odom, cmd = topics["/joint_states"], topics["/odom"], topics["/cmd_joint"]
     js_log = np.array([lt for lt, _, _ in js])
     odom_log = np.array([lt for lt, _, _ in odom])
-    for k in range(0, FLEET_STEPS, 2):  # /odom (50 Hz) has a sample at every even control step
+    for k in range(FLEET_STEPS):
         cmd_log = cmd[k][0]
         # What an ingest sees: the newest state messages logged before the command.
         j = js[np.searchsorted(js_log, cmd_log) - 1][2]
         o = odom[np.searchsorted(odom_log, cmd_log) - 1][2]
-        assert stamp_ns(j) == stamp_ns(o) == r["start_time_ns"] + k * 50_000_000
+        # /odom (50 Hz) has a sample at every even control step, and one 10 ms older at odd ones.
+        assert stamp_ns(j) == r["start_time_ns"] + k * 50_000_000
+        assert stamp_ns(o) == stamp_ns(j) - (k % 2) * 10_000_000
         p, q, tw = o.pose.pose.position, o.pose.pose.orientation, o.twist.twist
         state = np.array(
             [p.z, q.w, q.x, q.y, q.z, *j.position, tw.linear.x, tw.linear.y, tw.linear.z,
              tw.angular.x, tw.angular.y, tw.angular.z, *j.velocity]
         )
-        np.testing.assert_array_equal(state, obs[5 * k])
+        np.testing.assert_array_equal(state, seen[k])
+        if k % 2 == 0:
+            np.testing.assert_array_equal(state, obs[5 * k])
         np.testing.assert_array_equal(np.array(cmd[k][2].data), ep.actions[k])
 
 
-def test_faults_are_planted_as_stated(fleet):
-    out, truth = fleet
+def assert_faults_planted(out: Path, truth: list[dict], joints: str, states: tuple[str, ...], cmd: str,
+                          nan_rows: tuple[int, int] = (12, 30)) -> None:
+    """Every fault kind is planted as simulator.faults states, on the log's own topics (shared by the
+    fleet tests: the Ant, the arm, the Ant at a second site)."""
     by_fault = {r["fault"]: r for r in truth if r["fault"]}
+    assert set(by_fault) == set(FAULT_KINDS)
 
     with pytest.raises(McapError):
         read_mcap(out / by_fault["truncated"]["file"])
 
     topics, _ = read_mcap(out / by_fault["wrong_topic"]["file"])
-    assert "/joint_states" not in topics and len(topics["/joint_state"]) > 0
+    assert joints not in topics and len(topics[joints[:-1]]) > 0
 
     topics, _ = read_mcap(out / by_fault["nan"]["file"])
-    pos = np.array([m.position for _, _, m in topics["/joint_states"]])
-    assert 12 <= np.isnan(pos).any(axis=1).sum() <= 30 and not np.isnan(pos[:5]).any()
+    pos = np.array([m.position for _, _, m in topics[joints]])
+    assert nan_rows[0] <= np.isnan(pos).any(axis=1).sum() <= nan_rows[1] and not np.isnan(pos[:5]).any()
 
     topics, _ = read_mcap(out / by_fault["dropped"]["file"])
-    for name in ("/joint_states", "/odom"):
+    for name in states:
         stamps = np.array([stamp_ns(m) for _, _, m in topics[name]])
         assert np.diff(stamps).max() > 500_000_000
-    cmd_gaps = np.diff([lt for lt, _, _ in topics["/cmd_joint"]])
+    cmd_gaps = np.diff([lt for lt, _, _ in topics[cmd]])
     assert cmd_gaps.max() < 100_000_000  # commands kept flowing
 
     topics, _ = read_mcap(out / by_fault["time_jump"]["file"])
-    cmd_logs = np.array([lt for lt, _, _ in topics["/cmd_joint"]])
+    cmd_logs = np.array([lt for lt, _, _ in topics[cmd]])
     assert np.diff(cmd_logs).max() > 2_900_000_000
     assert len(cmd_logs) == by_fault["time_jump"]["n_steps"]
 
 
-def test_fleet_is_deterministic_in_parallel_and_checks_arguments(tmp_path):
-    a = simulate_fleet(2, tmp_path / "a", seed=3, episode_steps=10, operators={"random": 1.0})
-    b = simulate_fleet(2, tmp_path / "b", seed=3, episode_steps=10, operators={"random": 1.0}, workers=2)
+def test_faults_are_planted_as_stated(fleet):
+    assert_faults_planted(*fleet, joints="/joint_states", states=("/joint_states", "/odom"), cmd="/cmd_joint")
+
+
+def assert_deterministic_in_parallel(simulate: Callable[..., Path], tmp_path: Path, operator: str) -> None:
+    """Two processes write the same files, byte for byte, and the same ground truth as one."""
+    a = simulate(2, tmp_path / "a", seed=3, episode_steps=10, operators={operator: 1.0})
+    b = simulate(2, tmp_path / "b", seed=3, episode_steps=10, operators={operator: 1.0}, workers=2)
     ra, rb = read_ground_truth(a), read_ground_truth(b)
     assert ra == rb
     assert all((tmp_path / "a" / r["file"]).read_bytes() == (tmp_path / "b" / r["file"]).read_bytes() for r in ra)
+
+
+def test_fleet_is_deterministic_in_parallel_and_checks_arguments(tmp_path):
+    assert_deterministic_in_parallel(simulate_fleet, tmp_path, "random")
     with pytest.raises(ValueError, match="fault_rate"):
         simulate_fleet(2, tmp_path / "c", fault_rate=1.5)
     with pytest.raises(ValueError, match="unknown operators"):

@@ -1,0 +1,207 @@
+"""The fleet driver every embodiment shares: plan a fleet's episodes, simulate them (in parallel if
+asked), lay the logs out as a site records them, plant faults, write MCAP files and ground truth.
+
+An embodiment supplies a `FleetSpec`: its skills, robots, rates, site layout presets, and a
+module-level `episode(job, rng) -> (EpisodeLog, truth fields)` that simulates one episode and
+lays it out as topics. Everything else (operator mix, start times, file names, faults, the
+ground-truth file) is decided here, once for every fleet.
+
+`ground_truth.jsonl` (one object per file) records what the logs do not say: the operator, the
+true progress, the planted fault. The pipeline never reads it; tests and benchmarks do.
+"""
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+from tqdm import tqdm
+
+from foundations.storage import sha256_file
+
+from .faults import FAULT_KINDS, effective_kind, plant_in_log, truncate_file
+from .layout import SiteLayout, apply_layout, relative_paths, resolve
+from .mcap_log import NS, EpisodeLog, write_mcap
+
+GROUND_TRUTH = "ground_truth.jsonl"
+OPERATOR_NAMES = ("expert", "medium", "poor", "random")
+DEFAULT_OPERATORS = {"expert": 0.30, "medium": 0.25, "poor": 0.25, "random": 0.20}
+BASE_DATE = datetime(2025, 6, 1, tzinfo=timezone.utc)  # the seed moves it by whole days
+MIN_GAP_S = 20.0  # between episode starts
+
+
+@dataclass(frozen=True)
+class FleetSpec:
+    """What a fleet generator needs from an embodiment."""
+
+    name: str
+    skills: Mapping[str, Mapping[str, Any]]  # instruction -> {"measure", "target"}
+    robots: tuple[str, ...]
+    control_hz: int
+    episode_steps: int  # default episode length in control steps
+    episode: Callable[[dict, np.random.Generator], tuple[EpisodeLog, dict]]  # module level (pickled by name)
+    layouts: Mapping[str, SiteLayout]  # presets by name
+
+
+def stratified(weights: Mapping[str, float], n: int, rng: np.random.Generator) -> list[str]:
+    """`n` labels in proportion to `weights` (largest remainders), shuffled."""
+    names = list(weights)
+    share = np.array([weights[k] for k in names], dtype=float)
+    share = share / share.sum() * n
+    counts = np.floor(share).astype(int)
+    counts[np.argsort(-(share - counts))[: n - counts.sum()]] += 1
+    labels = np.repeat(np.array(names, dtype=object), counts)
+    return [str(x) for x in rng.permutation(labels)]
+
+
+def check_args(n_episodes: int, fault_rate: float, episode_steps: int, operators: Mapping[str, float]) -> None:
+    if n_episodes < 1:
+        raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
+    if not 0.0 <= fault_rate <= 1.0:
+        raise ValueError(f"fault_rate must lie in [0, 1], got {fault_rate}")
+    if episode_steps < 1:
+        raise ValueError(f"episode_steps must be >= 1, got {episode_steps}")
+    unknown = set(operators) - set(OPERATOR_NAMES)
+    if unknown:
+        raise ValueError(f"unknown operators {sorted(unknown)}; known operators: {list(OPERATOR_NAMES)}")
+    if any(w < 0 for w in operators.values()) or sum(operators.values()) <= 0:
+        raise ValueError(f"operator weights must be >= 0 with a positive sum, got {dict(operators)}")
+
+
+def start_times(n: int, episode_s: float, base_ns: int, rng: np.random.Generator) -> np.ndarray:
+    """Episode start times (ns) spread over the day (or longer, for big fleets) before
+    `base_ns`, never overlapping and at least MIN_GAP_S apart."""
+    gap = max(MIN_GAP_S, episode_s + 5.0)
+    span = max(86_400.0, n * gap * 1.5)
+    slack = span - n * gap
+    shares = rng.random(n + 1)
+    offsets = np.cumsum(gap + slack * shares[:n] / shares.sum())
+    return base_ns - int(span * NS) + (offsets * NS).astype(np.int64)
+
+
+def simulate(spec: FleetSpec, n_episodes: int, out_dir: Path, seed: int = 0, fault_rate: float = 0.15,
+             episode_steps: int | None = None, operators: Mapping[str, float] | None = None, workers: int = 1,
+             layout: SiteLayout | str | None = None) -> Path:
+    """Simulate `n_episodes` episodes of `spec`'s fleet into `out_dir` (one MCAP file each);
+    returns the ground-truth JSONL path.
+
+    Skills are evenly mixed; operators follow `operators` (name -> share, default expert 30 %,
+    medium 25 %, poor 25 %, random 20 %); round(fault_rate * n_episodes) files get one planted
+    fault each, the kinds taken in turn. `layout` (a SiteLayout or a preset's name) says how the
+    site records the logs. The same arguments give byte-identical files, whatever `workers` is.
+    """
+    episode_steps = spec.episode_steps if episode_steps is None else int(episode_steps)
+    operators = dict(DEFAULT_OPERATORS if operators is None else operators)
+    check_args(n_episodes, fault_rate, episode_steps, operators)
+    site = resolve(layout, spec.layouts)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+
+    skills = [str(s) for s in rng.permutation(np.resize(np.array(list(spec.skills), dtype=object), n_episodes))]
+    who = stratified(operators, n_episodes, rng)
+    robot_pos = rng.integers(0, len(spec.robots), size=n_episodes)
+    robots = [spec.robots[k] for k in robot_pos]
+    episode_seeds = np.random.SeedSequence(seed).generate_state(n_episodes).tolist()
+    faults: list[str | None] = [None] * n_episodes
+    n_faulty = int(round(fault_rate * n_episodes))
+    kinds = rng.permutation(np.resize(np.array(FAULT_KINDS, dtype=object), n_faulty)) if n_faulty else []
+    for i, kind in zip(rng.choice(n_episodes, size=n_faulty, replace=False), kinds):
+        faults[int(i)] = str(kind)
+    base_ns = int((BASE_DATE.timestamp() + 86_400 * (seed % 1000)) * NS)
+    starts = start_times(n_episodes, episode_steps / spec.control_hz, base_ns, rng)
+    paths = relative_paths(site, robots, [int(k) + 1 for k in robot_pos], starts)
+    # Each robot's own joint order (used by layouts that shuffle joints), fixed by the seed.
+    orders = [np.random.default_rng([seed, 0x0DE5, k]).permutation(64).tolist() for k in range(len(spec.robots))]
+
+    jobs = [
+        {"i": i, "out_dir": str(out_dir), "file": paths[i], "seed": int(episode_seeds[i]), "skill": skills[i],
+         "operator": who[i], "robot_id": robots[i], "joint_order": orders[int(robot_pos[i])], "fault": faults[i],
+         "start_ns": int(starts[i]), "steps": episode_steps, "layout": site}
+        for i in range(n_episodes)
+    ]
+    records: list[dict] = [{}] * n_episodes
+    bar = dict(total=n_episodes, desc=f"simulating {spec.name} fleet", unit="episode")
+    if workers <= 1:
+        for job in tqdm(jobs, **bar):
+            records[job["i"]] = run_job(spec.episode, job)
+    else:
+        # Each episode depends only on its own job, so the files match a serial run byte for byte.
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = [pool.submit(run_job, spec.episode, job) for job in jobs]
+            for fut in tqdm(as_completed(futures), **bar):
+                rec = fut.result()
+                records[rec["episode_index"]] = rec
+
+    truth_path = out_dir / GROUND_TRUTH
+    tmp_truth = out_dir / f".{GROUND_TRUTH}.tmp"
+    tmp_truth.write_text("".join(json.dumps(r) + "\n" for r in records))
+    os.replace(tmp_truth, truth_path)
+    return truth_path
+
+
+def fleet_simulator(spec: FleetSpec) -> Callable[..., Path]:
+    """`simulate_fleet` of one embodiment: `simulate` with `spec` bound (see there for the arguments)."""
+
+    def simulate_fleet(n_episodes: int, out_dir: Path, seed: int = 0, fault_rate: float = 0.15,
+                       episode_steps: int | None = None, operators: Mapping[str, float] | None = None,
+                       workers: int = 1, layout: SiteLayout | str | None = None) -> Path:
+        return simulate(spec, n_episodes, out_dir, seed, fault_rate, episode_steps, operators, workers, layout)
+
+    simulate_fleet.__doc__ = (
+        f"Simulate `n_episodes` {spec.name} episodes (default {spec.episode_steps} control steps at "
+        f"{spec.control_hz} Hz) into `out_dir`; returns the ground-truth JSONL path. Layout presets: "
+        f"{', '.join(spec.layouts)}. See simulator.driver.simulate."
+    )
+    return simulate_fleet
+
+
+def run_job(episode: Callable[[dict, np.random.Generator], tuple[EpisodeLog, dict]], job: dict) -> dict:
+    """Simulate, lay out, (maybe) damage and write one episode; returns its ground-truth record."""
+    ep_rng = np.random.default_rng([job["seed"], 0x10C])  # timing jitter, layout and fault placement
+    log, facts = episode(job, ep_rng)
+    site: SiteLayout = job["layout"]
+    n_joints = len(log.topic(log.joints).joint_names or [])
+    order = np.array([j for j in job["joint_order"] if j < n_joints])
+    placed = apply_layout(log, site, order, ep_rng)
+    fault = job["fault"] and effective_kind(job["fault"], (log.end_ns - log.start_ns) / NS)
+    detail = plant_in_log(log, fault, ep_rng) if fault not in (None, "truncated") else None
+
+    out_dir, rel = Path(job["out_dir"]), job["file"]
+    final = out_dir / rel
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp")
+    record, key = site.robot_metadata
+    write_mcap(log, tmp, {record: {key: job["robot_id"]}})
+    if fault == "truncated":
+        detail = truncate_file(tmp, ep_rng)
+    os.replace(tmp, final)  # a watcher never sees a half-written file
+    return {
+        "file": rel,
+        "sha256": sha256_file(final),
+        "episode_index": job["i"],
+        "episode_in_file": 0,
+        "robot_id": job["robot_id"],
+        "operator": job["operator"],
+        "skill": job["skill"],
+        "instruction": job["skill"],
+        **facts,  # measure, n_steps, fell, progress, env_return, and the embodiment's own facts
+        "fault": fault,
+        "fault_detail": detail,
+        "seed": job["seed"],
+        "start_time_ns": job["start_ns"],
+        **placed,
+    }
+
+
+def read_ground_truth(path: Path) -> list[dict]:
+    """The records of a ground-truth file (or of `<folder>/ground_truth.jsonl`)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / GROUND_TRUTH
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
