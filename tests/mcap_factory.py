@@ -97,6 +97,7 @@ def write_fleet_log(
     stops_s: dict[str, float] | None = None,  # topic -> no message sampled at or after this
     joint_order: list[int] | None = None,  # JointState lists the joints (names and values) in this order
     pose_topic: str | None = None,  # also write the odom pose as geometry_msgs/PoseStamped under this name
+    pose_hz: int = 50,  # ... at this rate (a divisor of 50)
     unset_stamps: tuple[str, ...] = (),  # topics whose publisher leaves header.stamp at zero
 ) -> FleetLog:
     """Write a fleet-like log: 100 Hz joints (3 ms phase), 50 Hz odom (5 ms phase), 20 Hz commands.
@@ -149,7 +150,7 @@ def write_fleet_log(
             yaw = (t_ns - T0) / 1e9 * 0.1
             pose = {"position": {"x": z * 1e-3, "y": -z * 1e-3, "z": z},
                     "orientation": {"w": math.cos(yaw / 2), "x": 0.0, "y": 0.0, "z": math.sin(yaw / 2)}}
-            if pose_topic is not None:
+            if pose_topic is not None and (t_ns - T0 + 15 * MS) % (10**9 // pose_hz) == 0:
                 add(t_ns, pose_topic, POSE_STAMPED, {"header": header(t_ns), "pose": pose})
             add(t_ns, "/odom", "nav_msgs/msg/Odometry", {
                 "header": header(t_ns), "child_frame_id": "base",

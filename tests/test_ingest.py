@@ -362,3 +362,18 @@ def test_ingest_files_concatenates_and_uses_given_hashes(tmp_path, mapping):
     assert math.isclose(result.episodes.filter(pl.col("is_last"))["timestamp"].max(), 0.45)
     parallel = ingest_files([a, b, bad], mapping, hashes={str(a): "a" * 64}, progress=False, workers=2)
     assert parallel.episodes.equals(result.episodes) and parallel.quarantine.equals(result.quarantine)
+
+
+def test_documented_format_is_the_real_one(tmp_path):
+    """datasets/sources/README.md: its complete example loads, and it documents every key the models accept."""
+    from foundations.ingest.mapping import FieldSpec, MarkerSpec, RobotIdSpec, SourceMapping, StreamSpec
+
+    readme = (config_dir() / "sources" / "README.md").read_text()
+    example = readme.split("## A complete example", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "site_b.yaml").write_text(example)
+    site = load_mapping(tmp_path / "site_b.yaml")
+    assert site.clock == "header" and site.tolerance_for("/target/pose") == 0.12 and site.clock_for("/robot/cmd") == ("log_time", False)
+    assert site.feature_width("observation.state") == 27 and site.robot_id.folder == 0
+    for model in (SourceMapping, FieldSpec, MarkerSpec, RobotIdSpec, StreamSpec):
+        keys = [k for k, f in model.model_fields.items() if not f.exclude]
+        assert not [k for k in keys if f"`{k}`" not in readme and f"{k}:" not in readme], model.__name__

@@ -168,7 +168,7 @@ def test_indexed_field_paths(tmp_path, mapping):
 
 SITE_B = {
     "name": "site_b", "robot": "ant", "format": "mcap", "clock": "header",
-    "robot_id": {"metadata": "robot", "key": "robot_id"},
+    "robot_id": {"metadata": "robot", "key": "robot_id", "folder": 0},
     "control": {"topic": "/robot/cmd", "rate_hz": 20, "tolerance_s": 0.03},
     "streams": {"/base/pose": {"tolerance_s": 0.06}},
     "instruction": {"topic": "/task"},
@@ -215,6 +215,11 @@ def test_second_site_nested_batch_with_reused_file_names(tmp_path):
     assert result.quarantine["source_file"].to_list() == ["robot_c/run_00000.mcap"]
     assert result.quarantine["check"].to_list() == ["unreadable_mcap"]
     ep = result.episodes
+    # A log without the metadata record: the robot's folder names it.
+    bare = write_fleet_log(batch / "robot_a" / "run_00001.mcap", [Episode(1.5)], robot_id=None, rename=SITE_B_TOPICS,
+                           pose_topic="/base/pose")
+    no_meta = ingest_files([bare.path], site, progress=False, batch_dir=batch)
+    assert no_meta.episodes["robot_id"].unique().to_list() == ["robot_a"]
     assert ep.group_by("source_file").agg(pl.col("episode_id").n_unique()).sort("source_file").rows() == [
         ("robot_a/run_00000.mcap", 2), ("robot_b/run_00000.mcap", 2)]
     assert ep["episode_id"].n_unique() == 4 and set(ep["robot_id"]) == {"robot_a", "robot_b"}
@@ -227,6 +232,28 @@ def test_second_site_nested_batch_with_reused_file_names(tmp_path):
     assert report.rejected.height == 0 and report.accepted["episode_id"].n_unique() == 4
     # Joints by name: hip_1 .. ankle_4 hold base + 0.0 .. 0.7 in both files, though robot_b lists them reversed.
     np.testing.assert_allclose(np.diff(joints(ep), axis=1), 0.1, atol=1e-3)
+
+
+def test_slow_stream_gets_its_own_tolerance(tmp_path):
+    def pose_at_10hz(d, tolerance=None):
+        d["features"]["observation.pose"] = [
+            {"topic": "/base_pose", "field": "pose.position", "components": ["x", "y"]},
+            {"topic": "/base_pose", "field": "pose.orientation", "transform": "yaw_from_quaternion"}]
+        if tolerance is not None:
+            d["streams"] = {"/base_pose": {"tolerance_s": tolerance}}
+
+    log = write_fleet_log(tmp_path / "slow.mcap", [Episode(2.0)], pose_topic="/base_pose", pose_hz=10)
+    assert np.diff(log.times["/base_pose"]).tolist() == [100 * MS] * (len(log.times["/base_pose"]) - 1)
+    strict = mapping_with(tmp_path, pose_at_10hz)  # 30 ms: half the steps have no pose that fresh
+    assert ingest_file(log.path, strict).episodes["observation.pose"].null_count() == 20
+    loose = mapping_with(tmp_path, lambda d: pose_at_10hz(d, 0.12))
+    result = ingest_file(log.path, loose)
+    assert result.episodes["observation.pose"].null_count() == 0
+    steps = np.array(log.episode_steps[0])
+    p_times = np.array(log.times["/base_pose"])[latest_at_or_before(log.times["/base_pose"], steps, 120 * MS)]
+    pose = np.array(result.episodes["observation.pose"].to_list())
+    np.testing.assert_allclose(pose[:, 0], [odom_z(t) * 1e-3 for t in p_times], rtol=1e-5)
+    assert validate(result, loose).rejected.height == 0
 
 
 def test_batch_dir_must_hold_the_files(tmp_path, mapping):

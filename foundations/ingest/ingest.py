@@ -63,7 +63,8 @@ def _file_rejection(mapping: SourceMapping, source_file: str, sha: str | None, c
     return result
 
 
-def _robot_id(log: McapLog, mapping: SourceMapping, path: Path) -> str:
+def _robot_id(log: McapLog, mapping: SourceMapping, path: Path, source_file: str) -> str:
+    """The mapping's robot_id: fixed, else the metadata record, else a folder of source_file, else the file stem."""
     spec = mapping.robot_id
     if spec.value is not None:
         return spec.value
@@ -71,6 +72,9 @@ def _robot_id(log: McapLog, mapping: SourceMapping, path: Path) -> str:
         value = log.metadata.get(spec.metadata, {}).get(spec.key or "")
         if value:
             return value
+    folders = source_file.split("/")[:-1]
+    if spec.folder is not None and spec.folder < len(folders):
+        return folders[spec.folder]
     return path.stem
 
 
@@ -118,7 +122,7 @@ def ingest_file(path: Path, mapping: SourceMapping, sha256: str | None = None, s
     problems = _topic_problems(log, mapping) or prepare_log(log, mapping)
     if problems:
         return _file_rejection(mapping, source_file, sha256, lost + problems, log.messages)
-    lineage = Lineage(mapping.name, source_file, sha256, _robot_id(log, mapping, path))
+    lineage = Lineage(mapping.name, source_file, sha256, _robot_id(log, mapping, path, source_file))
     episodes, quarantine, trims = build_episodes(log, mapping, lineage)
     if lost:
         quarantine = pl.concat([_file_rejection(mapping, source_file, sha256, lost).quarantine, quarantine])

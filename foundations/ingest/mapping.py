@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError, field_validator, model_validator
 
 from foundations.catalog import config_error, config_path, list_configs
 from foundations.ingest.formats import FORMATS
@@ -174,10 +174,13 @@ class MarkerSpec(TextSpec):
 
 
 class RobotIdSpec(_Strict):
-    """Robot id from an MCAP metadata record (`metadata`, `key`) or a fixed `value`."""
+    """Robot id from a metadata record (`metadata`, `key`), else a folder of the file's path in its
+    batch (`folder`: 0 is the top one, as `robot_07` in `robot_07/run_00000.mcap`), else the file stem;
+    or a fixed `value`."""
 
     metadata: str | None = Field(None, min_length=1)
     key: str | None = Field(None, min_length=1)
+    folder: NonNegativeInt | None = None
     value: str | None = Field(None, min_length=1)
 
     @model_validator(mode="before")
@@ -189,6 +192,8 @@ class RobotIdSpec(_Strict):
     def _pair(self) -> "RobotIdSpec":
         if self.value is None and (self.metadata is None) != (self.key is None):
             raise ValueError("give both metadata (the record name) and key (the key in it), or a fixed string")
+        if self.value is not None and (self.metadata, self.key, self.folder) != (None, None, None):
+            raise ValueError("a fixed value excludes metadata, key and folder")
         return self
 
 

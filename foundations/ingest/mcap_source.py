@@ -1,7 +1,8 @@
-"""Read the topics a source mapping needs from one ROS 2 MCAP file into polars frames.
+"""Read the topics a source mapping needs from one ROS 2 MCAP file into polars frames (format `mcap`).
 
 Decoding is per message (CDR); the Python work per message is one C-level
-`attrgetter` call and one list append. Columns are built once per topic.
+`attrgetter` call (a small getter when a path indexes an array) and one list append.
+Columns are built once per topic; the header stamp is read where it is the topic's clock.
 A file whose summary is intact but whose chunks are partly corrupt is salvaged
 chunk by chunk; the time ranges of lost chunks are reported, never hidden.
 """
