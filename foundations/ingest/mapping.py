@@ -80,7 +80,7 @@ class FieldSpec(_Strict):
         if v is None:
             return v
         if not v or not all(isinstance(n, str) and n for n in v):
-            raise ValueError("must be a non-empty list of element names like [hip_1, ankle_1]")
+            raise ValueError("must be a non-empty list of element names like [joint_1, joint_2]")
         dupes = sorted({n for n in v if v.count(n) > 1})
         if dupes:
             raise ValueError(f"names repeat: {', '.join(dupes)}; each element is picked once")
