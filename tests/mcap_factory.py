@@ -1,9 +1,11 @@
 """Small real ROS 2 MCAP logs for tests, written with mcap_ros2.writer.Writer.
 
-The message definitions are the real ROS 2 ones (simulator.ros_msgs), concatenated
-with their dependencies as ROS 2 records them in MCAP schemas. Values encode their own
-message time, so tests can check alignment against an independent numpy
-computation; `FleetLog` returns that ground truth.
+The message definitions are the real ROS 2 ones (simulator.ros_msgs, plus PoseStamped here),
+concatenated with their dependencies as ROS 2 records them in MCAP schemas. Values encode
+their own sample time (the header stamp), so tests can check alignment against an
+independent numpy computation; `FleetLog` returns that ground truth. Options reproduce what
+real fleets do: other topic names and types, recorder delays (log time after the stamp),
+streams that start and stop at different times, joints listed in another order.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from mcap_ros2.writer import Writer
 
-from simulator.ros_msgs import msgdef
+from simulator.ros_msgs import SEPARATOR, msgdef
 
 # The real ROS 2 definitions, as the fleet simulator embeds them (one source of truth).
 MSGDEFS = {
@@ -22,7 +24,16 @@ MSGDEFS = {
     for name in ("sensor_msgs/msg/JointState", "nav_msgs/msg/Odometry", "std_msgs/msg/Float64MultiArray",
                  "std_msgs/msg/String")
 }
-JOINTS = [f"joint_{i}" for i in range(8)]
+POSE_STAMPED = "geometry_msgs/msg/PoseStamped"
+MSGDEFS[POSE_STAMPED] = "\n".join([
+    "std_msgs/Header header", "Pose pose",
+    SEPARATOR, "MSG: std_msgs/Header", "builtin_interfaces/Time stamp", "string frame_id",
+    SEPARATOR, "MSG: builtin_interfaces/Time", "int32 sec", "uint32 nanosec",
+    SEPARATOR, "MSG: geometry_msgs/Pose", "Point position", "Quaternion orientation",
+    SEPARATOR, "MSG: geometry_msgs/Point", "float64 x", "float64 y", "float64 z",
+    SEPARATOR, "MSG: geometry_msgs/Quaternion", "float64 x 0", "float64 y 0", "float64 z 0", "float64 w 1",
+]) + "\n"
+JOINTS = ["hip_1", "ankle_1", "hip_2", "ankle_2", "hip_3", "ankle_3", "hip_4", "ankle_4"]  # the Ant's
 T0 = 1_700_000_000 * 10**9
 MS = 10**6
 
@@ -58,10 +69,11 @@ class Episode:
 
 @dataclass
 class FleetLog:
-    """What was written: topic -> message times (ns), plus per-episode control times."""
+    """What was written: topic -> sample times (header stamps, ns) and log times, plus per-episode control times."""
 
     path: Path
     times: dict[str, list[int]] = field(default_factory=dict)
+    log_times: dict[str, list[int]] = field(default_factory=dict)
     episode_steps: list[list[int]] = field(default_factory=list)
 
 
@@ -80,14 +92,27 @@ def write_fleet_log(
     joint_size: int = 8,
     events: list[tuple[float, str]] | None = None,  # explicit /events (s since the first step, text) instead of markers
     chunk_size: int = 1024 * 1024,
+    log_lag_ms: dict[str, float] | None = None,  # topic -> log time minus header stamp (recorder delay)
+    starts_s: dict[str, float] | None = None,  # topic -> no message sampled before this (s since the first step)
+    stops_s: dict[str, float] | None = None,  # topic -> no message sampled at or after this
+    joint_order: list[int] | None = None,  # JointState lists the joints (names and values) in this order
+    pose_topic: str | None = None,  # also write the odom pose as geometry_msgs/PoseStamped under this name
+    pose_hz: int = 50,  # ... at this rate (a divisor of 50)
+    unset_stamps: tuple[str, ...] = (),  # topics whose publisher leaves header.stamp at zero
 ) -> FleetLog:
-    """Write a fleet-like log: 100 Hz joints (3 ms phase), 50 Hz odom (5 ms phase), 20 Hz commands."""
+    """Write a fleet-like log: 100 Hz joints (3 ms phase), 50 Hz odom (5 ms phase), 20 Hz commands.
+
+    Topic options are keyed by the original topic names (before `rename`).
+    """
     episodes = episodes if episodes is not None else [Episode()]
     rename = rename or {}
+    lag = {t: int(round(ms * MS)) for t, ms in (log_lag_ms or {}).items()}
+    starts = {t: T0 + int(round(v * 1e9)) for t, v in (starts_s or {}).items()}
+    stops = {t: T0 + int(round(v * 1e9)) for t, v in (stops_s or {}).items()}
     out = FleetLog(Path(path))
-    starts, t = [], T0
+    ep_starts, t = [], T0
     for ep in episodes:
-        starts.append(t)
+        ep_starts.append(t)
         t += int(round(ep.duration_s * 1e9)) + int(gap_s * 1e9)
     t_end = t
     with open(path, "wb") as fh:
@@ -96,11 +121,15 @@ def write_fleet_log(
         messages: list[tuple[int, str, str, dict]] = []
 
         def add(t_ns: int, topic: str, type_name: str, msg: dict) -> None:
-            if topic in drop:
+            if topic in drop or t_ns < starts.get(topic, t_ns) or t_ns >= stops.get(topic, t_ns + 1):
                 return
+            log_ns = t_ns + lag.get(topic, 0)
+            if topic in unset_stamps:
+                msg = msg | {"header": header(0)}
             topic = rename.get(topic, topic)
-            messages.append((t_ns, topic, type_name, msg))
+            messages.append((log_ns, topic, type_name, msg))
             out.times.setdefault(topic, []).append(t_ns)
+            out.log_times.setdefault(topic, []).append(log_ns)
 
         nan_done = False
         for t_ns in range(T0 - 20 * MS + 3 * MS, t_end, 10 * MS):
@@ -112,20 +141,24 @@ def write_fleet_log(
                 pos[2] = float("nan")
                 nan_done = True
             vel = [-p for p in pos]
+            order = joint_order or list(range(joint_size))
             add(t_ns, "/joint_states", "sensor_msgs/msg/JointState",
-                {"header": header(t_ns), "name": JOINTS[:joint_size], "position": pos, "velocity": vel, "effort": [0.0] * joint_size})
+                {"header": header(t_ns), "name": [JOINTS[i] for i in order], "position": [pos[i] for i in order],
+                 "velocity": [vel[i] for i in order], "effort": [0.0] * joint_size})
         for t_ns in range(T0 - 20 * MS + 5 * MS, t_end, 20 * MS):
             z = odom_z(t_ns)
             yaw = (t_ns - T0) / 1e9 * 0.1
+            pose = {"position": {"x": z * 1e-3, "y": -z * 1e-3, "z": z},
+                    "orientation": {"w": math.cos(yaw / 2), "x": 0.0, "y": 0.0, "z": math.sin(yaw / 2)}}
+            if pose_topic is not None and (t_ns - T0 + 15 * MS) % (10**9 // pose_hz) == 0:
+                add(t_ns, pose_topic, POSE_STAMPED, {"header": header(t_ns), "pose": pose})
             add(t_ns, "/odom", "nav_msgs/msg/Odometry", {
                 "header": header(t_ns), "child_frame_id": "base",
-                "pose": {"pose": {"position": {"x": z * 1e-3, "y": -z * 1e-3, "z": z},
-                                  "orientation": {"w": math.cos(yaw / 2), "x": 0.0, "y": 0.0, "z": math.sin(yaw / 2)}},
-                         "covariance": [0.0] * 36},
+                "pose": {"pose": pose, "covariance": [z + k for k in range(36)]},  # covariance[k] = z + k
                 "twist": {"twist": {"linear": {"x": 1.0, "y": 2.0, "z": 3.0}, "angular": {"x": 4.0, "y": 5.0, "z": 6.0}},
                           "covariance": [0.0] * 36},
             })
-        for ep, start in zip(episodes, starts):
+        for ep, start in zip(episodes, ep_starts):
             n_steps = int(round(ep.duration_s * 20))
             steps = [start + i * 50 * MS for i in range(n_steps)]
             out.episode_steps.append(steps)
@@ -149,8 +182,9 @@ def write_fleet_log(
         if robot_id is not None:
             writer.add_metadata("robot", {"robot_id": robot_id})
         writer.finish()
-    for topic in out.times:
-        out.times[topic] = sorted(out.times[topic])
+    for times in (out.times, out.log_times):
+        for topic in times:
+            times[topic] = sorted(times[topic])
     return out
 
 

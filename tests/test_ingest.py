@@ -1,6 +1,7 @@
 """Ingestion of real ROS 2 MCAP files (written by tests/mcap_factory.py) into the canonical table."""
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 
@@ -14,11 +15,11 @@ from mcap_factory import (
     MS, T0, Episode, action_values, joint_values, latest_at_or_before, odom_z, strip_summary, write_fleet_log,
 )
 from foundations.ingest import MappingError, ingest_file, ingest_files, load_mapping
-from foundations.ingest.mapping import recipes_dir
+from foundations.catalog import config_dir
 from foundations.schema import POLARS_SCHEMA, QUARANTINE_SCHEMA, episode_id
 from foundations.storage import sha256_file
 
-MAPPING_PATH = recipes_dir() / "sources" / "ant_fleet_ros2.yaml"
+MAPPING_PATH = config_dir() / "sources" / "ant_fleet_ros2.yaml"
 EXPECTED_SCHEMA = dict(POLARS_SCHEMA) | {"observation.pose": pl.List(pl.Float32)}
 
 
@@ -43,21 +44,19 @@ def test_real_mapping_loads(mapping):
     assert mapping.required_topics == ["/cmd_joint", "/odom", "/joint_states", "/instruction"]
     assert mapping.episode_markers.terminal == "fall_detected"
     assert mapping.reward is None
-    assert mapping.skills["turn right"].target == -3.0
-    assert mapping.action_bounds == (-1.0, 1.0)
-    assert load_mapping(MAPPING_PATH).fingerprint == mapping.fingerprint == sha256_of_text(MAPPING_PATH)
-
-
-def sha256_of_text(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    assert mapping.robot == "ant" and mapping.profile.name == "ant"
+    assert mapping.profile.skills["turn right"].target == -3.0
+    assert mapping.action_bounds == (-1.0, 1.0) == mapping.profile.action_bounds
+    assert mapping.clock == "log_time" and mapping.streams == {}
+    assert mapping.feature_names("observation.state")[5] == "/joint_states.position[hip_1]"
+    expected = hashlib.sha256(MAPPING_PATH.read_bytes() + b"\0" + (config_dir() / "robots" / "ant.yaml").read_bytes())
+    assert load_mapping(MAPPING_PATH).fingerprint == mapping.fingerprint == expected.hexdigest()
 
 
 def _edited(tmp_path: Path, edit) -> Path:
     doc = yaml.safe_load(MAPPING_PATH.read_text())
     edit(doc)
-    path = tmp_path / "edited.yaml"
+    path = tmp_path / "ant_fleet_ros2.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
 
@@ -67,18 +66,47 @@ def _edited(tmp_path: Path, edit) -> Path:
     [
         (lambda d: d.update(featurs=d["features"]), "featurs", "unknown key"),
         (lambda d: d["control"].pop("topic"), "control.topic", "required"),
-        (lambda d: d["features"]["action"][0].update(size=-1), "features.action[0].size", "positive integer"),
-        (lambda d: d["features"]["observation.state"][2].update(fields="x"), "features.observation.state[2].fields", "unknown key"),
-        (lambda d: d["features"]["observation.pose"][1].update(transform="roll"), "features.observation.pose[1].transform", "yaw_from_quaternion"),
-        (lambda d: d["features"]["observation.state"][0].update(topic="odom"), "features.observation.state[0].topic", "start with '/'"),
-        (lambda d: d["features"].pop("action"), "features.action", "required"),
-        (lambda d: d.update(bounds={"actions": [-1, 1]}), "bounds.actions", "no feature named"),
+        (lambda d: d["features"]["action"][0].update(size=-1), "features.action.0.size", "greater than 0"),
+        (lambda d: d["features"]["observation.state"][2].update(fields="x"), "features.observation.state.2.fields", "unknown key"),
+        (lambda d: d["features"]["observation.pose"][1].update(transform="roll"), "features.observation.pose.1.transform", "yaw_from_quaternion"),
+        (lambda d: d["features"]["observation.state"][0].update(topic="odom"), "features.observation.state.0.topic", "start with '/'"),
+        (lambda d: d["features"].pop("action"), "features", "feature 'action' is required"),
+        # robot profile: required, must exist, and what it reads must be produced here
+        (lambda d: d.pop("robot"), "robot", "name the robot profile of this fleet, a file in datasets/robots/ (known: ant"),
+        (lambda d: d.update(robot="hexapod"), "robot", "robot profile 'hexapod' does not load: no robot 'hexapod'"),
+        (lambda d: d["features"].pop("observation.pose"), "features",
+         "reads observation.pose (base_pose) but this mapping does not produce it"),
+        (lambda d: d["features"]["observation.state"].pop(), "features.observation.state",
+         "reads dimensions 19..26 of it (joint_velocity) but this mapping makes it 19 wide"),
+        # keys that moved to the robot profile
+        (lambda d: d.update(bounds={"action": [-1, 1]}), "bounds", "move it to the robot profile datasets/robots/ant.yaml as action_bounds"),
+        (lambda d: d.update(skills={"walk": {"measure": "forward_m", "target": 1}}), "skills",
+         "move it to the robot profile datasets/robots/ant.yaml as skills"),
+        # names, index paths, clocks, streams, formats
+        (lambda d: d["features"]["observation.state"][2].update(names=["hip_1", "hip_1"]), "features.observation.state.2.names",
+         "names repeat: hip_1"),
+        (lambda d: d["features"]["observation.state"][2].update(names=[]), "features.observation.state.2.names", "non-empty"),
+        (lambda d: d["features"]["observation.state"][2].update(size=8), "features.observation.state.2",
+         "at most one of size, components, transform, names"),
+        (lambda d: d["features"]["action"][0].update(name_field="name"), "features.action.0", "name_field only goes with names"),
+        (lambda d: d["features"]["observation.state"][0].update(field="pose.covariance[-1]"), "features.observation.state.0.field",
+         "optionally indexing arrays like pose.covariance[0]"),
+        (lambda d: d["features"]["observation.state"][0].update(field="data[x]"), "features.observation.state.0.field", "dotted field path"),
+        (lambda d: d.update(clock="wall"), "clock", "'log_time' or 'header'"),
+        (lambda d: d.update(streams={"/imu": {"tolerance_s": 0.1}}), "streams./imu", "not a topic this mapping reads"),
+        (lambda d: d.update(streams={"/odom": {"tolerance_s": -1}}), "streams./odom.tolerance_s", "greater than 0"),
+        (lambda d: d.update(streams={"/instruction": {"tolerance_s": 1}}), "streams./instruction.tolerance_s", "not aligned"),
+        (lambda d: d.update(format="rosbag"), "format", "unknown format 'rosbag'; known: mcap"),
+        (lambda d: d["control"].pop("rate_hz"), "control.rate_hz", "required"),
+        (lambda d: d.update(name="other_fleet"), "name", "is 'other_fleet' but the file is ant_fleet_ros2.yaml"),
     ],
 )
 def test_malformed_mapping_names_the_key(tmp_path, edit, key, hint):
     with pytest.raises(MappingError) as err:
         load_mapping(_edited(tmp_path, edit))
-    assert f"'{key}" in str(err.value) and hint in str(err.value)
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path / 'ant_fleet_ros2.yaml'}: key '{key}'"), message
+    assert hint in message, message
 
 
 def test_unknown_mapping_name_lists_available():
@@ -248,12 +276,26 @@ def test_episode_without_instruction_is_quarantined(tmp_path, mapping):
     assert row["episode_id"] == episode_id(sha, 0) and "/instruction" in row["reason"]
 
 
-def test_wrong_array_size_is_quarantined(tmp_path, mapping):
+def test_wrong_array_size_is_quarantined(tmp_path):
+    def by_size(d):
+        d["features"]["observation.state"][2] = {"topic": "/joint_states", "field": "position", "size": 8}
+
     log = write_fleet_log(tmp_path / "seven.mcap", [Episode(0.5)], joint_size=7)
-    result = ingest_file(log.path, mapping)
+    result = ingest_file(log.path, load_mapping(_edited(tmp_path, by_size)))
     assert result.episodes.height == 0
     reasons = result.quarantine["reason"].to_list()
     assert any("field position of /joint_states has 7 values" in r and "expected 8" in r for r in reasons)
+
+
+def test_missing_joint_name_quarantines_the_file(tmp_path, mapping):
+    log = write_fleet_log(tmp_path / "seven.mcap", [Episode(0.5)], joint_size=7)
+    result = ingest_file(log.path, mapping)
+    assert result.episodes.height == 0 and result.trims.height == 0
+    row = only(result, "missing_name")
+    assert row["episode_id"] is None and row["source_file"] == "seven.mcap"
+    assert row["reason"] == (
+        "ankle_4 not in name of /joint_states (it has: hip_1, ankle_1, hip_2, ankle_2, hip_3, ankle_3, hip_4); "
+        "fix the recording or the names mapped from /joint_states in datasets/sources/ant_fleet_ros2.yaml")
 
 
 def test_mapped_field_absent_from_messages(tmp_path):
@@ -320,3 +362,18 @@ def test_ingest_files_concatenates_and_uses_given_hashes(tmp_path, mapping):
     assert math.isclose(result.episodes.filter(pl.col("is_last"))["timestamp"].max(), 0.45)
     parallel = ingest_files([a, b, bad], mapping, hashes={str(a): "a" * 64}, progress=False, workers=2)
     assert parallel.episodes.equals(result.episodes) and parallel.quarantine.equals(result.quarantine)
+
+
+def test_documented_format_is_the_real_one(tmp_path):
+    """datasets/sources/README.md: its complete example loads, and it documents every key the models accept."""
+    from foundations.ingest.mapping import FieldSpec, MarkerSpec, RobotIdSpec, SourceMapping, StreamSpec
+
+    readme = (config_dir() / "sources" / "README.md").read_text()
+    example = readme.split("## A complete example", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "site_b.yaml").write_text(example)
+    site = load_mapping(tmp_path / "site_b.yaml")
+    assert site.clock == "header" and site.tolerance_for("/target/pose") == 0.12 and site.clock_for("/robot/cmd") == ("log_time", False)
+    assert site.feature_width("observation.state") == 27 and site.robot_id.folder == 0
+    for model in (SourceMapping, FieldSpec, MarkerSpec, RobotIdSpec, StreamSpec):
+        keys = [k for k, f in model.model_fields.items() if not f.exclude]
+        assert not [k for k in keys if f"`{k}`" not in readme and f"{k}:" not in readme], model.__name__

@@ -1,33 +1,40 @@
-"""Ingest ROS 2 MCAP files into the canonical episode table, quarantining what is bad.
+"""Ingest log files into the canonical episode table, quarantining what is bad.
 
 `ingest_file` never raises on bad input: an unreadable file, a missing topic, a
 mapped field that does not fit the messages or a malformed episode becomes a
-quarantine record (stage "ingest") with a reason that says what to fix.
+quarantine record (stage "ingest") with a reason that says what to fix. The reader
+is the one registered for the mapping's `format` (foundations.ingest.formats).
 """
 from __future__ import annotations
 
 import multiprocessing
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
 from tqdm.auto import tqdm
 
-from foundations.ingest.align import Lineage, build_episodes, size_problems
+from foundations.ingest.align import TRIMS_SCHEMA, Lineage, build_episodes, prepare_log
+from foundations.ingest.formats import reader_for
 from foundations.ingest.mapping import SourceMapping
-from foundations.ingest.mcap_source import FieldMismatch, McapLog, UnreadableLog, read_mcap
+from foundations.ingest.mcap_source import FieldMismatch, McapLog, UnreadableLog
 from foundations.schema import POLARS_SCHEMA, QUARANTINE_SCHEMA
 from foundations.storage import sha256_file
 
 
 @dataclass
 class IngestResult:
-    """Canonical rows (POLARS_SCHEMA + the mapping's extra features) and quarantine records."""
+    """Canonical rows (POLARS_SCHEMA + the mapping's extra features), quarantine records and trims.
+
+    `trims` (TRIMS_SCHEMA) has one row per ingested episode: the control steps cut at its start
+    (before every stream had delivered) and end (after a stream stopped), zeros when none.
+    """
 
     episodes: pl.DataFrame
     quarantine: pl.DataFrame
+    trims: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=TRIMS_SCHEMA))
     messages: int = 0  # messages decoded (throughput accounting)
     files: int = 0
 
@@ -35,7 +42,7 @@ class IngestResult:
 def empty_result(mapping: SourceMapping) -> IngestResult:
     """An empty result with the exact columns `ingest_file` produces for `mapping`."""
     schema = dict(POLARS_SCHEMA) | {name: pl.List(pl.Float32) for name in mapping.extra_features}
-    return IngestResult(pl.DataFrame(schema=schema), pl.DataFrame(schema=QUARANTINE_SCHEMA))
+    return IngestResult(pl.DataFrame(schema=schema), pl.DataFrame(schema=QUARANTINE_SCHEMA), pl.DataFrame(schema=TRIMS_SCHEMA))
 
 
 def _file_rejection(mapping: SourceMapping, source_file: str, sha: str | None, checks: list[tuple[str, str]], messages: int = 0) -> IngestResult:
@@ -56,7 +63,8 @@ def _file_rejection(mapping: SourceMapping, source_file: str, sha: str | None, c
     return result
 
 
-def _robot_id(log: McapLog, mapping: SourceMapping, path: Path) -> str:
+def _robot_id(log: McapLog, mapping: SourceMapping, path: Path, source_file: str) -> str:
+    """The mapping's robot_id: fixed, else the metadata record, else a folder of source_file, else the file stem."""
     spec = mapping.robot_id
     if spec.value is not None:
         return spec.value
@@ -64,6 +72,9 @@ def _robot_id(log: McapLog, mapping: SourceMapping, path: Path) -> str:
         value = log.metadata.get(spec.metadata, {}).get(spec.key or "")
         if value:
             return value
+    folders = source_file.split("/")[:-1]
+    if spec.folder is not None and spec.folder < len(folders):
+        return folders[spec.folder]
     return path.stem
 
 
@@ -96,10 +107,10 @@ def ingest_file(path: Path, mapping: SourceMapping, sha256: str | None = None, s
         except OSError as exc:
             return _file_rejection(mapping, source_file, None, [("unreadable_file", f"cannot read file: {exc}; check the landing area")])
     try:
-        log = read_mcap(path, mapping)
+        log = reader_for(mapping.format)(path, mapping)
     except UnreadableLog as exc:
         return _file_rejection(mapping, source_file, sha256, [(
-            "unreadable_mcap", f"unreadable MCAP (truncated or corrupt): {exc}; re-export the log")])
+            f"unreadable_{mapping.format}", f"unreadable {mapping.format.upper()} (truncated or corrupt): {exc}; re-export the log")])
     except FieldMismatch as exc:
         return _file_rejection(mapping, source_file, sha256, [(
             "field_mismatch", f"{exc}; fix the recording or the field in {mapping.file_hint}")])
@@ -108,14 +119,14 @@ def ingest_file(path: Path, mapping: SourceMapping, sha256: str | None = None, s
         f"{len(log.lost_chunks)} MCAP chunk(s) unreadable (first: {log.lost_chunks[0][2]}); "
         "episodes overlapping them were quarantined, the rest salvaged; re-export the log",
     )] if log.lost_chunks else []
-    problems = _topic_problems(log, mapping) or size_problems(log, mapping)
+    problems = _topic_problems(log, mapping) or prepare_log(log, mapping)
     if problems:
         return _file_rejection(mapping, source_file, sha256, lost + problems, log.messages)
-    lineage = Lineage(mapping.name, source_file, sha256, _robot_id(log, mapping, path))
-    episodes, quarantine = build_episodes(log, mapping, lineage)
+    lineage = Lineage(mapping.name, source_file, sha256, _robot_id(log, mapping, path, source_file))
+    episodes, quarantine, trims = build_episodes(log, mapping, lineage)
     if lost:
         quarantine = pl.concat([_file_rejection(mapping, source_file, sha256, lost).quarantine, quarantine])
-    return IngestResult(episodes, quarantine, log.messages, 1)
+    return IngestResult(episodes, quarantine, trims, log.messages, 1)
 
 
 def ingest_files(
@@ -124,33 +135,48 @@ def ingest_files(
     hashes: Mapping[str | Path, str] | None = None,
     progress: bool = True,
     workers: int = 1,
+    batch_dir: Path | None = None,
 ) -> IngestResult:
     """Ingest many files (a tqdm bar shows progress) and concatenate their results in input order.
 
     `hashes` maps a path (as given, or its string) to its known sha256.
     `workers` > 1 decodes files in that many processes (CDR decoding is CPU-bound Python).
+    `batch_dir`: the landing batch the files sit in; each file's `source_file` is then its POSIX
+    path relative to it (`robot_07/run_00000.mcap`), else its name. Raises ValueError for a path
+    outside `batch_dir`.
     """
     hashes = hashes or {}
     paths = list(paths)
-    jobs = [(Path(p), hashes.get(p) or hashes.get(str(p))) for p in paths]
+    jobs = [(Path(p), hashes.get(p) or hashes.get(str(p)), _relative(Path(p), batch_dir)) for p in paths]
     bar = tqdm(total=len(jobs), desc=f"ingest {mapping.name}", unit="file", disable=not progress)
     parts = [empty_result(mapping)]
     if workers > 1 and len(jobs) > 1:
         # spawn, not fork: forking a process that has polars' thread pool running can deadlock.
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
-            futures = [pool.submit(ingest_file, path, mapping, sha) for path, sha in jobs]
+            futures = [pool.submit(ingest_file, path, mapping, sha, rel) for path, sha, rel in jobs]
             for future in futures:
                 parts.append(future.result())
                 bar.update()
     else:
-        for path, sha in jobs:
-            parts.append(ingest_file(path, mapping, sha))
+        for path, sha, rel in jobs:
+            parts.append(ingest_file(path, mapping, sha, rel))
             bar.update()
     bar.close()
     return IngestResult(
         episodes=pl.concat([p.episodes for p in parts], how="vertical"),
         quarantine=pl.concat([p.quarantine for p in parts], how="vertical"),
+        trims=pl.concat([p.trims for p in parts], how="vertical"),
         messages=sum(p.messages for p in parts),
         files=len(paths),
     )
+
+
+def _relative(path: Path, batch_dir: Path | None) -> str:
+    """A file's identity in its batch: its POSIX path relative to the batch folder (its name without one)."""
+    if batch_dir is None:
+        return path.name
+    try:
+        return path.resolve().relative_to(Path(batch_dir).resolve()).as_posix()
+    except ValueError:
+        raise ValueError(f"{path} is not inside the landing batch {batch_dir}; pass the batch folder that holds it") from None

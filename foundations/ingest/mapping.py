@@ -1,48 +1,99 @@
-"""Source mappings: how one fleet's log topics and fields become canonical features.
+"""Source mappings: how one kind of log's topics and fields become canonical features.
 
-A mapping is a YAML file in `datasets/sources/` (format documented in
-`datasets/sources/ant_fleet_ros2.yaml`). Loading validates every key, so a typo
-fails at load time with a message naming the key, not later as missing data.
+A mapping is `datasets/sources/<source>.yaml` (format: `datasets/sources/README.md`), a pydantic
+model validated at load time: an unknown or malformed key fails with a `MappingError` naming the
+file, the key path and the fix. It names the robot profile (`robot:`) that describes the
+embodiment; the profile's declarations must point at features this mapping produces.
 """
 from __future__ import annotations
 
 import hashlib
-import math
-import os
 import re
-from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError, field_validator, model_validator
 
+from foundations.catalog import config_error, config_path, list_configs
+from foundations.ingest.formats import FORMATS
+from foundations.profile import ProfileError, RobotProfile, Slice, load_profile
 from foundations.schema import ACTION, STATE
 
-RECIPES_ENV = "ROBOCURATE_RECIPES"
-# Messages of the transforms a field spec may name; each yields one value per message.
+# Transforms a field spec may name: each reads these sub-fields of the field and yields one value.
 TRANSFORMS = {"yaw_from_quaternion": ("w", "x", "y", "z")}
+CLOCKS = ("log_time", "header")
+HEADER_STAMP = ("header.stamp.sec", "header.stamp.nanosec")  # ROS 2 std_msgs/Header
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_TOP_KEYS = {
-    "name", "description", "format", "file_glob", "robot_id", "control", "instruction",
-    "episode_markers", "reward", "features", "bounds", "skills",
-}
-_REQUIRED_TOP = ("name", "control", "instruction", "features")
-_FIELD_KEYS = {"topic", "field", "size", "components", "transform"}
+# Dotted attribute path whose parts may index arrays: pose.covariance[0], markers[2].pose.position
+_PATH = re.compile(r"^[A-Za-z_]\w*(\[\d+\])*(\.[A-Za-z_]\w*(\[\d+\])*)*$")
+# Keys that moved to the robot profile, and what they became there.
+_MOVED = {"bounds": "action_bounds: [low, high]", "skills": "skills: {<instruction>: {measure, target}}"}
 
 
 class MappingError(ValueError):
-    """A source mapping YAML is malformed; the message names the key and the fix."""
+    """A source mapping YAML is missing or malformed; the message names the file, the key and the fix."""
 
 
-@dataclass(frozen=True)
-class FieldSpec:
-    """One piece of a feature: a message field of one topic, flattened to `width` floats."""
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_topic(v: str) -> str:
+    if not v.startswith("/"):
+        raise ValueError(f"ROS topic names start with '/', got {v!r}")
+    return v
+
+
+def _check_path(v: str) -> str:
+    if not _PATH.match(v):
+        raise ValueError(
+            f"must be a dotted field path like pose.pose.position, optionally indexing arrays like "
+            f"pose.covariance[0] (non-negative integer indexes), got {v!r}")
+    return v
+
+
+class FieldSpec(_Strict):
+    """One piece of a feature: a field of one topic's messages, flattened to `width` floats."""
 
     topic: str
-    field: str  # dotted attribute path inside the decoded message, e.g. pose.pose.position
-    size: int | None = None  # the field is an array of exactly this many numbers
+    field: str  # dotted attribute path inside the decoded message; parts may index arrays (data[3])
+    size: PositiveInt | None = None  # the field is an array of exactly this many numbers
     components: tuple[str, ...] | None = None  # sub-fields of a message field, in this order
-    transform: str | None = None  # a name in TRANSFORMS
+    transform: Literal["yaw_from_quaternion"] | None = None  # a name in TRANSFORMS
+    names: tuple[str, ...] | None = None  # pick array elements by the names in a parallel string array
+    name_field: str | None = None  # that string array (default `name`, as in sensor_msgs/JointState)
+
+    topic_ok = field_validator("topic")(_check_topic)
+    paths_ok = field_validator("field", "name_field")(_check_path)
+
+    @field_validator("components")
+    @classmethod
+    def _components(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if v is not None and (not v or not all(_IDENT.match(c) for c in v)):
+            raise ValueError(f"must be a non-empty list of field names like [x, y, z], got {list(v)!r}")
+        return v
+
+    @field_validator("names")
+    @classmethod
+    def _names(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if v is None:
+            return v
+        if not v or not all(isinstance(n, str) and n for n in v):
+            raise ValueError("must be a non-empty list of element names like [joint_1, joint_2]")
+        dupes = sorted({n for n in v if v.count(n) > 1})
+        if dupes:
+            raise ValueError(f"names repeat: {', '.join(dupes)}; each element is picked once")
+        return v
+
+    @model_validator(mode="after")
+    def _one_shape(self) -> "FieldSpec":
+        given = [k for k in ("size", "components", "transform", "names") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"use at most one of size, components, transform, names (got {', '.join(given)})")
+        if self.name_field is not None and self.names is None:
+            raise ValueError("name_field only goes with names: [...]")
+        return self
 
     @property
     def width(self) -> int:
@@ -50,89 +101,177 @@ class FieldSpec:
             return self.size
         if self.components is not None:
             return len(self.components)
+        if self.names is not None:
+            return len(self.names)
         return 1
 
     @property
+    def names_from(self) -> str:
+        """The string array that names the elements of `field` (with `names:`)."""
+        return self.name_field or "name"
+
+    @property
+    def is_list(self) -> bool:
+        """True when `field` itself is read as an array of numbers."""
+        return self.size is not None or self.names is not None
+
+    @property
     def paths(self) -> tuple[str, ...]:
-        """The dotted scalar/array paths this spec reads from each message."""
+        """The paths read from each message whose values make this piece (numbers or arrays)."""
         if self.transform is not None:
             return tuple(f"{self.field}.{c}" for c in TRANSFORMS[self.transform])
         if self.components is not None:
             return tuple(f"{self.field}.{c}" for c in self.components)
         return (self.field,)
 
-    def names(self) -> list[str]:
+    @property
+    def selected(self) -> str:
+        """Column holding the named elements, in `names` order (built at alignment)."""
+        return f"{self.field}<{self.names_from}>{','.join(self.names or ())}"
+
+    def dim_names(self) -> list[str]:
         """Per-dimension names, e.g. `/joint_states.position[3]` (for dataset metadata)."""
         base = f"{self.topic}.{self.field}"
         if self.transform is not None:
             return [f"{base}:{self.transform}"]
         if self.components is not None:
             return [f"{base}.{c}" for c in self.components]
+        if self.names is not None:
+            return [f"{base}[{n}]" for n in self.names]
         if self.size is not None:
             return [f"{base}[{i}]" for i in range(self.size)]
         return [base]
 
 
-@dataclass(frozen=True)
-class ControlSpec:
+class ControlSpec(_Strict):
     topic: str  # one control step per message on this topic
-    rate_hz: float
-    tolerance_s: float  # a state message older than this at a control step counts as missing
+    rate_hz: PositiveFloat
+    tolerance_s: PositiveFloat  # a message older than this at a step counts as missing (default 1/rate_hz)
+
+    topic_ok = field_validator("topic")(_check_topic)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_tolerance(cls, raw: Any) -> Any:
+        rate = raw.get("rate_hz") if isinstance(raw, dict) else None
+        if isinstance(raw, dict) and raw.get("tolerance_s") is None and isinstance(rate, (int, float)) and rate > 0:
+            return raw | {"tolerance_s": 1.0 / rate}
+        return raw
 
 
-@dataclass(frozen=True)
-class TextSpec:
+class TextSpec(_Strict):
     topic: str
-    field: str
+    field: str = "data"
+
+    topic_ok = field_validator("topic")(_check_topic)
+    path_ok = field_validator("field")(_check_path)
 
 
-@dataclass(frozen=True)
-class MarkerSpec:
-    topic: str
-    field: str
-    start: str
-    end: str
-    terminal: str | None
+class MarkerSpec(TextSpec):
+    start: str = Field(min_length=1)
+    end: str = Field(min_length=1)
+    terminal: str | None = Field(None, min_length=1)
 
 
-@dataclass(frozen=True)
-class RobotIdSpec:
-    """Robot id from an MCAP metadata record (`metadata`, `key`) or a fixed `value`."""
+class RobotIdSpec(_Strict):
+    """Robot id from a metadata record (`metadata`, `key`), else a folder of the file's path in its
+    batch (`folder`: 0 is the top one, as `robot_07` in `robot_07/run_00000.mcap`), else the file stem;
+    or a fixed `value`."""
 
-    metadata: str | None = None
-    key: str | None = None
-    value: str | None = None
+    metadata: str | None = Field(None, min_length=1)
+    key: str | None = Field(None, min_length=1)
+    folder: NonNegativeInt | None = None
+    value: str | None = Field(None, min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fixed(cls, raw: Any) -> Any:
+        return {"value": raw} if isinstance(raw, str) else raw
+
+    @model_validator(mode="after")
+    def _pair(self) -> "RobotIdSpec":
+        if self.value is None and (self.metadata is None) != (self.key is None):
+            raise ValueError("give both metadata (the record name) and key (the key in it), or a fixed string")
+        if self.value is not None and (self.metadata, self.key, self.folder) != (None, None, None):
+            raise ValueError("a fixed value excludes metadata, key and folder")
+        return self
 
 
-@dataclass(frozen=True)
-class SkillSpec:
-    measure: str
-    target: float
+class StreamSpec(_Strict):
+    """Per-topic overrides of the mapping-wide alignment settings."""
+
+    tolerance_s: PositiveFloat | None = None
+    clock: Literal["log_time", "header"] | None = None
 
 
-@dataclass(frozen=True)
-class SourceMapping:
-    """A validated source mapping (see `load_mapping`)."""
+class SourceMapping(_Strict):
+    """A validated source mapping (see `load_mapping` and datasets/sources/README.md)."""
 
-    name: str
-    format: str
-    file_glob: str
-    robot_id: RobotIdSpec
+    name: str = Field(min_length=1)
+    description: str = ""
+    robot: str = Field(min_length=1)  # robot profile datasets/robots/<robot>.yaml
+    format: str = "mcap"
+    file_glob: str = Field("*.mcap", min_length=1)
+    robot_id: RobotIdSpec = RobotIdSpec()
+    clock: Literal["log_time", "header"] = "log_time"
+    streams: dict[str, StreamSpec] = {}
     control: ControlSpec
     instruction: TextSpec
-    episode_markers: MarkerSpec | None
-    reward: FieldSpec | None
-    features: dict[str, tuple[FieldSpec, ...]]  # canonical name -> pieces, in order
-    bounds: dict[str, tuple[float, float]] = field(default_factory=dict)
-    skills: dict[str, SkillSpec] = field(default_factory=dict)
-    description: str = ""
-    path: Path | None = None
-    fingerprint: str = ""  # sha256 of the YAML text: re-ingest when the mapping changes
+    episode_markers: MarkerSpec | None = None
+    reward: FieldSpec | None = None
+    features: dict[str, tuple[FieldSpec, ...]]
+    path: Path | None = Field(None, exclude=True)
+    fingerprint: str = Field("", exclude=True)  # sha256 of the mapping and profile texts: re-ingest when either changes
+    profile: RobotProfile | None = Field(None, exclude=True)
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, v: str) -> str:
+        if v not in FORMATS:
+            raise ValueError(f"unknown format {v!r}; known: {', '.join(FORMATS)}")
+        return v
+
+    @field_validator("streams")
+    @classmethod
+    def _stream_topics(cls, v: dict[str, StreamSpec]) -> dict[str, StreamSpec]:
+        for topic in v:
+            _check_topic(topic)
+        return v
+
+    @field_validator("reward")
+    @classmethod
+    def _scalar_reward(cls, v: FieldSpec | None) -> FieldSpec | None:
+        if v is not None and (v.width != 1 or v.is_list or v.transform is not None):
+            raise ValueError("must name one scalar field {topic, field} (no size, components, names or transform)")
+        return v
+
+    @field_validator("features")
+    @classmethod
+    def _feature_names(cls, v: dict[str, tuple[FieldSpec, ...]]) -> dict[str, tuple[FieldSpec, ...]]:
+        for required in (ACTION, STATE):
+            if required not in v:
+                raise ValueError(f"feature '{required}' is required (features: {', '.join(v) or 'none'})")
+        for name, pieces in v.items():
+            if name != ACTION and not name.startswith("observation."):
+                raise ValueError(f"feature {name!r}: names are '{ACTION}' or 'observation.<name>'")
+            if not pieces:
+                raise ValueError(f"feature {name!r}: give a non-empty list of field specs like {{topic: /odom, field: pose.pose.position.z}}")
+        return v
 
     @property
     def action_bounds(self) -> tuple[float, float]:
-        """`bounds.action` as (low, high); unbounded when the mapping declares none."""
-        return self.bounds.get(ACTION, (-math.inf, math.inf))
+        """The robot profile's action bounds (low, high)."""
+        return self._profile().action_bounds
+
+    @property
+    def skills(self) -> dict:
+        """The robot profile's skills (instruction -> Skill with measure and target)."""
+        return self._profile().skills
+
+    def _profile(self) -> RobotProfile:
+        if self.profile is None:
+            raise MappingError(f"{self.file_hint}: the robot profile was not loaded; load the mapping with load_mapping")
+        return self.profile
 
     @property
     def file_hint(self) -> str:
@@ -145,15 +284,17 @@ class SourceMapping:
         return [n for n in self.features if n not in (ACTION, STATE)]
 
     @property
-    def required_topics(self) -> list[str]:
-        """Topics a file must contain (the episode-marker topic is optional)."""
-        topics = [self.control.topic]
-        for pieces in self.features.values():
-            topics += [p.topic for p in pieces]
+    def aligned_topics(self) -> list[str]:
+        """Topics joined onto the control steps (features and reward), control topic first when it maps any."""
+        topics = [p.topic for pieces in self.features.values() for p in pieces]
         if self.reward is not None:
             topics.append(self.reward.topic)
-        topics.append(self.instruction.topic)
         return list(dict.fromkeys(topics))
+
+    @property
+    def required_topics(self) -> list[str]:
+        """Topics a file must contain (the episode-marker topic is optional)."""
+        return list(dict.fromkeys([self.control.topic, *self.aligned_topics, self.instruction.topic]))
 
     @property
     def topics(self) -> list[str]:
@@ -161,202 +302,112 @@ class SourceMapping:
         extra = [self.episode_markers.topic] if self.episode_markers else []
         return list(dict.fromkeys(self.required_topics + extra))
 
+    def clock_for(self, topic: str) -> tuple[str, bool]:
+        """(clock, strict) of a topic: a stream override is strict (a message without a header is a
+        mismatch); the mapping-wide `header` clock falls back to log time for header-less types."""
+        stream = self.streams.get(topic)
+        if stream is not None and stream.clock is not None:
+            return stream.clock, stream.clock == "header"
+        return self.clock, False
+
+    def tolerance_for(self, topic: str) -> float:
+        """Seconds a topic's latest message stays valid at a control step."""
+        stream = self.streams.get(topic)
+        if stream is not None and stream.tolerance_s is not None:
+            return stream.tolerance_s
+        return self.control.tolerance_s
+
     def feature_width(self, name: str) -> int:
         return sum(p.width for p in self.features[name])
 
     def feature_names(self, name: str) -> list[str]:
         """Names of each dimension of a feature, in order."""
-        return [n for p in self.features[name] for n in p.names()]
-
-
-def recipes_dir() -> Path:
-    """`$ROBOCURATE_RECIPES`, else the repository's `datasets/` folder."""
-    env = os.environ.get(RECIPES_ENV)
-    return Path(env).expanduser() if env else Path(__file__).resolve().parents[2] / "datasets"
+        return [n for p in self.features[name] for n in p.dim_names()]
 
 
 def load_mapping(path_or_name: str | Path) -> SourceMapping:
-    """Load and validate a source mapping.
+    """Load and validate a source mapping and its robot profile.
 
-    A bare name (`ant_fleet_ros2`) resolves to `<recipes>/sources/<name>.yaml`
-    (see `recipes_dir`); anything with a suffix or a slash is a path.
-    Raises `MappingError` naming the offending key and what to fix.
+    A bare name (`my_fleet`) resolves to `<config dir>/sources/<name>.yaml` (foundations.catalog);
+    anything with a suffix or a slash is a path. Raises `MappingError` naming the file, the key
+    and the fix.
     """
-    text_path = str(path_or_name)
-    if isinstance(path_or_name, Path) or "/" in text_path or text_path.endswith((".yaml", ".yml")):
-        path = Path(path_or_name)
-    else:
-        path = recipes_dir() / "sources" / f"{text_path}.yaml"
-    if not path.is_file():
-        folder = path.parent
-        known = sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
-        raise MappingError(f"no source mapping at {path} (available in {folder}: {known or 'none'})")
-    text = path.read_text()
+    path = config_path("sources", path_or_name, MappingError)
+    text = path.read_bytes()
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise MappingError(f"{path.name}: not valid YAML: {exc}") from exc
-    mapping = parse_mapping(raw, where=path.name)
-    return replace(mapping, path=path, fingerprint=hashlib.sha256(text.encode()).hexdigest())
+        raise MappingError(f"{path}: not valid YAML: {exc}") from exc
+    mapping = parse_mapping(raw, where=path)
+    if mapping.name != path.stem:
+        raise MappingError(f"{path}: key 'name': is {mapping.name!r} but the file is {path.name}; make them match "
+                           "(the name is the source: its landing folder and its rows' source column)")
+    try:
+        profile = load_profile(mapping.robot)
+    except ProfileError as exc:
+        raise MappingError(f"{path}: key 'robot': robot profile {mapping.robot!r} does not load: {exc}") from None
+    _check_profile(mapping, profile, path)
+    digest = hashlib.sha256(text + b"\0" + profile.path.read_bytes()).hexdigest()
+    return mapping.model_copy(update={"path": path, "profile": profile, "fingerprint": digest})
 
 
-def parse_mapping(raw: Any, where: str = "mapping") -> SourceMapping:
-    """Validate an already-parsed YAML document (a dict) into a `SourceMapping`."""
-    v = _Validator(where)
-    doc = v.mapping(raw, "(top level)", required=_REQUIRED_TOP, allowed=_TOP_KEYS)
-    name = v.string(doc["name"], "name")
-    fmt = v.string(doc.get("format", "mcap"), "format")
-    if fmt != "mcap":
-        v.fail("format", f"unsupported format {fmt!r}; only 'mcap' (ROS 2 MCAP) is supported")
-
-    control_raw = v.mapping(doc["control"], "control", required=("topic",), allowed={"topic", "rate_hz", "tolerance_s"})
-    rate = v.number(control_raw.get("rate_hz", 20), "control.rate_hz", positive=True)
-    control = ControlSpec(
-        topic=v.topic(control_raw["topic"], "control.topic"),
-        rate_hz=rate,
-        tolerance_s=v.number(control_raw.get("tolerance_s", 1.0 / rate), "control.tolerance_s", positive=True),
-    )
-
-    instr = v.mapping(doc["instruction"], "instruction", required=("topic",), allowed={"topic", "field"})
-    instruction = TextSpec(v.topic(instr["topic"], "instruction.topic"), v.path(instr.get("field", "data"), "instruction.field"))
-
-    markers = None
-    if doc.get("episode_markers") is not None:
-        m = v.mapping(doc["episode_markers"], "episode_markers", required=("topic", "start", "end"),
-                      allowed={"topic", "field", "start", "end", "terminal"})
-        markers = MarkerSpec(
-            topic=v.topic(m["topic"], "episode_markers.topic"),
-            field=v.path(m.get("field", "data"), "episode_markers.field"),
-            start=v.string(m["start"], "episode_markers.start"),
-            end=v.string(m["end"], "episode_markers.end"),
-            terminal=None if m.get("terminal") is None else v.string(m["terminal"], "episode_markers.terminal"),
-        )
-
-    reward = None
-    if doc.get("reward") is not None:
-        reward = v.field_spec(doc["reward"], "reward")
-        if reward.width != 1 or reward.size is not None:
-            v.fail("reward", "must name one scalar field (no size or components)")
-
-    features_raw = v.mapping(doc["features"], "features", required=(ACTION, STATE))
-    features: dict[str, tuple[FieldSpec, ...]] = {}
-    for fname, pieces in features_raw.items():
-        key = f"features.{fname}"
-        if fname != ACTION and not str(fname).startswith("observation."):
-            v.fail(key, f"feature names are '{ACTION}' or 'observation.<name>'")
-        if not isinstance(pieces, list) or not pieces:
-            v.fail(key, "must be a non-empty list of field specs like {topic: /odom, field: pose.pose.position.z}")
-        features[fname] = tuple(v.field_spec(p, f"{key}[{i}]") for i, p in enumerate(pieces))
-
-    bounds: dict[str, tuple[float, float]] = {}
-    for bname, pair in v.mapping(doc.get("bounds") or {}, "bounds").items():
-        key = f"bounds.{bname}"
-        if bname not in features:
-            v.fail(key, f"no feature named {bname!r} (features: {', '.join(features)})")
-        if not isinstance(pair, list) or len(pair) != 2:
-            v.fail(key, "must be a list [low, high]")
-        lo, hi = v.number(pair[0], key), v.number(pair[1], key)
-        if not lo < hi:
-            v.fail(key, f"low {lo} must be below high {hi}")
-        bounds[bname] = (lo, hi)
-
-    skills: dict[str, SkillSpec] = {}
-    for sname, spec in v.mapping(doc.get("skills") or {}, "skills").items():
-        key = f"skills.{sname}"
-        s = v.mapping(spec, key, required=("measure", "target"), allowed={"measure", "target"})
-        skills[str(sname)] = SkillSpec(v.string(s["measure"], f"{key}.measure"), v.number(s["target"], f"{key}.target"))
-
-    return SourceMapping(
-        name=name,
-        format=fmt,
-        file_glob=v.string(doc.get("file_glob", "*.mcap"), "file_glob"),
-        robot_id=v.robot_id(doc.get("robot_id")),
-        control=control,
-        instruction=instruction,
-        episode_markers=markers,
-        reward=reward,
-        features=features,
-        bounds=bounds,
-        skills=skills,
-        description=str(doc.get("description") or ""),
-    )
+def parse_mapping(raw: Any, where: str | Path = "mapping") -> SourceMapping:
+    """Validate an already-parsed YAML document into a `SourceMapping` (profile not loaded)."""
+    if not isinstance(raw, dict):
+        raise MappingError(f"{where}: key '(top level)': must be a mapping of keys, got {type(raw).__name__}")
+    for key, becomes in _MOVED.items():
+        if key in raw:
+            robot = raw.get("robot") if isinstance(raw.get("robot"), str) else "<robot>"
+            raise MappingError(
+                f"{where}: key '{key}': no longer part of a source mapping; move it to the robot profile "
+                f"datasets/robots/{robot}.yaml as {becomes} (see datasets/robots/README.md)")
+    if raw.get("robot") is None:
+        raise MappingError(
+            f"{where}: key 'robot': required: name the robot profile of this fleet, a file in datasets/robots/ "
+            f"(known: {', '.join(list_configs('robots')) or 'none'}; format: datasets/robots/README.md)")
+    try:
+        mapping = SourceMapping.model_validate(raw)
+    except ValidationError as exc:
+        raise MappingError(config_error(where, exc)) from None
+    _check_streams(mapping, where)
+    return mapping
 
 
-class _Validator:
-    """Type checks that raise `MappingError` with the key path and the fix."""
+def _check_streams(mapping: SourceMapping, where: str | Path) -> None:
+    aligned = mapping.aligned_topics
+    for topic in mapping.streams:
+        if topic == mapping.control.topic:
+            if mapping.streams[topic].tolerance_s is not None:
+                raise MappingError(
+                    f"{where}: key 'streams.{topic}.tolerance_s': the control topic defines the steps; "
+                    "its tolerance is control.tolerance_s (set only clock here)")
+        elif topic not in mapping.topics:
+            raise MappingError(
+                f"{where}: key 'streams.{topic}': not a topic this mapping reads (topics: {', '.join(mapping.topics)})")
+        elif topic not in aligned and mapping.streams[topic].tolerance_s is not None:
+            raise MappingError(
+                f"{where}: key 'streams.{topic}.tolerance_s': {topic} is not aligned to the steps (only feature and "
+                f"reward topics are: {', '.join(aligned)}); drop tolerance_s")
 
-    def __init__(self, where: str):
-        self.where = where
 
-    def fail(self, key: str, what: str) -> NoReturn:
-        raise MappingError(f"{self.where}: key '{key}': {what}")
+def _profile_slices(profile: RobotProfile) -> dict[str, Slice]:
+    slices = {k: getattr(profile, k) for k in ("base_pose", "end_effector", "target", "joint_velocity")}
+    if profile.posture is not None:
+        slices |= {"posture.height": profile.posture.height, "posture.orientation_wxyz": profile.posture.orientation_wxyz}
+    return {k: s for k, s in slices.items() if s is not None}
 
-    def mapping(self, raw: Any, key: str, required: tuple[str, ...] = (), allowed: set[str] | None = None) -> dict:
-        if not isinstance(raw, dict):
-            self.fail(key, f"must be a mapping of keys, got {type(raw).__name__}")
-        for name in raw:
-            if allowed is not None and name not in allowed:
-                prefix = "" if key == "(top level)" else f"{key}."
-                self.fail(f"{prefix}{name}", f"unknown key; allowed here: {', '.join(sorted(allowed))}")
-        for name in required:
-            if raw.get(name) is None:
-                prefix = "" if key == "(top level)" else f"{key}."
-                self.fail(f"{prefix}{name}", "is required but missing")
-        return raw
 
-    def string(self, raw: Any, key: str) -> str:
-        if not isinstance(raw, str) or not raw:
-            self.fail(key, f"must be a non-empty string, got {raw!r}")
-        return raw
-
-    def number(self, raw: Any, key: str, positive: bool = False) -> float:
-        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
-            self.fail(key, f"must be a finite number, got {raw!r}")
-        if positive and raw <= 0:
-            self.fail(key, f"must be positive, got {raw!r}")
-        return float(raw)
-
-    def topic(self, raw: Any, key: str) -> str:
-        text = self.string(raw, key)
-        if not text.startswith("/"):
-            self.fail(key, f"ROS 2 topic names start with '/', got {text!r}")
-        return text
-
-    def path(self, raw: Any, key: str) -> str:
-        text = self.string(raw, key)
-        if not all(_IDENT.match(part) for part in text.split(".")):
-            self.fail(key, f"must be a dotted field path like pose.pose.position, got {text!r}")
-        return text
-
-    def field_spec(self, raw: Any, key: str) -> FieldSpec:
-        spec = self.mapping(raw, key, required=("topic", "field"), allowed=_FIELD_KEYS)
-        size = spec.get("size")
-        components = spec.get("components")
-        transform = spec.get("transform")
-        if sum(x is not None for x in (size, components, transform)) > 1:
-            self.fail(key, "use at most one of size, components, transform")
-        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-            self.fail(f"{key}.size", f"must be a positive integer (the array length), got {size!r}")
-        if components is not None:
-            if not isinstance(components, list) or not components or not all(
-                isinstance(c, str) and _IDENT.match(c) for c in components
-            ):
-                self.fail(f"{key}.components", f"must be a non-empty list of field names like [x, y, z], got {components!r}")
-            components = tuple(components)
-        if transform is not None and transform not in TRANSFORMS:
-            self.fail(f"{key}.transform", f"unknown transform {transform!r}; known: {', '.join(TRANSFORMS)}")
-        return FieldSpec(
-            topic=self.topic(spec["topic"], f"{key}.topic"),
-            field=self.path(spec["field"], f"{key}.field"),
-            size=size,
-            components=components,
-            transform=transform,
-        )
-
-    def robot_id(self, raw: Any) -> RobotIdSpec:
-        if raw is None:
-            return RobotIdSpec()
-        if isinstance(raw, str):
-            return RobotIdSpec(value=raw)
-        spec = self.mapping(raw, "robot_id", required=("metadata", "key"), allowed={"metadata", "key"})
-        return RobotIdSpec(metadata=self.string(spec["metadata"], "robot_id.metadata"), key=self.string(spec["key"], "robot_id.key"))
+def _check_profile(mapping: SourceMapping, profile: RobotProfile, where: Path) -> None:
+    """Every feature the profile reads is produced here, and every slice fits its feature's width."""
+    where_profile = profile.path or f"datasets/robots/{mapping.robot}.yaml"
+    for key, s in _profile_slices(profile).items():
+        if s.feature not in mapping.features:
+            raise MappingError(
+                f"{where}: key 'features': robot profile {where_profile} reads {s.feature} ({key}) but this mapping "
+                f"does not produce it (features: {', '.join(mapping.features)}); add it here or fix the profile")
+        width = mapping.feature_width(s.feature)
+        end = s.start + (s.count or 1)
+        if end > width:
+            raise MappingError(
+                f"{where}: key 'features.{s.feature}': robot profile {where_profile} reads dimensions "
+                f"{s.start}..{end - 1} of it ({key}) but this mapping makes it {width} wide; fix one of them")

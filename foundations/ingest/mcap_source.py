@@ -1,13 +1,15 @@
-"""Read the topics a source mapping needs from one ROS 2 MCAP file into polars frames.
+"""Read the topics a source mapping needs from one ROS 2 MCAP file into polars frames (format `mcap`).
 
 Decoding is per message (CDR); the Python work per message is one C-level
-`attrgetter` call and one list append. Columns are built once per topic.
+`attrgetter` call (a small getter when a path indexes an array) and one list append.
+Columns are built once per topic; the header stamp is read where it is the topic's clock.
 A file whose summary is intact but whose chunks are partly corrupt is salvaged
 chunk by chunk; the time ranges of lost chunks are reported, never hidden.
 """
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from operator import attrgetter
@@ -23,7 +25,7 @@ from mcap.stream_reader import StreamReader, breakup_chunk
 from mcap.writer import MCAP0_MAGIC
 from mcap_ros2.decoder import DecoderFactory
 
-from foundations.ingest.mapping import SourceMapping
+from foundations.ingest.mapping import HEADER_STAMP, SourceMapping
 
 LOG_TIME = "log_time"
 
@@ -42,15 +44,27 @@ class FieldMismatch(Exception):
 
 @dataclass(frozen=True)
 class Column:
-    """One column read from a topic: a dotted field path and its kind."""
+    """One column read from a topic: a field path and its kind."""
 
     path: str
-    kind: str  # "float" (one number), "list" (array of numbers) or "text"
+    kind: str  # "float" (a number), "int" (an integer, e.g. a stamp), "list" (numbers), "text", "strings"
+    optional: bool = False  # absent from the messages: left out instead of a mismatch (header clock fallback)
+
+
+_KINDS = {  # kind -> (test of a decoded value, what the mapping expected, polars dtype)
+    "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number", pl.Float64),
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer", pl.Int64),
+    "list": (lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, (int, float)) for x in v), "an array of numbers", None),
+    "text": (lambda v: isinstance(v, str), "a string", pl.String),
+    "strings": (lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v), "an array of strings",
+                pl.List(pl.String)),
+}
+_STEP = re.compile(r"([A-Za-z_]\w*)|\[(\d+)\]")
 
 
 @dataclass
 class McapLog:
-    """The needed topics of one MCAP file, one frame per topic sorted by `log_time` (ns)."""
+    """The needed topics of one log file, one frame per topic sorted by `log_time` (ns)."""
 
     frames: dict[str, pl.DataFrame]
     schema_names: dict[str, str]  # topic -> ROS 2 message type found in the file
@@ -61,16 +75,26 @@ class McapLog:
 
 
 def topic_columns(mapping: SourceMapping) -> dict[str, list[Column]]:
-    """Which fields to read from each topic the mapping uses."""
+    """Which fields to read from each topic the mapping uses (and its header stamp where it is the clock)."""
     cols: dict[str, dict[str, Column]] = {t: {} for t in mapping.topics}
 
-    def add(topic: str, path: str, kind: str) -> None:
-        cols[topic].setdefault(path, Column(path, kind))
+    def add(topic: str, path: str, kind: str, optional: bool = False) -> None:
+        cols[topic].setdefault(path, Column(path, kind, optional))
 
+    for topic in mapping.topics:
+        clock, strict = mapping.clock_for(topic)
+        if clock == "header":
+            for path in HEADER_STAMP:
+                add(topic, path, "int", optional=not strict)
     for pieces in mapping.features.values():
         for p in pieces:
-            for path in p.paths:
-                add(p.topic, path, "list" if p.size is not None else "float")
+            if p.is_list:
+                add(p.topic, p.field, "list")
+                if p.names is not None:
+                    add(p.topic, p.names_from, "strings")
+            else:
+                for path in p.paths:
+                    add(p.topic, path, "float")
     if mapping.reward is not None:
         add(mapping.reward.topic, mapping.reward.field, "float")
     add(mapping.instruction.topic, mapping.instruction.field, "text")
@@ -79,37 +103,72 @@ def topic_columns(mapping: SourceMapping) -> dict[str, list[Column]]:
     return {t: list(c.values()) for t, c in cols.items()}
 
 
+def _getter(path: str, safe: bool = True) -> Callable[[Any], Any]:
+    """Value at a field path; parts may index arrays (`pose.covariance[0]`). `safe`: None past an array's end."""
+    if "[" not in path:
+        return attrgetter(path)
+    steps = [(name, None if name else int(index)) for name, index in _STEP.findall(path)]
+
+    def get(msg: Any) -> Any:
+        try:
+            for name, index in steps:
+                msg = getattr(msg, name) if name else msg[index]
+        except IndexError:
+            if safe:
+                return None
+            raise
+        return msg
+
+    return get
+
+
+def _row_getter(paths: list[str]) -> Callable[[Any], tuple]:
+    """One tuple of values per message; a single C-level attrgetter when no path indexes an array."""
+    if not any("[" in p for p in paths):
+        getter = attrgetter(*paths)
+        # attrgetter of one path returns the value itself, of several a tuple.
+        return getter if len(paths) > 1 else (lambda m, g=getter: (g(m),))
+    getters = [_getter(p) for p in paths]
+    return lambda m: tuple(g(m) for g in getters)
+
+
 class _TopicSink:
     """Collects one tuple of field values per message; columns are built once at the end."""
 
     def __init__(self, topic: str, columns: list[Column]):
         self.topic = topic
         self.columns = columns
-        paths = [c.path for c in columns]
-        getter = attrgetter(*paths)
-        # attrgetter of one path returns the value itself, of several a tuple.
-        self.get: Callable[[Any], tuple] = getter if len(paths) > 1 else (lambda m, g=getter: (g(m),))
+        self.get = _row_getter([c.path for c in columns])
         self.times: list[int] = []
         self.rows: list[tuple] = []
         self.checked = False
 
     def check(self, decoded: Any, type_name: str) -> None:
         """Fail with a readable message when the first message lacks a field or has the wrong type."""
+        absent: list[Column] = []
         for col in self.columns:
             try:
-                value = attrgetter(col.path)(decoded)
-            except AttributeError:
+                value = _getter(col.path, safe=False)(decoded)
+            except (AttributeError, TypeError):
+                if col.optional:
+                    absent.append(col)
+                    continue
+                if col.path in HEADER_STAMP:
+                    raise FieldMismatch(self.topic, (
+                        f"{self.topic} messages (type {type_name}) have no header stamp to use as their clock; "
+                        f"give {self.topic} clock: log_time under streams")) from None
                 raise FieldMismatch(self.topic, f"field {col.path} not in {self.topic} messages (type {type_name})") from None
-            ok = {
-                "float": isinstance(value, (int, float)),
-                "list": isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) for v in value),
-                "text": isinstance(value, str),
-            }[col.kind]
-            if not ok:
-                want = {"float": "a number", "list": "an array of numbers", "text": "a string"}[col.kind]
+            except IndexError:
+                raise FieldMismatch(self.topic, (
+                    f"field {col.path} of {self.topic} (type {type_name}) indexes past the end of its array")) from None
+            ok, want, _ = _KINDS[col.kind]
+            if not ok(value):
                 raise FieldMismatch(
                     self.topic, f"field {col.path} of {self.topic} (type {type_name}) is {type(value).__name__}, expected {want}"
                 )
+        if absent:
+            self.columns = [c for c in self.columns if c not in absent]
+            self.get = _row_getter([c.path for c in self.columns])
         self.checked = True
 
     def frame(self) -> pl.DataFrame:
@@ -119,8 +178,7 @@ class _TopicSink:
             if col.kind == "list":
                 data[col.path] = _list_series(col.path, vals)
             else:
-                dtype = pl.Float64 if col.kind == "float" else pl.String
-                data[col.path] = pl.Series(col.path, vals, dtype=dtype, strict=False)
+                data[col.path] = pl.Series(col.path, vals, dtype=_KINDS[col.kind][2], strict=False)
         return pl.DataFrame(data).sort(LOG_TIME, maintain_order=True)
 
 
