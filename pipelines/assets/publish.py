@@ -23,21 +23,24 @@ def dataset_asset(recipe_name: str) -> dg.AssetsDefinition:
         "A new version is published only when the selected content changed.",
         kinds={"huggingface", "parquet"},
         tags={"recipe": recipe_name},
+        output_required=False,  # nothing of the recipe's sources ingested yet: no materialization, downstream skipped
     )
-    def _dataset(context: dg.AssetExecutionContext, data_root: DataRoot, hub: HubToken) -> dg.MaterializeResult:
+    def _dataset(context: dg.AssetExecutionContext, data_root: DataRoot, hub: HubToken):
         recipe = load_recipe(recipe_name)  # the file may have changed since the code location loaded
         storage = data_root.storage
         episodes = storage.read_table("validated_episodes")
         scores = storage.read_table("episode_scores")
-        if episodes is None or scores is None:
-            raise dg.Failure("no validated and scored episodes yet: run ingest_job on a landing batch first")
+        if episodes is None or scores is None or episodes.filter(pl.col("source").is_in(list(recipe.sources))).is_empty():
+            context.log.warning(f"{recipe.name}: no validated and scored episodes of {list(recipe.sources)} yet; "
+                                "nothing published (land a batch of those sources and run ingest_job)")
+            return
         # The scores table repeats the instruction and length for readers; the episode table owns them.
         scores = scores.drop("language_instruction", "n_steps", strict=False)
         episodes = with_rewards(episodes, storage.read_table("referee_rewards"), recipe)
         table, per_episode = select_episodes(recipe, episodes, scores)
         if table.is_empty():
-            raise dg.Failure(f"recipe {recipe.name} selects no episode from sources {list(recipe.sources)}: "
-                             "land and ingest a batch of those sources, or relax the recipe's filters")
+            raise dg.Failure(f"recipe {recipe.name} leaves out every episode of {list(recipe.sources)}: its filters "
+                             "are stricter than the data (see episode_scores), so no version was published")
         result = publish(
             recipe,
             table,
@@ -50,7 +53,7 @@ def dataset_asset(recipe_name: str) -> dg.AssetsDefinition:
             f"{result.name} {result.version}: {'published' if result.created else 'unchanged, nothing published'} at {result.path}"
         )
         pushed = _push(context, recipe, result, hub) if result.created else None
-        return dg.MaterializeResult(
+        yield dg.MaterializeResult(
             metadata={
                 "version": result.version,
                 "content_hash": result.content_hash,
