@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from mcap_ros2.writer import Writer
 
 from foundations.ingest import ingest_files, load_mapping
-from foundations.ingest.align import Lineage, build_episodes
+from foundations.ingest.align import Lineage, build_episodes, prepare_log
 from foundations.ingest.mcap_source import read_mcap
 
 SEP = "=" * 80
@@ -137,6 +137,7 @@ def main() -> None:
         log = read_mcap(paths[0], mapping)
         decode_s = time.perf_counter() - t
         t = time.perf_counter()
+        prepare_log(log, mapping)
         build_episodes(log, mapping, Lineage(mapping.name, paths[0].name, "0" * 64, "bench-robot"))
         align_s = time.perf_counter() - t
 

@@ -263,11 +263,6 @@ class SourceMapping(_Strict):
         """The robot profile's action bounds (low, high)."""
         return self._profile().action_bounds
 
-    @property
-    def skills(self) -> dict:
-        """The robot profile's skills (instruction -> Skill with measure and target)."""
-        return self._profile().skills
-
     def _profile(self) -> RobotProfile:
         if self.profile is None:
             raise MappingError(f"{self.file_hint}: the robot profile was not loaded; load the mapping with load_mapping")
