@@ -1,4 +1,4 @@
-"""Referee benchmark (DESIGN.md section 11): throughput, cache, and agreement with true progress.
+"""Referee benchmark: throughput, cache, and agreement with true progress.
 
 In one process, on the same prompts and the same loaded model:
   * throughput: prompts/s judged one at a time against batched (left padding after the

@@ -1,4 +1,4 @@
-"""Training cost of the LoRA-MoE encoder (DESIGN.md sections 8 and 11), all in one process.
+"""Training cost of the LoRA-MoE encoder, all in one process.
 
 Measures, on the same canonical-schema data and the same mini-batches:
   * seconds per d3rlpy update of IQL and BC with the LoRA-MoE encoder (MiniLM,

@@ -63,6 +63,8 @@ def config_error(path: Path | str, exc: ValidationError) -> str:
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key (a typo? see the format documented beside the file)"
+        elif err["type"] == "missing":
+            msg = "is required but missing"
         lines.append(f"{path}: key '{key}': {msg}")
     return "\n".join(lines)
 

@@ -1,4 +1,4 @@
-"""Publish curated episodes as immutable, versioned Hugging Face datasets (DESIGN.md sections 3, 4).
+"""Publish curated episodes as immutable, versioned Hugging Face datasets.
 
 A version lives in `hub/<name>/v<semver>-<hash8>/` under the data root:
 

@@ -18,11 +18,14 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     sim = sub.add_parser("simulate", help="simulate a fleet of robots and write ROS 2 MCAP logs")
-    sim.add_argument("--embodiment", default=None, help="which simulated robot (default: the first; see --help)")
+    sim.add_argument("--embodiment", default=None,
+                     help="which simulated robot (default: the first); an unknown name lists the known ones")
     sim.add_argument("--episodes", type=int, default=60)
     sim.add_argument("--out", type=Path, required=True, help="folder for the .mcap files and ground_truth.jsonl")
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--fault-rate", type=float, default=0.15, help="share of files with a planted fault")
+    sim.add_argument("--layout", help="record as another site would (a layout preset of the embodiment, "
+                     "e.g. second_site: other topics, types, rates, a folder per robot)")
 
     land = sub.add_parser("land", help="copy log files or folders (with sub-folders) into a new landing batch")
     land.add_argument("paths", type=Path, nargs="+")
@@ -67,7 +70,8 @@ def _simulate(args) -> int:
     from simulator.embodiments import EMBODIMENTS, get_embodiment
 
     embodiment = get_embodiment(args.embodiment or EMBODIMENTS[0])
-    truth = embodiment.simulate_fleet(args.episodes, args.out, seed=args.seed, fault_rate=args.fault_rate)
+    options = {"layout": args.layout} if args.layout else {}
+    truth = embodiment.simulate_fleet(args.episodes, args.out, seed=args.seed, fault_rate=args.fault_rate, **options)
     print(f"wrote {args.episodes} {embodiment.name} episodes to {args.out} (ground truth: {truth}); "
           f"land them with: robocurate land {args.out} --source {embodiment.source}")
     return 0
