@@ -40,7 +40,7 @@ def run_job(
 
     Console logging defaults to warnings: the full event log is in the Dagster UI.
     `resources` and `ops` configure this run, e.g. resources={"referee": {"segment_steps": 40}},
-    ops={"policy_checkpoint": {"n_steps": 200}}.
+    ops={"policy__<target>": {"n_steps": 200}} (op names are the asset keys joined by "__").
     """
     run_config: dict = {"loggers": {"console": {"config": {"log_level": log_level}}}}
     if resources:
