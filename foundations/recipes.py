@@ -15,7 +15,7 @@ from typing import Any, Optional
 import numpy as np
 import polars as pl
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from foundations.catalog import config_error, config_path, list_configs
 from foundations.schema import QUARANTINE_SCHEMA

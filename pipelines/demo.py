@@ -133,24 +133,52 @@ def _policy_figures() -> dict:
         table = storage.read_partition(EVALUATION_TABLE, name)
         if table is None:
             continue
-        for role, instruction, score in table.select("policy", "instruction", "normalized_score").iter_rows():
+        for role in ("policy", "baseline"):
+            learner = getattr(target, role)
+            out[f"{role}.{target.robot}.trained"] = f"{learner.algorithm} on {learner.dataset}"
+        for role, instruction, score, n in table.select("policy", "instruction", "normalized_score", "episodes").iter_rows():
             skill = "mean" if instruction == "all skills" else f"skill.{instruction}"
             out[f"{role}.{target.robot}.{skill}"] = score
+            if instruction == "all skills":
+                out[f"{role}.{target.robot}.rollouts"] = n
     return out
 
 
 def print_report(report: dict) -> None:
+    """The report as a person reads it: one block per stage, baselines beside every figure."""
+    def keys(prefix: str) -> list[str]:
+        return sorted({k[len(prefix):].split(".")[0] for k in report if k.startswith(prefix)})
+
+    def num(key: str, fmt: str = ".3f") -> str:
+        value = report.get(key)
+        return "n/a" if value is None else format(value, fmt)
+
     print("\n=== robocurate demo summary ===")
-    groups: dict[str, list[tuple[str, object]]] = {}
-    for key, value in sorted(report.items()):
-        head, _, rest = key.partition(".")
-        groups.setdefault(head, []).append((rest, value))
-    for head in ("quarantine", "dataset", "referee", "policy", "baseline"):
-        if head not in groups:
-            print(f"{head}: nothing yet")
-            continue
-        print(f"{head}:")
-        for rest, value in groups[head]:
-            shown = f"{value:.3f}" if isinstance(value, float) else value
-            print(f"    {rest:<40} {shown}")
+    print("sources (landed files -> episodes):")
+    for src in keys("quarantine."):
+        q = f"quarantine.{src}."
+        print(f"    {src:<24} {report[q + 'files']} files ({report[q + 'files_unreadable']} unreadable, "
+              f"{report[q + 'files_duplicate']} duplicate) -> {report[q + 'episodes_ingested']} episodes: "
+              f"{report[q + 'episodes_accepted']} accepted, {report[q + 'episodes']} quarantined")
+    print("datasets (newest version):")
+    for name in keys("dataset."):
+        d = f"dataset.{name}."
+        print(f"    {name:<24} {report[d + 'version']} (content {report[d + 'content_hash']}) at {report[d + 'path']}")
+    print("referee agreement with true progress [baseline]:")
+    for robot in keys("referee."):
+        r = f"referee.{robot}."
+        print(f"    {robot:<8} value-order corr. {num(r + 'voc')} [constant per segment {num(r + 'voc_constant')}], "
+              f"Spearman {num(r + 'spearman')} [0], label accuracy {num(r + 'accuracy')} "
+              f"[majority label {num(r + 'majority_accuracy')}], {report.get(r + 'segments')} segments")
+    robots = keys("policy.")
+    if robots:
+        print("normalized score (0 = random operator, 100 = expert operator, same seeds for all):")
+        print(f"    {'robot':<8}{'skill':<22}{'policy':>10}{'baseline':>10}")
+    for robot in robots:
+        skills = sorted({k.split(".skill.", 1)[1] for k in report if k.startswith(f"policy.{robot}.skill.")})
+        for skill, key in [(s_, f"skill.{s_}") for s_ in skills] + [("mean", "mean")]:
+            print(f"    {robot:<8}{skill:<22}{num(f'policy.{robot}.{key}', '.1f'):>10}"
+                  f"{num(f'baseline.{robot}.{key}', '.1f'):>10}")
+        print(f"    ({robot}: policy {report.get(f'policy.{robot}.trained')}, baseline "
+              f"{report.get(f'baseline.{robot}.trained')}; {report.get(f'policy.{robot}.rollouts')} rollouts each)")
     print(f"took {report.get('seconds', 0):.0f} s")

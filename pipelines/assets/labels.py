@@ -1,6 +1,5 @@
 """Group `labels`: the referee LLM's dense rewards for every accepted episode."""
 import dagster as dg
-import polars as pl
 
 from foundations import landing
 from foundations.ingest import load_mapping
