@@ -19,6 +19,7 @@ from pathlib import Path
 import polars as pl
 
 from foundations import storage
+from foundations.catalog import list_configs
 
 RAW_FILES_SCHEMA = {
     "source": pl.String,
@@ -141,8 +142,6 @@ def land(paths: list[Path], source: str, batch: str | None = None) -> str:
     A folder's contents keep their paths relative to that folder; a file lands at the top
     of the batch. Returns the partition key. The batch appears whole or not at all.
     """
-    from foundations.catalog import list_configs
-
     known = list_configs("sources")
     if source not in known:
         raise LandingError(f"no source {source!r}: add datasets/sources/{source}.yaml (known: {', '.join(known) or 'none'})")

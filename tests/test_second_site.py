@@ -7,6 +7,7 @@ after the first command and stop before the last. The mapping is tests/catalog_s
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -70,7 +71,11 @@ def test_second_site_clean_episodes_accepted_faults_quarantined_files_accounted_
     by_file = rows.group_by("source_file").agg(pl.col("robot_id").first())
     assert by_file.height == rows["episode_id"].n_unique()
     assert (by_file["robot_id"] != "").all() and by_file["robot_id"].n_unique() > 1
-    with dg.DagsterInstance.get() as instance:  # nothing left to do: the batch's fingerprint is recorded
-        from pipelines.batches import pending_batches
+    from pipelines.batches import pending_batches
 
+    with dg.DagsterInstance.get() as instance:  # nothing left to do: the batch's fingerprint is recorded
         assert pending_batches(instance) == []
+        # Editing the mapping (or its robot profile) makes the batch pending again: it will be re-ingested.
+        mapping = Path(os.environ["ROBOCURATE_RECIPES"]) / "sources" / f"{SOURCE}.yaml"
+        mapping.write_text(mapping.read_text().replace("tolerance_s: 0.06", "tolerance_s: 0.07"))
+        assert pending_batches(instance) == [key]
