@@ -114,7 +114,9 @@ def _status(args) -> int:
         print(f"{row['source']}/{row['landing_batch']}/{row['file']}  {row['outcome']}  sha256 {(row['sha256'] or '?')[:12]}")
         for ep in row["episodes"]:
             score = f"  score {ep['quality_score']:.2f}" if ep["quality_score"] is not None else ""
-            print(f"    episode {ep['episode_id']}  {ep['steps']} steps  {ep['outcome']}{score}")
+            trim = (f"  (trimmed {ep['trimmed_start_steps']} steps at the start, {ep['trimmed_end_steps']} at the end)"
+                    if ep["trimmed_start_steps"] or ep["trimmed_end_steps"] else "")
+            print(f"    episode {ep['episode_id']}  {ep['steps']} steps  {ep['outcome']}{score}{trim}")
             for reason in ep["reasons"]:
                 print(f"      - {reason}")
         for reason in row["reasons"]:

@@ -21,7 +21,8 @@ def _table(name: str, schema: dict) -> pl.DataFrame:
 
 def file_status() -> pl.DataFrame:
     """One row per landed file: source, landing_batch, file (path in the batch), sha256, outcome,
-    episodes (list of {episode_id, steps, outcome, quality_score, reasons}), reasons (file-level)."""
+    duplicate_of, episodes (list of {episode_id, steps, outcome, quality_score, trimmed_start_steps,
+    trimmed_end_steps, reasons}), reasons (file-level)."""
     s = pl.String
     raw = _table("raw_log_files", {"source": s, "landing_batch": s, "file": s, "sha256": s, "status": s,
                                    "duplicate_of": s})
@@ -29,6 +30,7 @@ def file_status() -> pl.DataFrame:
     accepted = _table("validated_episodes", {"episode_id": s})
     quarantine = _table("quarantine", {"episode_id": s, "source_sha256": s, "check": s, "reason": s})
     scores = _table("episode_scores", {"episode_id": s, "quality_score": pl.Float64})
+    trims = _table("ingest_trims", {"episode_id": s, "trimmed_start_steps": pl.Int32, "trimmed_end_steps": pl.Int32})
 
     reasons = quarantine.filter(pl.col("episode_id").is_not_null()).group_by("episode_id").agg(
         pl.format("{}: {}", "check", "reason").alias("reasons"))
@@ -37,6 +39,8 @@ def file_status() -> pl.DataFrame:
         .join(accepted.select("episode_id").unique().with_columns(pl.lit(True).alias("ok")), on="episode_id", how="left")
         .join(reasons, on="episode_id", how="left")
         .join(scores.select("episode_id", "quality_score"), on="episode_id", how="left")
+        .join(trims.select("episode_id", "trimmed_start_steps", "trimmed_end_steps").unique("episode_id"),
+              on="episode_id", how="left")
         .with_columns(
             pl.when(pl.col("ok")).then(pl.lit("accepted")).when(pl.col("reasons").is_not_null())
             .then(pl.lit("quarantined")).otherwise(pl.lit("pending")).alias("outcome"),
@@ -49,12 +53,14 @@ def file_status() -> pl.DataFrame:
         .join(rows.select("episode_id").unique(), on="episode_id", how="anti")
         .group_by("source_sha256", "episode_id").agg(pl.format("{}: {}", "check", "reason").alias("reasons"))
         .with_columns(pl.lit(0, pl.UInt32).alias("steps"), pl.lit("quarantined").alias("outcome"),
-                      pl.lit(None, pl.Float64).alias("quality_score"))
+                      pl.lit(None, pl.Float64).alias("quality_score"), pl.lit(None, pl.Int32).alias("trimmed_start_steps"),
+                      pl.lit(None, pl.Int32).alias("trimmed_end_steps"))
     )
-    cols = ["source_sha256", "episode_id", "steps", "outcome", "quality_score", "reasons"]
+    cols = ["source_sha256", "episode_id", "steps", "outcome", "quality_score", "trimmed_start_steps",
+            "trimmed_end_steps", "reasons"]
     all_eps = pl.concat([per_episode.select(cols), no_rows.select(cols)], how="vertical_relaxed").sort("episode_id")
     by_file = all_eps.group_by("source_sha256").agg(
-        pl.struct("episode_id", "steps", "outcome", "quality_score", "reasons").alias("episodes"),
+        pl.struct(*cols[1:]).alias("episodes"),
         (pl.col("outcome") == "accepted").all().alias("all_ok"),
         (pl.col("outcome") == "pending").any().alias("any_pending"),
     )

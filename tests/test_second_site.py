@@ -50,6 +50,8 @@ def test_second_site_clean_episodes_accepted_faults_quarantined_files_accounted_
     # Every landed file is accounted for, under its path in the batch (names repeat across robots).
     assert sorted(status["file"]) == sorted(truth["file"])
     assert set(status["outcome"]) <= {"accepted", "quarantined", "unreadable"}
+    episodes = status.select(pl.col("episodes").explode()).unnest("episodes").drop_nulls("episode_id")
+    assert (episodes["trimmed_start_steps"].fill_null(0) > 0).any()  # the trims show per episode
 
     joined = truth.join(status.select("file", "outcome", "episodes", "reasons"), on="file")
     clean = joined.filter(pl.col("fault").is_null())
