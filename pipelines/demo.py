@@ -78,6 +78,9 @@ def _quarantine_figures() -> dict:
         out |= {
             f"quarantine.{source}.files": files.height,
             f"quarantine.{source}.files_unreadable": int((files["outcome"] == "unreadable").sum()),
+            # readable files rejected whole (a missing topic, a field that does not fit the mapping)
+            f"quarantine.{source}.files_rejected": int(((files["outcome"] == "quarantined")
+                                                        & (files["episodes"].list.len() == 0)).sum()),
             f"quarantine.{source}.files_duplicate": int((files["outcome"] == "duplicate").sum()),
             f"quarantine.{source}.episodes_ingested": eps.height,
             f"quarantine.{source}.episodes_accepted": int((eps["outcome"] == "accepted").sum()) if eps.height else 0,
@@ -158,7 +161,8 @@ def print_report(report: dict) -> None:
     for src in keys("quarantine."):
         q = f"quarantine.{src}."
         print(f"    {src:<24} {report[q + 'files']} files ({report[q + 'files_unreadable']} unreadable, "
-              f"{report[q + 'files_duplicate']} duplicate) -> {report[q + 'episodes_ingested']} episodes: "
+              f"{report[q + 'files_rejected']} rejected whole, {report[q + 'files_duplicate']} duplicate) -> "
+              f"{report[q + 'episodes_ingested']} episodes: "
               f"{report[q + 'episodes_accepted']} accepted, {report[q + 'episodes']} quarantined")
     print("datasets (newest version):")
     for name in keys("dataset."):

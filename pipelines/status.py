@@ -64,8 +64,11 @@ def file_status() -> pl.DataFrame:
         (pl.col("outcome") == "accepted").all().alias("all_ok"),
         (pl.col("outcome") == "pending").any().alias("any_pending"),
     )
+    # A whole file rejected: "unreadable" when its bytes could not be decoded, else "quarantined" (a missing
+    # topic, a field that does not fit the mapping: readable, but not this source's kind of log).
     file_reasons = quarantine.filter(pl.col("episode_id").is_null()).group_by("source_sha256").agg(
-        pl.format("{}: {}", "check", "reason").alias("reasons"))
+        pl.format("{}: {}", "check", "reason").alias("reasons"),
+        pl.col("check").str.starts_with("unreadable").any().alias("undecodable"))
     landed = _landed_files().join(raw.select("source", "landing_batch", "file"),
                                   on=["source", "landing_batch", "file"], how="anti")
     raw = pl.concat([raw.select("source", "landing_batch", "file", "sha256", "status", "duplicate_of"), landed],
@@ -76,7 +79,8 @@ def file_status() -> pl.DataFrame:
         .with_columns(
             pl.when(pl.col("status") == "duplicate").then(pl.lit("duplicate"))
             .when(pl.col("sha256").is_null()).then(pl.lit("pending"))
-            .when(pl.col("reasons").is_not_null()).then(pl.lit("unreadable"))
+            .when(pl.col("undecodable").fill_null(False)).then(pl.lit("unreadable"))
+            .when(pl.col("reasons").is_not_null()).then(pl.lit("quarantined"))
             .when(pl.col("episodes").is_null() | pl.col("any_pending")).then(pl.lit("pending"))
             .when(pl.col("all_ok")).then(pl.lit("accepted"))
             .otherwise(pl.lit("quarantined")).alias("outcome"),
