@@ -49,7 +49,7 @@ MSGDEFS = {
         "string label", "uint32 size", "uint32 stride"]),
     "std_msgs/msg/String": "string data",
 }
-JOINTS = [f"hip_{i}" for i in range(4)] + [f"ankle_{i}" for i in range(4)]
+JOINTS = [f"{part}_{i}" for i in range(1, 5) for part in ("hip", "ankle")]  # the names the mapping selects
 
 
 def write_log(path: Path, seconds: float, rng: np.random.Generator) -> dict[str, list]:
