@@ -75,7 +75,7 @@ OPERATORS: dict[str, Proficiency | None] = {
     "medium": Proficiency(noise_std=0.15, hesitation_per_s=0.12, hesitation_s=(0.5, 1.5), wrong_skill_share=0.0),
     "poor": Proficiency(noise_std=0.4, hesitation_per_s=0.2, hesitation_s=(1.0, 3.0), wrong_skill_share=0.35),
     "random": None,  # uniform random actions
-    **hard_operators(noise_std=0.03, weak=0.3, pause_s=(2.0, 3.5), work_s=(1.0, 2.5)),
+    **hard_operators(noise_std=0.03, weak=0.5, pause_s=(2.0, 3.5), work_s=(1.0, 2.5)),
 }
 # Ant wandering: standard deviation of the random joint targets about the rest pose (rad), hips and ankles.
 WANDER_HIP, WANDER_ANKLE = 0.35, 0.3
