@@ -6,5 +6,8 @@ Embodiments (simulator.embodiments: EMBODIMENTS, get_embodiment):
 
 Shared by both: driver.py (fleet generation, ground truth), layout.py (how a site records logs),
 mcap_log.py (MCAP writing), faults.py (planted faults), control.py (the closed control loop),
-operators.py (graded scripted operators), ros_msgs.py (ROS 2 message definitions).
+operators.py (graded scripted operators, the hard ones as smooth as the expert), noise.py (optional
+sensor noise, drift and stamp jitter), ros_msgs.py (ROS 2 message definitions).
+
+    get_embodiment("ant").simulate_fleet(60, out, seed=3, operators="hard", noise="realistic")
 """

@@ -44,4 +44,4 @@ def build_log(ep: Episode, instruction: str, start_ns: int, rng: np.random.Gener
     cmd = command_topic("/cmd_joint", FLOAT64_MULTI_ARRAY, start_ns, SUBSTEPS * SAMPLE_NS, ep.actions, rng)
     instr, ev = marker_topics("/instruction", "/events", instruction, start_ns, end_ns, ep.fell, rng)
     return EpisodeLog({t.name: t for t in (joint, odom, cmd, instr, ev)}, start_ns, end_ns,
-                      command="/cmd_joint", joints="/joint_states", states=("/joint_states", "/odom"))
+                      command="/cmd_joint", joints="/joint_states", states=("/joint_states", "/odom"), pose="/odom")

@@ -7,7 +7,7 @@ cpg_params.yaml beside this module; nothing is tuned at run time.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -63,9 +63,18 @@ class Gait:
 
     def action(self, t: float, obs: np.ndarray) -> np.ndarray:
         """PD torque command (8, actuator order, in [-1, 1]) from a 27-dim Ant-v5 observation."""
+        return self.track(self.targets(t + TARGET_LEAD_S), obs)
+
+    def track(self, targets: np.ndarray, obs: np.ndarray) -> np.ndarray:
+        """PD torque command (8, actuator order, in [-1, 1]) toward joint `targets` (8, qpos order)."""
         q, qd = obs[5:13], obs[19:27]
-        u = self.kp * (self.targets(t + TARGET_LEAD_S) - q) - self.kd * qd
+        u = self.kp * (targets - q) - self.kd * qd
         return np.clip(u, -1.0, 1.0)[JOINT_OF_ACTUATOR]
+
+    def scaled(self, amplitude: float) -> "Gait":
+        """The same gait with every oscillation's amplitude times `amplitude` (offsets and phases kept)."""
+        return replace(self, hip_amp=[a * amplitude for a in self.hip_amp],
+                       ankle_amp=[a * amplitude for a in self.ankle_amp])
 
     def to_vector(self) -> np.ndarray:
         """Parameters scaled to [0, 1] in BOUNDS order (the tuner's search space)."""

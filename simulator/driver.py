@@ -7,14 +7,23 @@ lays it out as topics. Everything else (operator mix, start times, file names, f
 ground-truth file) is decided here, once for every fleet.
 
 `ground_truth.jsonl` (one object per file) records what the logs do not say: the operator, the
-true progress, the planted fault. The pipeline never reads it; tests and benchmarks do.
+true progress, the planted fault, the sensor noise (when there is any). The pipeline never reads it;
+tests and benchmarks do.
+
+Operator mixes (`operators=`, a name -> share mapping or a preset's name, OPERATOR_MIXES):
+  default  expert 30 %, medium 25 %, poor 25 %, random 20 %: every bad operator is also a jerky one
+  hard     expert 25 %, medium 20 %, poor and random 7.5 % each, and 10 % each of the hard operators
+           (smooth_wrong_skill, smooth_weak, smooth_random, hesitant; see simulator.operators), who
+           move as smoothly as the expert
+Sensor noise (`noise=`, a simulator.noise.SensorNoise or a preset's name of the embodiment, e.g.
+"realistic"; off by default) is described in simulator/noise.py.
 """
 from __future__ import annotations
 
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -27,10 +36,15 @@ from foundations.storage import sha256_file
 from .faults import FAULT_KINDS, effective_kind, plant_in_log, truncate_file
 from .layout import SiteLayout, apply_layout, relative_paths, resolve
 from .mcap_log import NS, EpisodeLog, write_mcap
+from .noise import NOISE_SEED, SensorNoise, jitter_stamps, perturb_pose, resolve_noise
 
 GROUND_TRUTH = "ground_truth.jsonl"
-OPERATOR_NAMES = ("expert", "medium", "poor", "random")
+HARD_OPERATOR_NAMES = ("smooth_wrong_skill", "smooth_weak", "smooth_random", "hesitant")
+OPERATOR_NAMES = ("expert", "medium", "poor", "random", *HARD_OPERATOR_NAMES)
 DEFAULT_OPERATORS = {"expert": 0.30, "medium": 0.25, "poor": 0.25, "random": 0.20}
+HARD_OPERATORS = {"expert": 0.25, "medium": 0.20, "poor": 0.075, "random": 0.075,
+                  **{name: 0.10 for name in HARD_OPERATOR_NAMES}}
+OPERATOR_MIXES = {"default": DEFAULT_OPERATORS, "hard": HARD_OPERATORS}
 BASE_DATE = datetime(2025, 6, 1, tzinfo=timezone.utc)  # the seed moves it by whole days
 MIN_GAP_S = 20.0  # between episode starts
 
@@ -46,6 +60,7 @@ class FleetSpec:
     episode_steps: int  # default episode length in control steps
     episode: Callable[[dict, np.random.Generator], tuple[EpisodeLog, dict]]  # module level (pickled by name)
     layouts: Mapping[str, SiteLayout]  # presets by name
+    noises: Mapping[str, SensorNoise] = field(default_factory=dict)  # sensor noise presets by name
 
 
 def stratified(weights: Mapping[str, float], n: int, rng: np.random.Generator) -> list[str]:
@@ -84,21 +99,36 @@ def start_times(n: int, episode_s: float, base_ns: int, rng: np.random.Generator
     return base_ns - int(span * NS) + (offsets * NS).astype(np.int64)
 
 
+def operator_mix(operators: Mapping[str, float] | str | None) -> dict[str, float]:
+    """Operator shares: the mapping itself, or the mix of that name (None is the default mix)."""
+    if operators is None:
+        return dict(DEFAULT_OPERATORS)
+    if isinstance(operators, str):
+        if operators not in OPERATOR_MIXES:
+            raise ValueError(f"unknown operator mix {operators!r}; known mixes: {', '.join(OPERATOR_MIXES)} "
+                             "(or pass {operator: share})")
+        return dict(OPERATOR_MIXES[operators])
+    return dict(operators)
+
+
 def simulate(spec: FleetSpec, n_episodes: int, out_dir: Path, seed: int = 0, fault_rate: float = 0.15,
-             episode_steps: int | None = None, operators: Mapping[str, float] | None = None, workers: int = 1,
-             layout: SiteLayout | str | None = None) -> Path:
+             episode_steps: int | None = None, operators: Mapping[str, float] | str | None = None, workers: int = 1,
+             layout: SiteLayout | str | None = None, noise: SensorNoise | str | None = None) -> Path:
     """Simulate `n_episodes` episodes of `spec`'s fleet into `out_dir` (one MCAP file each);
     returns the ground-truth JSONL path.
 
-    Skills are evenly mixed; operators follow `operators` (name -> share, default expert 30 %,
-    medium 25 %, poor 25 %, random 20 %); round(fault_rate * n_episodes) files get one planted
-    fault each, the kinds taken in turn. `layout` (a SiteLayout or a preset's name) says how the
-    site records the logs. The same arguments give byte-identical files, whatever `workers` is.
+    Skills are evenly mixed; operators follow `operators` (name -> share, or a mix's name: "default",
+    expert 30 %, medium 25 %, poor 25 %, random 20 %; "hard", see the module docstring);
+    round(fault_rate * n_episodes) files get one planted fault each, the kinds taken in turn.
+    `layout` (a SiteLayout or a preset's name) says how the site records the logs; `noise` (a
+    SensorNoise or a preset's name, default none) how noisy its sensors are. The same arguments give
+    byte-identical files, whatever `workers` is.
     """
     episode_steps = spec.episode_steps if episode_steps is None else int(episode_steps)
-    operators = dict(DEFAULT_OPERATORS if operators is None else operators)
+    operators = operator_mix(operators)
     check_args(n_episodes, fault_rate, episode_steps, operators)
     site = resolve(layout, spec.layouts)
+    sensor_noise = resolve_noise(noise, spec.noises)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -122,7 +152,7 @@ def simulate(spec: FleetSpec, n_episodes: int, out_dir: Path, seed: int = 0, fau
     jobs = [
         {"i": i, "out_dir": str(out_dir), "file": paths[i], "seed": int(episode_seeds[i]), "skill": skills[i],
          "operator": who[i], "robot_id": robots[i], "joint_order": orders[int(robot_pos[i])], "fault": faults[i],
-         "start_ns": int(starts[i]), "steps": episode_steps, "layout": site}
+         "start_ns": int(starts[i]), "steps": episode_steps, "layout": site, "noise": sensor_noise}
         for i in range(n_episodes)
     ]
     records: list[dict] = [{}] * n_episodes
@@ -149,14 +179,16 @@ def fleet_simulator(spec: FleetSpec) -> Callable[..., Path]:
     """`simulate_fleet` of one embodiment: `simulate` with `spec` bound (see there for the arguments)."""
 
     def simulate_fleet(n_episodes: int, out_dir: Path, seed: int = 0, fault_rate: float = 0.15,
-                       episode_steps: int | None = None, operators: Mapping[str, float] | None = None,
-                       workers: int = 1, layout: SiteLayout | str | None = None) -> Path:
-        return simulate(spec, n_episodes, out_dir, seed, fault_rate, episode_steps, operators, workers, layout)
+                       episode_steps: int | None = None, operators: Mapping[str, float] | str | None = None,
+                       workers: int = 1, layout: SiteLayout | str | None = None,
+                       noise: SensorNoise | str | None = None) -> Path:
+        return simulate(spec, n_episodes, out_dir, seed, fault_rate, episode_steps, operators, workers, layout, noise)
 
     simulate_fleet.__doc__ = (
         f"Simulate `n_episodes` {spec.name} episodes (default {spec.episode_steps} control steps at "
-        f"{spec.control_hz} Hz) into `out_dir`; returns the ground-truth JSONL path. Layout presets: "
-        f"{', '.join(spec.layouts)}. See simulator.driver.simulate."
+        f"{spec.control_hz} Hz) into `out_dir`; returns the ground-truth JSONL path. Operator mixes: "
+        f"{', '.join(OPERATOR_MIXES)}. Layout presets: {', '.join(spec.layouts)}. Sensor noise presets: none, "
+        f"{', '.join(spec.noises)}. See simulator.driver.simulate."
     )
     return simulate_fleet
 
@@ -166,9 +198,15 @@ def run_job(episode: Callable[[dict, np.random.Generator], tuple[EpisodeLog, dic
     ep_rng = np.random.default_rng([job["seed"], 0x10C])  # timing jitter, layout and fault placement
     log, facts = episode(job, ep_rng)
     site: SiteLayout = job["layout"]
+    noise: SensorNoise = job["noise"]
+    if noise.active:  # its own random stream: layouts and faults land as they would without noise
+        noise_rng = np.random.default_rng([job["seed"], NOISE_SEED])
+        facts = {**facts, "sensor_noise": perturb_pose(log, noise, noise_rng)}
     n_joints = len(log.topic(log.joints).joint_names or [])
     order = np.array([j for j in job["joint_order"] if j < n_joints])
     placed = apply_layout(log, site, order, ep_rng)
+    if noise.active:
+        jitter_stamps(log, noise, noise_rng)
     fault = job["fault"] and effective_kind(job["fault"], (log.end_ns - log.start_ns) / NS)
     detail = plant_in_log(log, fault, ep_rng) if fault not in (None, "truncated") else None
 

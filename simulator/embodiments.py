@@ -25,7 +25,9 @@ class Embodiment:
     control_hz: int
     episode_steps: int
     # (n_episodes, out_dir, seed=0, fault_rate=0.15, episode_steps=None, operators=None, workers=1,
-    #  layout=None) -> ground-truth path; layout: a simulator.layout.SiteLayout or a preset's name
+    #  layout=None, noise=None) -> ground-truth path; operators: {name: share} or a mix's name ("default",
+    #  "hard"); layout: a simulator.layout.SiteLayout or a preset's name; noise: a simulator.noise.SensorNoise
+    #  or a preset's name ("realistic")
     simulate_fleet: Callable[..., Path]
     rollout: Callable[[Policy, str, int, int], dict]  # -> instruction, seed, progress, fell, steps
     reference_progress: Callable[[str, str, list[int], int], float]  # (operator, instruction, seeds, steps)

@@ -17,6 +17,13 @@ Layouts (simulator.layout.SiteLayout; pass one, or a preset's name):
                /ant_b/episode, robot named in metadata record "site" key "robot_name", files in
                robot_<NN>/run_<k>.mcap; state streams start 20-150 ms after the first command and
                one stops 50-300 ms before the end.
+
+Operator mixes: operators="hard" (HARD_OPERATORS) adds operators as smooth as the expert who do the
+wrong skill, too little, wander, or pause (simulator.driver, simulator.operators).
+
+Sensor noise (simulator.noise; off by default), noise="realistic" (REALISTIC_NOISE): /odom position
++-1 cm white noise and a drift of 3 cm per sqrt(s) in x and y, yaw +-0.01 rad and 0.01 rad per sqrt(s),
+twist +-0.05 m/s and rad/s with a bias drifting 0.01 per sqrt(s); sensor stamps jittered by 1 ms.
 """
 from __future__ import annotations
 
@@ -27,15 +34,21 @@ from .ant_log import build_log
 from .driver import GROUND_TRUTH, read_ground_truth
 from .layout import SiteLayout
 from .mcap_log import EpisodeLog
+from .noise import SensorNoise
 from .operators import operator_policy
 from .rollout import simulate_episode
 from .skills import CONTROL_HZ, EPISODE_STEPS, SKILLS
 
-__all__ = ["DEFAULT_OPERATORS", "GROUND_TRUTH", "LAYOUTS", "ROBOTS", "SECOND_SITE", "SPEC", "ant_episode",
-           "read_ground_truth", "simulate_fleet"]
+__all__ = ["DEFAULT_OPERATORS", "GROUND_TRUTH", "HARD_OPERATORS", "LAYOUTS", "NOISES", "REALISTIC_NOISE", "ROBOTS",
+           "SECOND_SITE", "SPEC", "ant_episode", "read_ground_truth", "simulate_fleet"]
 
 ROBOTS = tuple(f"ant-{i:02d}" for i in range(1, 7))
 DEFAULT_OPERATORS = driver.DEFAULT_OPERATORS
+HARD_OPERATORS = driver.HARD_OPERATORS
+REALISTIC_NOISE = SensorNoise(name="realistic", position_std_m=0.01, position_drift_m=0.03, yaw_std_rad=0.01,
+                              yaw_drift_rad=0.01, linear_std=0.05, angular_std=0.05, twist_drift=0.01,
+                              stamp_jitter_ms=1.0)
+NOISES = {"realistic": REALISTIC_NOISE}
 
 SECOND_SITE = SiteLayout(
     name="second_site",
@@ -62,7 +75,7 @@ def ant_episode(job: dict, rng: np.random.Generator) -> tuple[EpisodeLog, dict]:
 
 
 SPEC = driver.FleetSpec(name="ant", skills=SKILLS, robots=ROBOTS, control_hz=CONTROL_HZ, episode_steps=EPISODE_STEPS,
-                        episode=ant_episode, layouts=LAYOUTS)
+                        episode=ant_episode, layouts=LAYOUTS, noises=NOISES)
 
 
 simulate_fleet = driver.fleet_simulator(SPEC)

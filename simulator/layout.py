@@ -103,6 +103,8 @@ def _split_odometry(log: EpisodeLog, pose_name: str, twist_name: str) -> None:
     del log.topics[t.name]
     log.topics[pose_name], log.topics[twist_name] = pose, twist
     log.states = tuple(s for name in log.states for s in ((pose_name, twist_name) if name == t.name else (name,)))
+    if log.pose == t.name:
+        log.pose = pose_name
 
 
 def _subsample(log: EpisodeLog, name: str, rate_hz: float) -> None:

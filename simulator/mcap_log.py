@@ -60,7 +60,8 @@ class EpisodeLog:
 
     The roles name topics by what they carry, so faults and layouts need not know a fleet's names:
     `command` the control topic, `joints` the JointState topic, `states` every sensor stream
-    (joints included); the rest (instruction, events) are markers.
+    (joints included), `pose` the measured pose (odometry, end effector); the rest (instruction,
+    events) are markers.
     """
 
     topics: dict[str, Topic]
@@ -69,6 +70,7 @@ class EpisodeLog:
     command: str
     joints: str
     states: tuple[str, ...]
+    pose: str | None = None  # the measured pose the skills' progress is read from (sensor noise applies here)
 
     def topic(self, name: str) -> Topic:
         return self.topics[name]
@@ -82,6 +84,7 @@ class EpisodeLog:
         swap = {old: new}
         self.command, self.joints = swap.get(self.command, self.command), swap.get(self.joints, self.joints)
         self.states = tuple(swap.get(s, s) for s in self.states)
+        self.pose = swap.get(self.pose, self.pose) if self.pose else self.pose
 
 
 def jittered(rng: np.random.Generator, stamp: np.ndarray, publish_after: tuple[float, float],

@@ -53,4 +53,4 @@ def build_log(ep: Episode, instruction: str, start_ns: int, rng: np.random.Gener
     instr, ev = marker_topics("/arm/instruction", "/arm/events", instruction, start_ns, end_ns, False, rng)
     return EpisodeLog({t.name: t for t in (joints, ee, target, cmd, instr, ev)}, start_ns, end_ns,
                       command="/arm/cmd", joints="/arm/joint_states",
-                      states=("/arm/joint_states", "/arm/ee_pose", "/arm/target"))
+                      states=("/arm/joint_states", "/arm/ee_pose", "/arm/target"), pose="/arm/ee_pose")

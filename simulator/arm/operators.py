@@ -4,16 +4,21 @@ skill's goal at a limited speed.
 reach the target: the goal is the inverse-kinematics solution for the target (on the side the
 elbow already bends to); sweep left/right: the shoulder turns SWEEP_TOTAL radians from where it
 started, the elbow holds. Graded as simulator.operators describes (hesitations, wrong-skill
-segments, noise); the medium and poor operators also act on a lagged state (one control step late) at a slower
-pace. The random operator flails: every 0.15-0.5 s it throws the arm at full torque toward a joint
-configuration drawn uniformly from the workspace. (Uniform random torques would spin Reacher's
-unlimited shoulder at tens of rad/s and turn the bearing by +-40 rad in 5 s: no reference at all.)
+segments, noise); the medium and poor operators also act on a lagged state (one control step late)
+at a slower pace. The hard operators (smooth_wrong_skill, smooth_weak, smooth_random, hesitant) are
+described there too; here smooth_weak's reference travels a quarter of the way, smooth_random's
+reference wanders about the start pose (WANDER_RAD), and the hesitant operator works at 60 % pace (a
+reach takes the expert about a second, so pauses alone would hardly cost it progress) and always
+holds the pose when it pauses (let go, Reacher's arm would coast on). The random operator flails:
+every 0.15-0.5 s it throws the arm at full torque toward a joint configuration drawn uniformly from
+the workspace. (Uniform random torques would spin Reacher's unlimited shoulder at tens of rad/s and
+turn the bearing by +-40 rad in 5 s: no reference at all.)
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..operators import Proficiency, ScriptedOperator
+from ..operators import Proficiency, ScriptedOperator, hard_operators
 from .skills import CONTROL_HZ, LINKS, SKILLS
 
 KP, KD = 0.4, 0.08  # torque command per rad of error / per rad/s (gear 200, armature 1: ~9 rad/s bandwidth)
@@ -31,7 +36,9 @@ ARM_OPERATORS: dict[str, Proficiency | None] = {
     "poor": Proficiency(noise_std=0.12, hesitation_per_s=0.25, hesitation_s=(0.8, 2.0), wrong_skill_share=0.35,
                         segment_s=1.5, lag_steps=1, pace=0.6),
     "random": None,  # flailing toward uniform random joint configurations
+    **hard_operators(noise_std=0.02, weak=0.25, pause_s=(1.5, 2.5), work_s=(0.5, 1.0), pace=0.6, hold_share=1.0),
 }
+WANDER_RAD = (1.2, 1.0)  # standard deviation of the wandering reference about the start pose: shoulder, elbow
 
 
 def inverse_kinematics(target: np.ndarray, elbow_sign: float) -> np.ndarray:
@@ -70,6 +77,8 @@ class ArmOperator(ScriptedOperator):
         else:
             turn = SWEEP_TOTAL * np.sign(SKILLS[skill]["target"])
             self.goal, self.speed = self.home + np.array([turn, 0.0]), SWEEP_SPEED * pace
+        if self.profile.amplitude != 1.0:  # a feeble operator travels only part of the way
+            self.goal = self.home + self.profile.amplitude * (self.goal - self.home)
         return KP * (self.ref - q) - KD * qd
 
     def _advance(self, skill: str) -> None:
@@ -82,7 +91,15 @@ class ArmOperator(ScriptedOperator):
             self.next_draw = self.step + max(1, int(round(self.rng.uniform(*RANDOM_HOLD_S) * self.control_hz)))
         return np.clip(RANDOM_KP * (self.flail_to - obs[:2]) - RANDOM_KD * obs[2:4], -1.0, 1.0)
 
+    def _wander(self, obs: np.ndarray) -> np.ndarray:
+        q, qd = obs[:2], obs[2:4]
+        if self.home is None:
+            self.home = q.copy()
+        ref = self.home + np.asarray(WANDER_RAD) * self.smooth_noise()
+        ref[1] = np.clip(ref[1], -ELBOW_LIMIT, ELBOW_LIMIT)
+        return KP * (ref - q) - KD * qd
+
 
 def operator_policy(operator: str, instruction: str, seed: int) -> ArmOperator:
-    """The scripted arm operator's policy for one episode (expert, medium, poor or random)."""
+    """The scripted arm operator's policy for one episode (any name in ARM_OPERATORS)."""
     return ArmOperator(operator, instruction, seed)
