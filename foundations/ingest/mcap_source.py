@@ -284,8 +284,10 @@ def _records(data: bytes) -> Iterator[tuple[int, bytes]]:
 def _decompress_prefix(compression: str, data: bytes) -> tuple[bytes, str | None]:
     """As much of a chunk's records as decompress: (bytes, error or None when all did).
 
-    Whole first (fast); on failure again in small pieces, which keeps every compressed block
-    before the damaged or missing one (a zstd block holds up to 128 KiB of records).
+    Whole first (fast); on failure again in small pieces, which keeps the compressed blocks
+    before the damaged or missing one (a zstd block holds up to 128 KiB of records). Neither
+    format checksums a block, so two separate damages in one chunk can pass unseen before the
+    second; one damage (bit rot, a torn write) cannot.
     """
     if compression == "":
         return data, None
@@ -308,13 +310,18 @@ def _decompress_prefix(compression: str, data: bytes) -> tuple[bytes, str | None
     except Exception:
         pass
     partial, out, error = decoder(), bytearray(), "the compressed records end early"
+    blocks = [0]  # output length after each block (output grows a block at a time)
     for pos in range(0, len(data), _PIECE):
         try:
             out += partial.decompress(data[pos:pos + _PIECE])
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
             break
-    return bytes(out), error
+        if len(out) > blocks[-1]:
+            blocks.append(len(out))
+    # Compressed blocks share tables and offsets, so damage can decode silently in one block and
+    # fail only in the next: the last block before the failure is not trusted either.
+    return bytes(out[:blocks[-2] if len(blocks) > 1 else 0]), error
 
 
 @dataclass
@@ -365,6 +372,7 @@ class _Recovery:
     lost: list[tuple[int, int, str]] = field(default_factory=list)
     messages: int = 0
     last_time: int | None = None  # log time of the last message read
+    bounds: tuple[int, int] = (0, 2**63 - 1)  # log times possible here (the chunk's range while in one)
 
     def take(self, opcode: int, body: bytes) -> None:
         """Add one record (outside or inside a chunk); raises on a record that does not parse."""
@@ -379,6 +387,8 @@ class _Recovery:
                 self.sinks[channel.topic] = _TopicSink(channel.topic, self.columns[channel.topic])
         elif opcode == Opcode.MESSAGE:
             message = Message.read(stream, len(body))
+            if not self.bounds[0] <= message.log_time <= self.bounds[1]:
+                raise ValueError(f"a message's log time {message.log_time} lies outside its chunk's time range")
             self.last_time = message.log_time if self.last_time is None else max(self.last_time, message.log_time)
             channel = self.channels.get(message.channel_id)
             if channel is None or channel.topic not in self.sinks:
@@ -404,6 +414,7 @@ class _Recovery:
     def chunk(self, chunk: _Chunk) -> None:
         """Take a chunk's records in order; the first one that fails ends the chunk."""
         error = chunk.error
+        self.bounds = (chunk.start, min(chunk.end, 2**63 - 1))
         for opcode, body in chunk.records:
             try:
                 self.take(opcode, body)
@@ -412,6 +423,7 @@ class _Recovery:
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
                 break
+        self.bounds = (0, 2**63 - 1)
         if error is not None:
             kept = self.last_time if self.last_time is not None and chunk.start <= self.last_time <= chunk.end else None
             self.lost.append((chunk.start if kept is None else kept + 1, chunk.end, error))
