@@ -150,3 +150,142 @@ def test_chunk_failing_only_its_crc_is_lost_whole_with_the_reason(tmp_path, mapp
     assert result.episodes.height == 0  # the damage could be anywhere: nothing of the chunk is trusted
     assert result.quarantine["check"].to_list() == ["unreadable_mcap"]
     assert "CRC mismatch" in result.quarantine["reason"][0] and "cannot be located" in result.quarantine["reason"][0]
+
+
+# ---------------------------------------------------------------- kill -9 mid-write, then re-run
+
+INGEST_CHILD = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from foundations import storage
+    from foundations.ingest import ingest_files, load_mapping
+    landing, batches = Path(sys.argv[1]), int(sys.argv[2])
+    mapping = load_mapping("ant_fleet_ros2")
+    files = sorted(landing.glob("*.mcap"))
+    print("started", flush=True)
+    for b in range(batches):
+        result = ingest_files(files[b::batches], mapping, progress=False, batch_dir=landing)
+        storage.write_partition(result.episodes, "episodes", f"fleet/batch_{b}")
+        print("wrote", b, flush=True)
+""")
+
+PUBLISH_CHILD = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    import polars as pl
+    from foundations.publish import publish
+    from foundations.recipes import load_recipe
+    table, sources, recipe, hub = (Path(a) for a in sys.argv[1:5])
+    selected, sources, recipe = pl.read_parquet(table), pl.read_parquet(sources), load_recipe(recipe)
+    print("started", flush=True)
+    t = time.monotonic()
+    result = publish(recipe, selected, sources=sources, validation={"passed": True}, quality_stats={},
+                     code_version="kill-test", root=hub)
+    print("published", result.version, result.created, round(time.monotonic() - t, 3), flush=True)
+""")
+
+
+def _child(code: str, args: list, home: Path) -> subprocess.Popen:
+    env = {**os.environ, "ROBOCURATE_HOME": str(home), "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
+    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _run_and_kill(code: str, args: list, home: Path, delay_s: float) -> str:
+    """Start the child, SIGKILL it `delay_s` after it says it started (or let it finish first); its stdout."""
+    child = _child(code, args, home)
+    assert child.stdout.readline().strip() == "started", child.stderr.read()
+    time.sleep(delay_s)
+    child.send_signal(signal.SIGKILL)
+    out, _ = child.communicate(timeout=60)
+    return out
+
+
+def _finish(code: str, args: list, home: Path) -> str:
+    child = _child(code, args, home)
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == 0, err
+    return out
+
+
+def test_ingest_killed_mid_write_leaves_no_partial_partition_and_reruns_exactly(tmp_path, mapping):
+    from foundations import storage
+    from foundations.ingest import ingest_files
+
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    for i in range(8):
+        write_fleet_log(landing / f"run_{i}.mcap", [Episode(1.0 + 0.25 * i)], robot_id=f"ant-{i % 3}")
+    batches = 4
+    files = sorted(landing.glob("*.mcap"))
+    expected = {f"batch_{b}": ingest_files(files[b::batches], mapping, progress=False, batch_dir=landing).episodes
+                for b in range(batches)}
+    home = tmp_path / "home"
+    rng = random.Random(4)
+    kills = 0
+    for attempt in range(4):
+        out = _run_and_kill(INGEST_CHILD, [landing, batches], home, rng.uniform(0.0, 0.8))
+        kills += "wrote 3" not in out
+        with storage.using_root(home):
+            folder = storage.lake_table("episodes") / "fleet"
+            visible = sorted(p.stem for p in folder.glob("*.parquet")) if folder.exists() else []
+            assert set(visible) <= set(expected)
+            for name in visible:  # every visible partition is whole, never a torn file
+                assert storage.read_partition("episodes", f"fleet/{name}").equals(expected[name]), (attempt, name)
+            table = storage.read_table("episodes")  # stray temporary files are never read as data
+            assert (table.height if table is not None else 0) == sum(expected[n].height for n in visible)
+    assert kills >= 2, "the kills should land before the run ends"
+    with storage.using_root(home):  # a kill inside a write leaves only a hidden temporary file
+        strays = [p.name for p in storage.lake_table("episodes").rglob("*") if p.is_file() and p.suffix != ".parquet"]
+    assert all(name.startswith(".") and name.endswith(".tmp") for name in strays), strays
+    _finish(INGEST_CHILD, [landing, batches], home)
+    with storage.using_root(home):
+        table = storage.read_table("episodes")
+    whole = pl.concat(list(expected.values()))
+    assert table.height == whole.height and table.select(KEY).is_unique().all()  # no row lost or doubled
+    assert table.sort(KEY).equals(whole.sort(KEY))
+
+
+def test_publish_killed_mid_write_never_shows_a_partial_version_and_reruns_to_one(tmp_path):
+    from test_publish import make_episodes, make_scores, sources_frame, write_recipe
+    from foundations.publish import list_versions, resolve_version
+    from foundations.recipes import load_recipe, select_episodes
+    from foundations.versions import VersionStore
+
+    recipe_path = write_recipe(tmp_path, "killtest", publish={"shard_rows": 50})
+    table = make_episodes(60, 40, seed=3)
+    selected, _ = select_episodes(load_recipe(recipe_path), table, make_scores(table))
+    selected.write_parquet(tmp_path / "selected.parquet")
+    sources_frame().write_parquet(tmp_path / "sources.parquet")
+    args = [tmp_path / "selected.parquet", tmp_path / "sources.parquet", recipe_path]
+
+    reference = _finish(PUBLISH_CHILD, args + [tmp_path / "hub_ref"], tmp_path / "home").split()
+    seconds = float(reference[-1])  # how long the publish itself takes here
+    ref = resolve_version("killtest", root=tmp_path / "hub_ref")
+    hub = tmp_path / "hub"
+    store = VersionStore("hub", kind="dataset", root=hub)
+    rng = random.Random(11)
+    torn = 0
+    for attempt in range(4):
+        _run_and_kill(PUBLISH_CHILD, args + [hub], tmp_path / "home", rng.uniform(0.0, seconds * 1.1))
+        torn += any(p.name.startswith(".tmp-") for p in hub.joinpath("killtest").iterdir())
+        versions = list_versions("killtest", root=hub)
+        assert len(versions) <= 1, versions  # either nothing or the one whole version
+        for record in versions:
+            assert record["content_hash"] == ref["content_hash"] and record["version"] == "1.0.0"
+            store.verify(record)  # every file as recorded
+        if not versions:
+            with pytest.raises(LookupError):
+                resolve_version("killtest", root=hub)
+    assert torn >= 1, "a kill should land while a version is being built"
+    out = _finish(PUBLISH_CHILD, args + [hub], tmp_path / "home").split()
+    assert out[1:3] == ["published", "1.0.0"]
+    versions = list_versions("killtest", root=hub)
+    assert [v["version"] for v in versions] == ["1.0.0"]
+    record = versions[0]
+    store.verify(record)
+    assert record["files"] == ref["files"] or record["content_hash"] == ref["content_hash"]
+    shards = pl.concat([pl.read_parquet(p) for p in sorted((Path(record["path"]) / "data").glob("*.parquet"))])
+    assert shards.height == selected.height and shards.select(KEY).is_unique().all()  # no row lost or doubled
+    leftovers = [p.name for p in hub.joinpath("killtest").iterdir() if p.name.startswith(".tmp-")]
+    assert not leftovers, leftovers  # builds cut short are cleared by the next commit
