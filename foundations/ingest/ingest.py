@@ -2,7 +2,9 @@
 
 `ingest_file` never raises on bad input: an unreadable file, a missing topic, a
 mapped field that does not fit the messages or a malformed episode becomes a
-quarantine record (stage "ingest") with a reason that says what to fix. The reader
+quarantine record (stage "ingest") with a reason that says what to fix. A file cut short
+while recording (or damaged) keeps what the reader recovered: the episode open at the cut
+becomes a truncated episode (`trims.truncated`, with the reason), not a lost file. The reader
 is the one registered for the mapping's `format` (foundations.ingest.formats).
 """
 from __future__ import annotations
