@@ -10,6 +10,7 @@ marked truncated.
 from __future__ import annotations
 
 import io
+import mmap
 import re
 import struct
 import zlib
@@ -309,19 +310,18 @@ def _decompress_prefix(compression: str, data: bytes) -> tuple[bytes, str | None
         return out, None
     except Exception:
         pass
-    partial, out, error = decoder(), bytearray(), "the compressed records end early"
+    partial, out = decoder(), bytearray()
     blocks = [0]  # output length after each block (output grows a block at a time)
     for pos in range(0, len(data), _PIECE):
         try:
             out += partial.decompress(data[pos:pos + _PIECE])
         except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            break
+            # Compressed blocks share tables and offsets, so damage can decode silently in one block
+            # and fail only in the next: the last block before the failure is not trusted either.
+            return bytes(out[:blocks[-2] if len(blocks) > 1 else 0]), f"{type(exc).__name__}: {exc}"
         if len(out) > blocks[-1]:
             blocks.append(len(out))
-    # Compressed blocks share tables and offsets, so damage can decode silently in one block and
-    # fail only in the next: the last block before the failure is not trusted either.
-    return bytes(out[:blocks[-2] if len(blocks) > 1 else 0]), error
+    return bytes(out), "the compressed records end early"  # cut short, not damaged: every block is sound
 
 
 @dataclass
@@ -435,31 +435,46 @@ def _recover(stream: io.BufferedReader, columns: dict[str, list[Column]]) -> Mca
     A tear (a record cut by the end of the file) ends the pass: `McapLog.truncated` says where, and the
     lost tail of a torn chunk is part of that, not of `lost_chunks` (which are holes before the tear).
     """
-    stream.seek(0, io.SEEK_SET)
-    data = stream.read()
     state = _Recovery(columns)
-    pos, size, torn, footer = len(MCAP0_MAGIC), len(data), None, False
-    while pos < size and not footer:
+    with mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as data:  # slices read only what they cover
+        size = len(data)
+        torn, footer = _linear_pass(data, state)
+    if torn is None and not footer:
+        torn = f"the file ends after {size} bytes without the MCAP footer (cut short while writing)"
+    if state.lost and state.last_time is not None and state.lost[-1][0] > state.last_time:
+        # Nothing after the last damage decoded: the log ends there, as if cut short.
+        error = state.lost.pop()[2]
+        torn = f"no record decodes after damage in the last chunk read ({error})"
+    if state.messages == 0:  # nothing to keep: say what the damage was
+        if not footer:
+            raise UnreadableLog(f"the file ends after {size} bytes without the MCAP footer (cut short while writing)")
+        raise UnreadableLog(state.lost[0][2] if state.lost else "no message of a needed topic could be read")
+    truncated = None if torn is None else f"{torn}; kept every message logged before it"
+    topics = {c.topic: state.schemas[c.schema_id].name if c.schema_id in state.schemas else "unknown"
+              for c in state.channels.values()}
+    frames = {t: s.frame() for t, s in state.sinks.items()}
+    return McapLog(frames, topics, sorted(topics), state.metadata, state.messages, state.lost, truncated)
+
+
+def _linear_pass(data: mmap.mmap, state: _Recovery) -> tuple[str | None, bool]:
+    """Feed every record after the magic to `state`; returns (where the file tears or None, footer reached)."""
+    pos, size = len(MCAP0_MAGIC), len(data)
+    while pos < size:
         if pos + 9 > size:
-            torn = f"the file ends after {size} bytes inside a record header (cut short while writing)"
-            break
+            return f"the file ends after {size} bytes inside a record header (cut short while writing)", False
         opcode, (length,) = data[pos], _U64.unpack_from(data, pos + 1)
         body = data[pos + 9:pos + 9 + length]
         complete = len(body) == length
         if opcode == Opcode.CHUNK:
-            chunk = _read_chunk(body, complete)
             lost_before = len(state.lost)
-            state.chunk(chunk)
+            state.chunk(_read_chunk(body, complete))
             if not complete:
-                if len(state.lost) > lost_before:
-                    state.lost.pop()  # the torn chunk's tail is the truncation, not a hole
-                torn = f"the file ends after {size} bytes inside a chunk (cut short while writing)"
-                break
+                del state.lost[lost_before:]  # the torn chunk's tail is the truncation, not a hole
+                return f"the file ends after {size} bytes inside a chunk (cut short while writing)", False
         elif not complete:
-            torn = f"the file ends after {size} bytes inside a record of {length} bytes (cut short while writing)"
-            break
+            return f"the file ends after {size} bytes inside a record of {length} bytes (cut short while writing)", False
         elif opcode == Opcode.FOOTER:
-            footer = True
+            return None, True
         else:
             try:
                 state.take(opcode, body)
@@ -468,23 +483,7 @@ def _recover(stream: io.BufferedReader, columns: dict[str, list[Column]]) -> Mca
             except Exception as exc:
                 state.lost.append((state.last_time or 0, state.last_time or 0, f"{type(exc).__name__}: {exc}"))
         pos += 9 + length
-    if torn is None and not footer:
-        torn = f"the file ends after {size} bytes without the MCAP footer (cut short while writing)"
-    if state.lost and state.last_time is not None and state.lost[-1][0] > state.last_time:
-        # Nothing after the last damage decoded: the log ends there, as if cut short.
-        start, _, error = state.lost.pop()
-        torn = f"no record decodes after damage in the last chunk read ({error})"
-    if state.messages == 0:  # nothing to keep: say what the damage was
-        if not footer:
-            raise UnreadableLog(f"the file ends after {size} bytes without the MCAP footer (cut short while writing)")
-        raise UnreadableLog(state.lost[0][2] if state.lost else "no message of a needed topic could be read")
-    truncated = None
-    if torn is not None:
-        truncated = f"{torn}; kept every message logged before it"
-    topics = {c.topic: state.schemas[c.schema_id].name if c.schema_id in state.schemas else "unknown"
-              for c in state.channels.values()}
-    frames = {t: s.frame() for t, s in state.sinks.items()}
-    return McapLog(frames, topics, sorted(topics), state.metadata, state.messages, state.lost, truncated)
+    return None, False
 
 
 def _scan_channels(stream: io.BufferedReader) -> tuple[list[str], dict[str, str]]:
