@@ -191,10 +191,18 @@ def _child(code: str, args: list, home: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _run_and_kill(code: str, args: list, home: Path, delay_s: float) -> str:
-    """Start the child, SIGKILL it `delay_s` after it says it started (or let it finish first); its stdout."""
+def _run_and_kill(code: str, args: list, home: Path, delay_s: float, after: Path | None = None) -> str:
+    """Start the child, SIGKILL it `delay_s` after it says it started (or let it finish first); its stdout.
+
+    `after`: a folder; the delay counts from when something hidden (a build) appears in it instead.
+    """
     child = _child(code, args, home)
     assert child.stdout.readline().strip() == "started", child.stderr.read()
+    deadline = time.monotonic() + 30
+    while after is not None and child.poll() is None and time.monotonic() < deadline:
+        if after.is_dir() and any(p.name.startswith(".tmp-") for p in after.iterdir()):
+            break
+        time.sleep(0.002)
     time.sleep(delay_s)
     child.send_signal(signal.SIGKILL)
     out, _ = child.communicate(timeout=60)
@@ -266,8 +274,10 @@ def test_publish_killed_mid_write_never_shows_a_partial_version_and_reruns_to_on
     store = VersionStore("hub", kind="dataset", root=hub)
     rng = random.Random(11)
     torn = 0
-    for attempt in range(4):
-        _run_and_kill(PUBLISH_CHILD, args + [hub], tmp_path / "home", rng.uniform(0.0, seconds * 1.1))
+    for attempt in range(4):  # twice while a version is being built, then at random points
+        building = hub / "killtest" if attempt < 2 else None
+        _run_and_kill(PUBLISH_CHILD, args + [hub], tmp_path / "home", rng.uniform(0.0, seconds * (0.3 if building else 1.1)),
+                      after=building)
         torn += any(p.name.startswith(".tmp-") for p in hub.joinpath("killtest").iterdir())
         versions = list_versions("killtest", root=hub)
         assert len(versions) <= 1, versions  # either nothing or the one whole version
