@@ -90,6 +90,20 @@ def test_every_complete_chunk_before_the_cut_is_kept(tmp_path, mapping):
                 assert got.frames[topic].head(before.height).equals(before), (topic, cut)
 
 
+def test_log_cut_in_its_summary_keeps_every_message_and_is_not_truncated(tmp_path, mapping):
+    log = write_fleet_log(tmp_path / "whole.mcap", [Episode(1.0)], markers=False)  # the file is the episode
+    intact = ingest_file(log.path, mapping)
+    data = log.path.read_bytes()
+    footer = len(data) - 8 - (1 + 8 + 20)  # the footer record, before the closing magic
+    summary_start = int.from_bytes(data[footer + 9:footer + 17], "little")
+    (tmp_path / "cut.mcap").write_bytes(data[: summary_start + 30])  # the data section whole, its index cut
+    got = read_mcap(tmp_path / "cut.mcap", mapping)
+    assert got.truncated is None and got.lost_chunks == []
+    result = ingest_file(tmp_path / "cut.mcap", mapping)
+    assert result.quarantine.height == 0 and not result.trims["truncated"].any()
+    assert result.episodes.select(COMPARED).equals(intact.episodes.select(COMPARED))
+
+
 def test_log_cut_before_any_whole_record_is_quarantined_with_the_reason(tmp_path, mapping):
     log = write_fleet_log(tmp_path / "whole.mcap", [Episode(1.0)])
     (tmp_path / "cut.mcap").write_bytes(log.path.read_bytes()[:300])

@@ -438,15 +438,15 @@ def _recover(stream: io.BufferedReader, columns: dict[str, list[Column]]) -> Mca
     state = _Recovery(columns)
     with mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as data:  # slices read only what they cover
         size = len(data)
-        torn, footer = _linear_pass(data, state)
-    if torn is None and not footer:
+        torn, whole = _linear_pass(data, state)
+    if torn is None and not whole:
         torn = f"the file ends after {size} bytes without the MCAP footer (cut short while writing)"
     if state.lost and state.last_time is not None and state.lost[-1][0] > state.last_time:
         # Nothing after the last damage decoded: the log ends there, as if cut short.
         error = state.lost.pop()[2]
         torn = f"no record decodes after damage in the last chunk read ({error})"
     if state.messages == 0:  # nothing to keep: say what the damage was
-        if not footer:
+        if not whole:
             raise UnreadableLog(f"the file ends after {size} bytes without the MCAP footer (cut short while writing)")
         raise UnreadableLog(state.lost[0][2] if state.lost else "no message of a needed topic could be read")
     truncated = None if torn is None else f"{torn}; kept every message logged before it"
@@ -457,7 +457,7 @@ def _recover(stream: io.BufferedReader, columns: dict[str, list[Column]]) -> Mca
 
 
 def _linear_pass(data: mmap.mmap, state: _Recovery) -> tuple[str | None, bool]:
-    """Feed every record after the magic to `state`; returns (where the file tears or None, footer reached)."""
+    """Feed every data record after the magic to `state`; returns (where the file tears or None, data end reached)."""
     pos, size = len(MCAP0_MAGIC), len(data)
     while pos < size:
         if pos + 9 > size:
@@ -473,8 +473,8 @@ def _linear_pass(data: mmap.mmap, state: _Recovery) -> tuple[str | None, bool]:
                 return f"the file ends after {size} bytes inside a chunk (cut short while writing)", False
         elif not complete:
             return f"the file ends after {size} bytes inside a record of {length} bytes (cut short while writing)", False
-        elif opcode == Opcode.FOOTER:
-            return None, True
+        elif opcode in (Opcode.FOOTER, Opcode.DATA_END):
+            return None, True  # the data section is whole; a cut in the summary after it loses only the index
         else:
             try:
                 state.take(opcode, body)
