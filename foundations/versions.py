@@ -5,8 +5,8 @@ A version is an immutable folder `<data root>/<area>/<name>/v<semver>-<hash8>/` 
 the folder), parent version, creation time, the sha256 of every other file, plus what the
 caller adds (a dataset's schema and splits, a checkpoint's training key). A version is
 built in a hidden temporary folder and renamed into place (foundations.storage.AtomicDir),
-so a crash leaves no visible half-written version, and one lock per name serialises
-writers, so two runs never claim the same version number.
+so a crash leaves no visible half-written version (the next commit clears such hidden
+builds), and one lock per name serialises writers, so two runs never claim the same version number.
 
 Versions go 1.0.0, 1.1.0, 1.2.0, ...; a breaking change (the caller says what breaks)
 bumps the major version. Committing the latest version's content again writes nothing
@@ -20,6 +20,7 @@ import fcntl
 import json
 import logging
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -138,6 +139,7 @@ class VersionStore:
         if not _HASH.match(content_hash):
             raise ValueError(f"content hash {content_hash!r} must be lower-case hex, at least 8 digits")
         with self.lock(name):
+            self._clear_cut_builds(name)
             latest = self.latest(name)
             if latest is not None and latest["content_hash"] == content_hash:
                 log.info("%s %s: content unchanged since v%s", self.kind, name, latest["version"])
@@ -161,6 +163,13 @@ class VersionStore:
                 (tmp / RECORD).write_text(json.dumps(record, indent=2, allow_nan=False) + "\n", encoding="utf-8")
             log.info("%s %s: stored v%s (%s) at %s", self.kind, name, version, content_hash[:8], final)
             return {**record, "path": str(final)}, True
+
+    def _clear_cut_builds(self, name: str) -> None:
+        """Remove hidden builds of a writer killed mid-write (call under the name's lock: no build is live)."""
+        for path in self.folder(name).glob(".tmp-v*"):
+            if path.is_dir():
+                log.warning("removing %s, a build cut short (the process writing it was killed)", path)
+                shutil.rmtree(path, ignore_errors=True)
 
     def verify(self, record: dict[str, Any]) -> None:
         """Raise OSError naming the first file of a version whose sha256 differs from its record."""

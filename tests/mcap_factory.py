@@ -218,3 +218,31 @@ def strip_summary(src: Path, dst: Path) -> None:
         for meta in reader.iter_metadata():
             writer.add_metadata(meta.name, meta.metadata)
         writer.finish()
+
+
+def rewrite_log(src: Path, dst: Path, *, schema_text: dict[str, str] | None = None,
+                topics: dict[str, str] | None = None, chunk_size: int = 1024 * 1024) -> None:
+    """Re-write an MCAP with the same messages but other schema texts (type name -> text) or topic
+    names (old -> new): a recorder that embedded a wrong definition, or swapped two topics."""
+    from mcap.reader import make_reader
+    from mcap.writer import Writer as McapWriter
+
+    schema_text, topics = schema_text or {}, topics or {}
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        reader = make_reader(fin)
+        writer = McapWriter(fout, chunk_size=chunk_size)
+        writer.start(profile="ros2", library="robocurate-tests")
+        schema_ids: dict[int, int] = {}
+        channel_ids: dict[int, int] = {}
+        for schema, channel, message in reader.iter_messages():
+            if schema.id not in schema_ids:
+                text = schema_text.get(schema.name)
+                data = schema.data if text is None else text.encode()
+                schema_ids[schema.id] = writer.register_schema(schema.name, schema.encoding, data)
+            if channel.id not in channel_ids:
+                channel_ids[channel.id] = writer.register_channel(
+                    topics.get(channel.topic, channel.topic), channel.message_encoding, schema_ids[schema.id])
+            writer.add_message(channel_ids[channel.id], message.log_time, message.data, message.publish_time)
+        for meta in reader.iter_metadata():
+            writer.add_metadata(meta.name, meta.metadata)
+        writer.finish()

@@ -26,7 +26,7 @@ SEP = "::"  # joins topic and field in aligned column names: "/odom::pose.pose.p
 _EP = "__episode"
 _INTERVAL_SCHEMA = {
     _EP: pl.Int64, "start_ns": pl.Int64, "end_ns": pl.Int64, "terminal": pl.Boolean,
-    "check": pl.String, "reason": pl.String, "episode_id": pl.String,
+    "check": pl.String, "reason": pl.String, "episode_id": pl.String, "truncated": pl.Boolean,
 }
 
 # One row per ingested episode: how many control steps were cut at each end, and which stream made it.
@@ -41,6 +41,10 @@ TRIMS_SCHEMA: dict[str, pl.DataType] = {
     "trimmed_end_steps": pl.Int32,
     "trimmed_end_s": pl.Float64,
     "end_stream": pl.String,  # the earliest-stopping stream; null when nothing was trimmed at the end
+    # The file was cut short while recording and this episode's end was lost with it: the episode
+    # ends at its last complete control step, is_last without is_terminal (RLDS), and is kept.
+    "truncated": pl.Boolean,
+    "truncated_reason": pl.String,  # why, and how much of the file was read; null when not truncated
 }
 
 
@@ -74,7 +78,8 @@ def episode_intervals(log: McapLog, mapping: SourceMapping, lineage: Lineage) ->
     """Episodes of a file as [start_ns, end_ns] intervals, with the problems of malformed ones.
 
     Without a marker topic (or without start/end markers in it) the whole file is
-    one episode. Markers are few per file, so they are walked in order here.
+    one episode. Markers are few per file, so they are walked in order here. In a file cut short
+    (`log.truncated`) the episode open at the cut is kept as a truncated episode, not quarantined.
     """
     control = log.frames[mapping.control.topic][TIME]
     t0, t_last = int(control.min()), int(control.max())
@@ -105,12 +110,15 @@ def episode_intervals(log: McapLog, mapping: SourceMapping, lineage: Lineage) ->
             else:
                 rows.append(dict(start_ns=open_start, end_ns=t, check=None, reason=None))
                 open_start, last_end = None, t
-        if open_start is not None:
+        if open_start is not None and log.truncated is not None:
+            rows.append(dict(start_ns=open_start, end_ns=None, check=None, reason=None, truncated=True))
+        elif open_start is not None:
             rows.append(dict(start_ns=open_start, end_ns=None, check="unterminated_episode", reason=(
                 f"{spec.start} at {_rel_s(open_start, t0)} on {spec.topic} has no {spec.end} "
                 "(the recording was probably cut short); re-export the complete log")))
     if not rows:
-        rows.append(dict(start_ns=t0, end_ns=t_last, check=None, reason=None))
+        rows.append(dict(start_ns=t0, end_ns=t_last, check=None, reason=None, truncated=log.truncated is not None))
+    rows = [{"truncated": False} | r for r in rows]
     df = pl.DataFrame(rows, schema={k: v for k, v in _INTERVAL_SCHEMA.items() if k in rows[0]})
     # An open-ended interval lasts until the next episode starts; a fall counts inside it.
     starts = df["start_ns"].to_numpy()
@@ -370,7 +378,7 @@ def build_episodes(log: McapLog, mapping: SourceMapping, lineage: Lineage) -> tu
     ))
     rejected = pl.concat(problems, how="vertical_relaxed").sort(_EP, maintain_order=True)
     steps = steps.join(rejected.select(_EP), on=_EP, how="anti")
-    kept = kept.join(rejected.select(_EP), on=_EP, how="anti").join(intervals.select(_EP, "episode_id"), on=_EP).sort(_EP)
+    kept = kept.join(rejected.select(_EP), on=_EP, how="anti").join(intervals.select(_EP, "episode_id", "truncated"), on=_EP).sort(_EP)
     trim_rows = kept.select(
         "episode_id",
         pl.lit(lineage.source).alias("source"),
@@ -382,6 +390,8 @@ def build_episodes(log: McapLog, mapping: SourceMapping, lineage: Lineage) -> tu
         pl.col("late").alias("trimmed_end_steps"),
         ((pl.col("last") - pl.col("kept_last")) / 1e9).alias("trimmed_end_s"),
         pl.when(pl.col("late") > 0).then(pl.col("end_stream")).alias("end_stream"),
+        pl.col("truncated"),
+        pl.when(pl.col("truncated")).then(pl.lit(log.truncated, dtype=pl.String)).alias("truncated_reason"),
     ).cast(TRIMS_SCHEMA)
 
     step = pl.int_range(pl.len(), dtype=pl.Int32).over(_EP)
@@ -400,7 +410,7 @@ def build_episodes(log: McapLog, mapping: SourceMapping, lineage: Lineage) -> tu
         "reward": reward,
         "is_first": pl.col("step") == 0,
         "is_last": is_last,
-        "is_terminal": is_last & pl.col("terminal"),
+        "is_terminal": is_last & pl.col("terminal") & ~pl.col("truncated"),
         "language_instruction": pl.col("language_instruction"),
         "robot_id": pl.lit(lineage.robot_id),
         "source": pl.lit(lineage.source),

@@ -2,7 +2,9 @@
 
 `ingest_file` never raises on bad input: an unreadable file, a missing topic, a
 mapped field that does not fit the messages or a malformed episode becomes a
-quarantine record (stage "ingest") with a reason that says what to fix. The reader
+quarantine record (stage "ingest") with a reason that says what to fix. A file cut short
+while recording (or damaged) keeps what the reader recovered: the episode open at the cut
+becomes a truncated episode (`trims.truncated`, with the reason), not a lost file. The reader
 is the one registered for the mapping's `format` (foundations.ingest.formats).
 """
 from __future__ import annotations
@@ -29,7 +31,8 @@ class IngestResult:
     """Canonical rows (POLARS_SCHEMA + the mapping's extra features), quarantine records and trims.
 
     `trims` (TRIMS_SCHEMA) has one row per ingested episode: the control steps cut at its start
-    (before every stream had delivered) and end (after a stream stopped), zeros when none.
+    (before every stream had delivered) and end (after a stream stopped), zeros when none, and
+    whether the episode is truncated (its file was cut short while recording; kept, with the reason).
     """
 
     episodes: pl.DataFrame
@@ -120,6 +123,8 @@ def ingest_file(path: Path, mapping: SourceMapping, sha256: str | None = None, s
         "episodes overlapping them were quarantined, the rest salvaged; re-export the log",
     )] if log.lost_chunks else []
     problems = _topic_problems(log, mapping) or prepare_log(log, mapping)
+    if problems and log.truncated:
+        lost.insert(0, ("truncated_file", f"recovered part of a file cut short: {log.truncated}"))
     if problems:
         return _file_rejection(mapping, source_file, sha256, lost + problems, log.messages)
     lineage = Lineage(mapping.name, source_file, sha256, _robot_id(log, mapping, path, source_file))

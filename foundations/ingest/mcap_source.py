@@ -3,13 +3,17 @@
 Decoding is per message (CDR); the Python work per message is one C-level
 `attrgetter` call (a small getter when a path indexes an array) and one list append.
 Columns are built once per topic; the header stamp is read where it is the topic's clock.
-A file whose summary is intact but whose chunks are partly corrupt is salvaged
-chunk by chunk; the time ranges of lost chunks are reported, never hidden.
+A file cut short or damaged is recovered record by record (as `mcap recover` does): what
+decodes is kept, the time ranges lost are reported, never hidden, and a cut-short file is
+marked truncated.
 """
 from __future__ import annotations
 
 import io
+import mmap
 import re
+import struct
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from operator import attrgetter
@@ -20,8 +24,9 @@ import numpy as np
 import polars as pl
 from mcap.data_stream import ReadDataStream
 from mcap.reader import make_reader
-from mcap.records import Channel, Chunk, Message, Schema
-from mcap.stream_reader import StreamReader, breakup_chunk
+from mcap.opcode import Opcode
+from mcap.records import Channel, Message, Metadata, Schema
+from mcap.stream_reader import StreamReader
 from mcap.writer import MCAP0_MAGIC
 from mcap_ros2.decoder import DecoderFactory
 
@@ -72,6 +77,7 @@ class McapLog:
     metadata: dict[str, dict[str, str]]
     messages: int  # messages decoded
     lost_chunks: list[tuple[int, int, str]] = field(default_factory=list)  # (start ns, end ns, error)
+    truncated: str | None = None  # why the file ends early (cut short while writing); None when whole
 
 
 def topic_columns(mapping: SourceMapping) -> dict[str, list[Column]]:
@@ -196,8 +202,12 @@ def _list_series(name: str, rows: Any) -> pl.Series:
 def read_mcap(path: Path, mapping: SourceMapping) -> McapLog:
     """Decode the topics `mapping` needs from one MCAP file.
 
-    Raises `UnreadableLog` when the file is not readable MCAP (truncated, corrupt
-    summary) and `FieldMismatch` when a mapped field does not fit the messages.
+    An intact file is read through its index. A file cut short (no footer) or damaged
+    (a chunk or the summary fails to decode) is recovered record by record, as `mcap recover`
+    does: every chunk that decodes is kept, a damaged chunk keeps the records decoded before the
+    damage, and reading stops at a tear; `McapLog.lost_chunks` and `McapLog.truncated` say what
+    was lost. Raises `UnreadableLog` when nothing the mapping needs could be read and
+    `FieldMismatch` when a mapped field does not fit the messages.
     """
     columns = topic_columns(mapping)
     try:
@@ -205,13 +215,14 @@ def read_mcap(path: Path, mapping: SourceMapping) -> McapLog:
     except OSError as exc:
         raise UnreadableLog(f"cannot open file: {exc}") from exc
     with stream:
-        _check_magic(stream)
+        if not _has_footer(stream):
+            return _recover(stream, columns)
         try:
             reader = make_reader(stream, validate_crcs=True, decoder_factories=[DecoderFactory()])
             summary = reader.get_summary()
             metadata = {m.name: dict(m.metadata) for m in reader.iter_metadata()}
-        except Exception as exc:  # any byte-level failure here means no intact summary
-            raise UnreadableLog(f"{type(exc).__name__}: {exc}") from exc
+        except Exception:  # a damaged summary: recover from the data section
+            return _recover(stream, columns)
         if summary is not None:
             topics_found = sorted({c.topic for c in summary.channels.values()})
             schema_names = {
@@ -221,30 +232,26 @@ def read_mcap(path: Path, mapping: SourceMapping) -> McapLog:
             topics_found, schema_names = _scan_channels(stream)
         needed = [t for t in columns if t in topics_found]
         sinks = {t: _TopicSink(t, columns[t]) for t in needed}
-        lost: list[tuple[int, int, str]] = []
         try:
             messages = _drain(reader.iter_decoded_messages(topics=needed, log_time_order=False), sinks)
         except FieldMismatch:
             raise
-        except Exception as exc:
-            if summary is None or not summary.chunk_indexes:
-                raise UnreadableLog(f"{type(exc).__name__}: {exc}") from exc
-            sinks = {t: _TopicSink(t, columns[t]) for t in needed}
-            messages, lost = _salvage(stream, summary, sinks)
+        except Exception:
+            return _recover(stream, columns)
     frames = {t: s.frame() for t, s in sinks.items()}
-    return McapLog(frames, schema_names, topics_found, metadata, messages, lost)
+    return McapLog(frames, schema_names, topics_found, metadata, messages)
 
 
-def _check_magic(stream: io.BufferedReader) -> None:
-    """Name the usual damage plainly: not MCAP at all, or cut short before the footer."""
+def _has_footer(stream: io.BufferedReader) -> bool:
+    """False for a file cut short (no closing magic); UnreadableLog for a file that is not MCAP at all."""
     head = stream.read(len(MCAP0_MAGIC))
     size = stream.seek(0, io.SEEK_END)
     if head != MCAP0_MAGIC:
         raise UnreadableLog(f"not an MCAP file (no MCAP magic in its first bytes, {size} bytes in all)")
     stream.seek(max(size - len(MCAP0_MAGIC), 0), io.SEEK_SET)
-    if size < 2 * len(MCAP0_MAGIC) or stream.read(len(MCAP0_MAGIC)) != MCAP0_MAGIC:
-        raise UnreadableLog(f"the file ends after {size} bytes without the MCAP footer (cut short while writing)")
+    intact = size >= 2 * len(MCAP0_MAGIC) and stream.read(len(MCAP0_MAGIC)) == MCAP0_MAGIC
     stream.seek(0, io.SEEK_SET)
+    return intact
 
 
 def _drain(decoded: Iterator[tuple[Schema | None, Channel, Message, Any]], sinks: dict[str, _TopicSink]) -> int:
@@ -259,37 +266,224 @@ def _drain(decoded: Iterator[tuple[Schema | None, Channel, Message, Any]], sinks
     return n
 
 
-def _salvage(stream: io.BufferedReader, summary: Any, sinks: dict[str, _TopicSink]) -> tuple[int, list[tuple[int, int, str]]]:
-    """Read chunk by chunk, keeping every chunk that decodes whole and listing the others."""
-    factory = DecoderFactory()
-    wanted = {cid: c for cid, c in summary.channels.items() if c.topic in sinks}
-    lost: list[tuple[int, int, str]] = []
-    n = 0
-    for index in sorted(summary.chunk_indexes, key=lambda ci: ci.message_start_time):
-        if index.message_index_offsets and not wanted.keys() & index.message_index_offsets.keys():
-            continue
+_U64 = struct.Struct("<Q")
+_CHUNK_HEAD = struct.Struct("<QQQI")  # message start/end time, uncompressed size, uncompressed crc
+_PIECE = 1 << 10  # compressed bytes fed at a time to a decompressor salvaging a damaged chunk
+
+
+def _records(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """(opcode, body) of each whole record in `data`; stops silently at a cut record."""
+    pos = 0
+    while pos + 9 <= len(data):
+        opcode, (length,) = data[pos], _U64.unpack_from(data, pos + 1)
+        if pos + 9 + length > len(data):
+            return
+        yield opcode, data[pos + 9:pos + 9 + length]
+        pos += 9 + length
+
+
+def _decompress_prefix(compression: str, data: bytes) -> tuple[bytes, str | None]:
+    """As much of a chunk's records as decompress: (bytes, error or None when all did).
+
+    Whole first (fast); on failure again in small pieces, which keeps the compressed blocks
+    before the damaged or missing one (a zstd block holds up to 128 KiB of records). Neither
+    format checksums a block, so two separate damages in one chunk can pass unseen before the
+    second; one damage (bit rot, a torn write) cannot.
+    """
+    if compression == "":
+        return data, None
+    if compression not in ("zstd", "lz4"):
+        return b"", f"unsupported chunk compression {compression!r}"
+
+    def decoder() -> Any:
+        if compression == "zstd":
+            import zstandard
+            return zstandard.ZstdDecompressor().decompressobj()
+        import lz4.frame
+        return lz4.frame.LZ4FrameDecompressor()
+
+    try:
+        whole = decoder()
+        out = whole.decompress(data)
+        if compression == "lz4" and not whole.eof:
+            raise EOFError("lz4 frame ends early")
+        return out, None
+    except Exception:
+        pass
+    partial, out = decoder(), bytearray()
+    blocks = [0]  # output length after each block (output grows a block at a time)
+    for pos in range(0, len(data), _PIECE):
         try:
-            stream.seek(index.chunk_start_offset + 1 + 8, io.SEEK_SET)
-            chunk = Chunk.read(ReadDataStream(stream))
-            rows: list[tuple[_TopicSink, int, Any, str]] = []
-            for record in breakup_chunk(chunk, validate_crc=True):
-                if isinstance(record, Message) and record.channel_id in wanted:
-                    channel = wanted[record.channel_id]
-                    schema = summary.schemas.get(channel.schema_id)
-                    decoder = factory.decoder_for(channel.message_encoding, schema)
-                    if decoder is None:
-                        raise UnreadableLog(f"no ROS 2 decoder for {channel.topic} ({channel.message_encoding})")
-                    rows.append((sinks[channel.topic], record.log_time, decoder(record.data), schema.name if schema else "unknown"))
+            out += partial.decompress(data[pos:pos + _PIECE])
         except Exception as exc:
-            lost.append((index.message_start_time, index.message_end_time, f"{type(exc).__name__}: {exc}"))
-            continue
-        for sink, log_time, msg, type_name in rows:
+            # Compressed blocks share tables and offsets, so damage can decode silently in one block
+            # and fail only in the next: the last block before the failure is not trusted either.
+            return bytes(out[:blocks[-2] if len(blocks) > 1 else 0]), f"{type(exc).__name__}: {exc}"
+        if len(out) > blocks[-1]:
+            blocks.append(len(out))
+    return bytes(out), "the compressed records end early"  # cut short, not damaged: every block is sound
+
+
+@dataclass
+class _Chunk:
+    """What one chunk record gave: its records, and the error that cut it (None when whole)."""
+
+    start: int
+    end: int
+    records: list[tuple[int, bytes]]
+    error: str | None
+
+
+def _read_chunk(body: bytes, complete: bool) -> _Chunk:
+    """The records of a chunk; a damaged or torn chunk gives those before the damage.
+
+    A chunk whose records decompress whole but fail the CRC cannot say where the damage is,
+    so it gives nothing (its bytes are not trusted).
+    """
+    if len(body) < _CHUNK_HEAD.size + 4:
+        return _Chunk(0, 0, [], "the chunk header is cut")
+    start, end, size, crc = _CHUNK_HEAD.unpack_from(body)
+    pos = _CHUNK_HEAD.size
+    (n,) = struct.unpack_from("<I", body, pos)
+    compression = body[pos + 4:pos + 4 + n].decode("utf-8", "replace")
+    pos += 4 + n
+    length = _U64.unpack_from(body, pos)[0] if pos + 8 <= len(body) else 0
+    data = body[pos + 8:pos + 8 + length]
+    raw, error = _decompress_prefix(compression, data)
+    if error is None and not complete:
+        error = "the chunk is cut short (the file ends inside it)"
+    if error is None and crc and zlib.crc32(raw[:size]) != crc:
+        return _Chunk(start, end, [], f"CRC mismatch in a chunk of {size} bytes (the damage cannot be located)")
+    if error is None and len(raw) < size:
+        error = f"the chunk decompressed to {len(raw)} of {size} bytes"
+    return _Chunk(start, end, list(_records(raw)), error)
+
+
+@dataclass
+class _Recovery:
+    """State of a linear pass: schemas and channels seen, decoders, and what was lost."""
+
+    columns: dict[str, list[Column]]
+    schemas: dict[int, Schema] = field(default_factory=dict)
+    channels: dict[int, Channel] = field(default_factory=dict)
+    sinks: dict[str, _TopicSink] = field(default_factory=dict)
+    decoders: dict[int, Any] = field(default_factory=dict)
+    metadata: dict[str, dict[str, str]] = field(default_factory=dict)
+    lost: list[tuple[int, int, str]] = field(default_factory=list)
+    messages: int = 0
+    last_time: int | None = None  # log time of the last message read
+    bounds: tuple[int, int] = (0, 2**63 - 1)  # log times possible here (the chunk's range while in one)
+
+    def take(self, opcode: int, body: bytes) -> None:
+        """Add one record (outside or inside a chunk); raises on a record that does not parse."""
+        stream = ReadDataStream(io.BytesIO(body))
+        if opcode == Opcode.SCHEMA:
+            schema = Schema.read(stream)
+            self.schemas[schema.id] = schema
+        elif opcode == Opcode.CHANNEL:
+            channel = Channel.read(stream)
+            self.channels[channel.id] = channel
+            if channel.topic in self.columns and channel.topic not in self.sinks:
+                self.sinks[channel.topic] = _TopicSink(channel.topic, self.columns[channel.topic])
+        elif opcode == Opcode.MESSAGE:
+            message = Message.read(stream, len(body))
+            if not self.bounds[0] <= message.log_time <= self.bounds[1]:
+                raise ValueError(f"a message's log time {message.log_time} lies outside its chunk's time range")
+            self.last_time = message.log_time if self.last_time is None else max(self.last_time, message.log_time)
+            channel = self.channels.get(message.channel_id)
+            if channel is None or channel.topic not in self.sinks:
+                return
+            decoder = self.decoders.get(channel.id)
+            schema = self.schemas.get(channel.schema_id)
+            if decoder is None:
+                decoder = DecoderFactory().decoder_for(channel.message_encoding, schema)
+                if decoder is None:
+                    raise UnreadableLog(f"no ROS 2 decoder for {channel.topic} ({channel.message_encoding})")
+                self.decoders[channel.id] = decoder
+            msg = decoder(message.data)
+            sink = self.sinks[channel.topic]
             if not sink.checked:
-                sink.check(msg, type_name)
-            sink.times.append(log_time)
+                sink.check(msg, schema.name if schema else "unknown")
+            sink.times.append(message.log_time)
             sink.rows.append(sink.get(msg))
-        n += len(rows)
-    return n, lost
+            self.messages += 1
+        elif opcode == Opcode.METADATA:
+            meta = Metadata.read(stream)
+            self.metadata[meta.name] = dict(meta.metadata)
+
+    def chunk(self, chunk: _Chunk) -> None:
+        """Take a chunk's records in order; the first one that fails ends the chunk."""
+        error = chunk.error
+        self.bounds = (chunk.start, min(chunk.end, 2**63 - 1))
+        for opcode, body in chunk.records:
+            try:
+                self.take(opcode, body)
+            except FieldMismatch:
+                raise
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                break
+        self.bounds = (0, 2**63 - 1)
+        if error is not None:
+            kept = self.last_time if self.last_time is not None and chunk.start <= self.last_time <= chunk.end else None
+            self.lost.append((chunk.start if kept is None else kept + 1, chunk.end, error))
+
+
+def _recover(stream: io.BufferedReader, columns: dict[str, list[Column]]) -> McapLog:
+    """Read a damaged or cut-short file linearly, as `mcap recover` does, keeping every record that decodes.
+
+    A tear (a record cut by the end of the file) ends the pass: `McapLog.truncated` says where, and the
+    lost tail of a torn chunk is part of that, not of `lost_chunks` (which are holes before the tear).
+    """
+    state = _Recovery(columns)
+    with mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as data:  # slices read only what they cover
+        size = len(data)
+        torn, whole = _linear_pass(data, state)
+    if torn is None and not whole:
+        torn = f"the file ends after {size} bytes without the MCAP footer (cut short while writing)"
+    if state.lost and state.last_time is not None and state.lost[-1][0] > state.last_time:
+        # Nothing after the last damage decoded: the log ends there, as if cut short.
+        error = state.lost.pop()[2]
+        torn = f"no record decodes after damage in the last chunk read ({error})"
+    if state.messages == 0:  # nothing to keep: say what the damage was
+        if not whole:
+            raise UnreadableLog(f"the file ends after {size} bytes without the MCAP footer (cut short while writing)")
+        raise UnreadableLog(state.lost[0][2] if state.lost else "no message of a needed topic could be read")
+    truncated = None if torn is None else f"{torn}; kept every message logged before it"
+    topics = {c.topic: state.schemas[c.schema_id].name if c.schema_id in state.schemas else "unknown"
+              for c in state.channels.values()}
+    frames = {t: s.frame() for t, s in state.sinks.items()}
+    return McapLog(frames, topics, sorted(topics), state.metadata, state.messages, state.lost, truncated)
+
+
+def _linear_pass(data: mmap.mmap, state: _Recovery) -> tuple[str | None, bool]:
+    """Feed every data record after the magic to `state`; returns (where the file tears or None, data end reached)."""
+    pos, size = len(MCAP0_MAGIC), len(data)
+    while pos < size:
+        if pos + 9 > size:
+            return f"the file ends after {size} bytes inside a record header (cut short while writing)", False
+        opcode, (length,) = data[pos], _U64.unpack_from(data, pos + 1)
+        body = data[pos + 9:pos + 9 + length]
+        complete = len(body) == length
+        if opcode == Opcode.CHUNK:
+            lost_before = len(state.lost)
+            state.chunk(_read_chunk(body, complete))
+            if not complete:
+                del state.lost[lost_before:]  # the torn chunk's tail is the truncation, not a hole
+                return f"the file ends after {size} bytes inside a chunk (cut short while writing)", False
+        elif not complete:
+            return f"the file ends after {size} bytes inside a record of {length} bytes (cut short while writing)", False
+        elif opcode in (Opcode.FOOTER, Opcode.DATA_END):
+            return None, True  # the data section is whole; a cut in the summary after it loses only the index
+        else:
+            try:
+                state.take(opcode, body)
+            except FieldMismatch:
+                raise
+            except Exception as exc:
+                state.lost.append((state.last_time or 0, state.last_time or 0, f"{type(exc).__name__}: {exc}"))
+        pos += 9 + length
+    return None, False
 
 
 def _scan_channels(stream: io.BufferedReader) -> tuple[list[str], dict[str, str]]:
