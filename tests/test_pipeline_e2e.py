@@ -88,10 +88,16 @@ def test_fleet_to_published_dataset(fleet, instance, referee):
     assert parsed_files | unreadable == set(truth["file"]) and not parsed_files & unreadable
 
     # Planted faults never reach the accepted table; each comes with a readable reason.
-    faulty = set(truth.filter(pl.col("fault").is_not_null())["file"])
+    faulty = set(truth.filter(pl.col("fault").is_not_null() & (pl.col("fault") != "truncated"))["file"])
     assert faulty, "the fixture must plant faults"
     accepted_files = {Path(f).name for f in accepted["source_file"]}
     assert not faulty & accepted_files
+    # A file cut short while recording keeps its readable part, as an episode marked truncated (never terminal).
+    cut = set(truth.filter(pl.col("fault") == "truncated")["file"])
+    trims = storage.read_table("ingest_trims")
+    kept_cut = accepted.filter(pl.col("source_file").is_in(list(cut)))
+    assert set(kept_cut["episode_id"]) <= set(trims.filter(pl.col("truncated"))["episode_id"])
+    assert not kept_cut["is_terminal"].any()
     assert quarantine["reason"].str.len_chars().min() > 20
 
     scores = storage.read_table("episode_scores")
