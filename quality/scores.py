@@ -55,8 +55,10 @@ commands about 1.4; joint jerk of stable gaits 50 to 1000 rad/s^3, of random fla
 """
 from __future__ import annotations
 
+import functools
 import io
 import math
+import operator
 from typing import Mapping
 
 import polars as pl
@@ -185,7 +187,7 @@ def score_episodes(
     and the raw measures behind them: progress_raw (the skill's measure, signed), progress_note
     (why progress is null, else null), action_jerk, joint_jerk (medians; joint_jerk null without
     declared joint velocities), idle_fraction, saturated_fraction, terminal, forward_progress,
-    other_progress, effort, idle_windows_inside (quality.temporal), and the idle trims
+    other_progress, effort, idle_inside (quality.temporal), and the idle trims
     idle_start_steps, idle_start_s, idle_end_steps, idle_end_s.
 
     profile: the robot profile of the table's source (action bounds, declared slices, skills).
@@ -233,25 +235,27 @@ def score_episodes(
         completeness=pl.when(pl.col("terminal")).then(0.0)
         .otherwise((pl.col("n_steps") / pl.col("nominal")).clip(0.0, 1.0)),
     )
-    weighted = [pl.col(c) * w[c] for c in COMPONENTS]
-    present = [pl.when(pl.col(c).is_not_null()).then(w[c]).otherwise(0.0) for c in COMPONENTS]
-    total_weight = pl.sum_horizontal(present)
-    quality = pl.when(total_weight > 0).then(pl.sum_horizontal(weighted) / total_weight)
+    # Summed in COMPONENTS order by plain additions: with sum_horizontal the last bit of a score
+    # varied between runs, and published versions are content-addressed.
+    weighted = functools.reduce(operator.add, [(pl.col(c) * w[c]).fill_null(0.0) for c in COMPONENTS])
+    total_weight = functools.reduce(
+        operator.add, [pl.when(pl.col(c).is_not_null()).then(w[c]).otherwise(0.0) for c in COMPONENTS])
+    quality = pl.when(total_weight > 0).then(weighted / total_weight)
+    components = scored.join(over_time.lazy(), on=_EP, how="left").collect()
     return (
-        scored.join(over_time.lazy(), on=_EP, how="left")
-        .with_columns(quality_score=quality, **_explain(w))
-        .join(trims.lazy(), on=_EP, how="left")
+        components.with_columns(pl.col(*COMPONENTS).cast(pl.Float64)).with_columns(quality_score=quality)
+        .with_columns(**_explain(w))
+        .join(trims, on=_EP, how="left")
         .select(_EP, "language_instruction", "n_steps", *COMPONENTS, "quality_score", "lowest_component",
                 "explanation", "progress_raw", "progress_note", "action_jerk", "joint_jerk", "idle_fraction",
                 "saturated_fraction", "terminal", *_TEMPORAL_RAW, *TRIM_COLUMNS)
         .with_columns(pl.col(*COMPONENTS, "quality_score", "action_jerk", "joint_jerk", "idle_fraction",
                              "saturated_fraction").cast(pl.Float64))
         .sort(_EP)
-        .collect()
     )
 
 
-_TEMPORAL_RAW = ("forward_progress", "other_progress", "effort", "idle_windows_inside")
+_TEMPORAL_RAW = ("forward_progress", "other_progress", "effort", "idle_inside")
 
 
 def _explain(w: dict[str, float]) -> dict[str, pl.Expr]:

@@ -12,31 +12,32 @@ is the skill done and positive is toward it. All in [0, 1], higher is better, pe
   target was reached (holding at the goal is the task done). The pace is ON_TASK_PACE of the
   pace that reaches the target in a nominal episode (the profile's nominal_episode_s, else the
   episode's own length).
-- specificity: A_i / (A_i + A_o + SPECIFICITY_FLOOR), where A_i is the summed forward progress
+- specificity: A_i / (A_i + A_o + FLOOR), where A_i is the summed forward progress
   (positive window changes) on the instructed skill and A_o the largest such sum on any other
   declared skill of the profile that measures something else or the other way: doing another
   task well is not quality. The floor makes a robot that does nothing score near 0, not 0.5.
-- efficiency: A_i / (A_i + effort), effort = the mean RMS command (in half action ranges) times
-  the episode's length in nominal episodes: progress per unit of actuation, saturated, so
+- efficiency: A_i / (A_i + effort + FLOOR), effort = the mean RMS command (in half action ranges)
+  times the episode's length in nominal episodes: progress per unit of actuation, saturated, so
   flailing or working at the wrong task scores low and the expert's economical gait high.
-- hesitation: 1 - the share of still windows between the first and the last moving window
-  (before the target was reached): pauses in the middle of the task, not waiting at its ends
-  (see `idle_trims` for those). 0 when the robot never moved.
+- hesitation: 1 - the share of still steps between the first and the last moving step (before
+  the target was reached): pauses in the middle of the task, not waiting at its ends (see
+  `idle_trims` for those). 0 when the robot never moved (no window with mostly moving steps).
 - consistency: the share of the motion along the instruction that goes the instructed way,
   over window changes before the target was reached: for forward_m, the base's displacement
   along its first heading over its path length (wandering sideways or back counts against it);
   for the other measures, the instructed measure's forward changes over all its changes (turning
-  or sweeping back and forth, approaching and leaving the target). CONSISTENCY_FLOOR in the
+  or sweeping back and forth, approaching and leaving the target). FLOOR in the
   denominator makes noise alone score near 0.
 
-A step is *still* when, over a WINDOW_S moving average, the base moves slower than IDLE_SPEED
+A step is *still* when, over STILL_S moving averages (before and after it), the base moves slower than IDLE_SPEED
 and turns slower than IDLE_YAW_RATE or, without a base, the end effector moves slower than
 IDLE_EE_SPEED. What the task moves is what counts: commands and joints do not enter, so an
 operator holding a pose with non-zero torques (legs wobbling) is as idle as one who let go.
 Without a base or an end effector, a step is still when its commands are below IDLE_ACTION and
 its joints (when declared) slower than IDLE_JOINT_SPEED, on average. Steps after the target was
-reached are never still. The moving averages blur the edges of a pause by up to WINDOW_S / 2,
-so trims are conservative: they never cut into motion.
+reached are never still. The moving averages blur the edges of a pause by up to STILL_S / 2,
+so trims keep a little of the stillness next to the motion; motion slower than the thresholds
+(a robot easing to a stop) counts as still.
 """
 from __future__ import annotations
 
@@ -50,10 +51,10 @@ __all__ = ["TEMPORAL_COMPONENTS", "idle_trims", "still_steps", "temporal_compone
 
 TEMPORAL_COMPONENTS = ("on_task", "specificity", "efficiency", "hesitation", "consistency")
 WINDOW_S = 1.0  # seconds: the windows progress and motion are averaged over
+STILL_S = 1.0  # seconds: the moving averages that say whether a step is still (shorter ones let odometry noise through)
 MIN_WINDOWS = 4  # short episodes get shorter windows, so at least this many
 ON_TASK_PACE = 0.5  # share of the pace that reaches the target in a nominal episode
-SPECIFICITY_FLOOR = 0.05  # target units of progress
-CONSISTENCY_FLOOR = 0.05  # target units of motion
+FLOOR = 0.05  # target units: added to the denominators of the ratios, so that noise alone scores near 0
 # Stillness thresholds, shared with quality.scores' per-step idle (the same robot is still by both).
 IDLE_ACTION = 0.05  # half action ranges
 IDLE_SPEED = 0.05  # m/s of the base
@@ -75,7 +76,8 @@ def _motion_columns(profile: RobotProfile, columns: list[str]) -> dict[str, pl.E
     if profile.base_pose is not None and profile.base_pose.feature in columns:
         out["_bx"] = profile_slice(profile.base_pose, 0)
         out["_by"] = profile_slice(profile.base_pose, 1)
-        out["_byaw"] = unwrapped(profile_slice(profile.base_pose, 2)).over(_EP)
+        out["_byaw"] = unwrapped(profile_slice(profile.base_pose, 2)).over(_EP)  # turned since the first step
+        out["_yaw_first"] = profile_slice(profile.base_pose, 2).first().over(_EP)  # the first heading
     elif profile.end_effector is not None and profile.end_effector.feature in columns:
         for i in range(profile.end_effector.count or 2):
             out[f"_e{i}"] = profile_slice(profile.end_effector, i)
@@ -93,7 +95,7 @@ def still_steps(df: pl.DataFrame, profile: RobotProfile) -> pl.DataFrame:
     low, high = profile.action_bounds
     half = (high - low) / 2
     dt = df.lazy().select(pl.col("timestamp").diff().over(_EP).median()).collect().item() or 0.05
-    h = max(1, round(WINDOW_S / dt))
+    h = max(1, round(STILL_S / dt))
     frame = (
         df.lazy()
         .with_columns(pl.col("language_instruction").pipe(instruction_key).alias("_key"))
@@ -113,7 +115,7 @@ def still_steps(df: pl.DataFrame, profile: RobotProfile) -> pl.DataFrame:
     frame = frame.with_columns(_pi=chain / pl.col("target"))
 
     def rate(col: str) -> pl.Expr:
-        # Mean over the next h steps minus the mean over the last h, per WINDOW_S: noise averages out.
+        # Mean over the next h steps minus the mean over the last h, per STILL_S: noise averages out.
         # Near the ends the means hold fewer steps, so the last steps are judged by themselves.
         back = pl.col(col).rolling_mean(h, min_samples=1)
         ahead = pl.col(col).reverse().rolling_mean(h, min_samples=1).reverse().shift(-1)
@@ -180,7 +182,7 @@ def temporal_components(df: pl.DataFrame, profile: RobotProfile, *, nominal_s: f
 
     Columns: episode_id, on_task, specificity, efficiency, hesitation, consistency, and
     the raw measures behind them: forward_progress (A_i, target units), other_progress (A_o),
-    effort, idle_windows_inside (share). Components are null where the instructed skill is
+    effort, idle_inside (share of still steps inside the task). Components are null where the instructed skill is
     unknown or its measure unreadable.
     `nominal_s`: length of a complete episode in seconds (default: the profile's nominal_episode_s,
     else each episode's own length).
@@ -197,9 +199,7 @@ def temporal_components(df: pl.DataFrame, profile: RobotProfile, *, nominal_s: f
     windowed = steps.lazy().with_columns(_width=width, _w=pl.min_horizontal((pl.col("_t") / width).floor(), last_window))
     means = [pl.col(f"_m_{m}").mean() for m in measures]
     if base:
-        means += [pl.col("_bx").mean(), pl.col("_by").mean(), pl.col("_byaw").mean(),
-                  pl.col("_bx").first().alias("_x0"), pl.col("_by").first().alias("_y0"),
-                  pl.col("_byaw").first().alias("_yaw0")]
+        means += [pl.col("_bx").mean(), pl.col("_by").mean(), pl.col("_byaw").mean(), pl.col("_yaw_first").first()]
     windows = (
         windowed.group_by(_EP, "_w")
         .agg(*means, pl.col("_pi").mean(), pl.col("_still").mean().alias("_still_share"),
@@ -225,33 +225,32 @@ def temporal_components(df: pl.DataFrame, profile: RobotProfile, *, nominal_s: f
     good, gross = instructed.clip(lower_bound=0.0), instructed.abs()
     if base:
         dx, dy = pl.col("_bx").diff().over(_EP), pl.col("_by").diff().over(_EP)
-        yaw0 = pl.col("_yaw0").first().over(_EP)
+        yaw0 = pl.col("_yaw_first")
         along = (dx * yaw0.cos() + dy * yaw0.sin()) / pl.col("target").abs()
         path = (dx.pow(2) + dy.pow(2)).sqrt() / pl.col("target").abs()
         good = pl.when(pl.col("measure") == "forward_m").then(along.clip(lower_bound=0.0)).otherwise(good)
         gross = pl.when(pl.col("measure") == "forward_m").then(path).otherwise(gross)
     per_window = per_window.with_columns(_good=pl.when(~reached_before).then(good),
                                          _gross=pl.when(~reached_before).then(gross))
-    index = pl.int_range(pl.len())
-    first_active = index.filter(pl.col("_active")).first()
-    last_active = index.filter(pl.col("_active")).last()
-    inside = (index >= first_active) & (index <= last_active) & ~reached_before
     per_episode = per_window.group_by(_EP).agg(
         pl.col("_skill", "measure", "target").first(),
         on_task=pl.col("_on").drop_nulls().mean(),
         forward_progress=pl.col("_d_i").clip(lower_bound=0.0).sum(),
         _instructed_known=pl.col("_d_i").is_not_null().any(),
         **{f"_a_{j}": pl.col(f"_d_{j}").clip(lower_bound=0.0).sum() for j in toward},
-        idle_windows_inside=pl.when(pl.col("_active").any())
-        .then(pl.col("_still_share").ge(0.5).filter(inside).mean()),
         _moved=pl.col("_active").any(),
         _good=pl.col("_good").sum(), _gross=pl.col("_gross").sum(),
     )
     others = [pl.when(~((pl.col("measure") == same[j][0]) & ((pl.col("target") > 0) == same[j][1])))
               .then(pl.col(f"_a_{j}")) for j in toward]
+    step_index = pl.int_range(pl.len())
+    moving = ~pl.col("_still")
+    inside_task = ((step_index >= step_index.filter(moving).first()) & (step_index <= step_index.filter(moving).last())
+                   & ~pl.col("_reached"))
     effort = (
         steps.lazy().group_by(_EP)
-        .agg(_cmd=pl.col("_cmd").mean(), _dur=pl.col("_t").max() + pl.col("timestamp").diff().median())
+        .agg(_cmd=pl.col("_cmd").mean(), _dur=pl.col("_t").max() + pl.col("timestamp").diff().median(),
+             idle_inside=pl.col("_still").filter(inside_task).mean())
         .with_columns(effort=pl.col("_cmd") * pl.col("_dur") / (nominal if nominal else pl.col("_dur")))
     )
     known = pl.col("_instructed_known")
@@ -261,15 +260,15 @@ def temporal_components(df: pl.DataFrame, profile: RobotProfile, *, nominal_s: f
         .with_columns(other_progress=pl.max_horizontal(others).fill_null(0.0) if others else pl.lit(0.0))
         .with_columns(
             on_task=pl.when(known).then(pl.col("on_task")),
-            specificity=pl.when(known).then(a_i / (a_i + pl.col("other_progress") + SPECIFICITY_FLOOR)),
-            efficiency=pl.when(known).then(a_i / (a_i + pl.col("effort")).clip(lower_bound=1e-9)),
-            hesitation=pl.when(known).then(pl.when(pl.col("_moved")).then(1.0 - pl.col("idle_windows_inside"))
+            specificity=pl.when(known).then(a_i / (a_i + pl.col("other_progress") + FLOOR)),
+            efficiency=pl.when(known).then(a_i / (a_i + pl.col("effort") + FLOOR)),
+            hesitation=pl.when(known).then(pl.when(pl.col("_moved")).then(1.0 - pl.col("idle_inside").fill_null(0.0))
                                            .otherwise(0.0)),
-            consistency=pl.when(known).then(pl.col("_good") / (pl.col("_gross") + CONSISTENCY_FLOOR)),
+            consistency=pl.when(known).then(pl.col("_good") / (pl.col("_gross") + FLOOR)),
         )
         .select(_EP, *[pl.col(c).cast(pl.Float64).clip(0.0, 1.0) for c in TEMPORAL_COMPONENTS],
                 pl.when(known).then(a_i).alias("forward_progress"), "other_progress", "effort",
-                "idle_windows_inside")
+                "idle_inside")
         .sort(_EP)
         .collect()
     )
