@@ -132,6 +132,8 @@ def render_card(
         "## Validation", "", "```yaml", _yaml_block(validation), "```", "",
         "## Quality", "", "Quality statistics of the run:", "", "```yaml", _yaml_block(quality_stats), "```", "",
         *_score_table(episode_scores),
+        *_lowest_table(episode_scores),
+        *_trim_summary(episode_scores, recipe),
         "## Features", "",
         "Per-feature summary over all published steps; for vectors, the mean and std columns average the "
         "per-element values and min/max span all elements (element-wise statistics are in `meta/info.json`).", "",
@@ -168,6 +170,44 @@ def _score_table(episode_scores: pl.DataFrame) -> list[str]:
     rows = [f"| {c} | {' | '.join(_num(v) for v in desc[c])} |" for c in cols]
     return ["Per-episode scores of the published episodes:", "",
             "| score | mean | min | median | max |", "|---|---:|---:|---:|---:|", *rows, ""]
+
+
+LOWEST_ROWS = 10  # lowest-scoring episodes listed in the card
+
+
+def _lowest_table(episode_scores: pl.DataFrame) -> list[str]:
+    """The lowest-scoring published episodes and the component that lowered each most, so a
+    curator can agree or disagree at a glance (needs quality_score and explanation columns)."""
+    need = {"episode_id", "quality_score", "explanation"}
+    if not need <= set(episode_scores.columns) or episode_scores.is_empty():
+        return []
+    rows = episode_scores.filter(pl.col("quality_score").is_not_null()).sort("quality_score", "episode_id").head(LOWEST_ROWS)
+    has_instruction = "language_instruction" in rows.columns
+    head = "| episode | " + ("instruction | " if has_instruction else "") + "quality_score | why it is low |"
+    lines = [f"The {rows.height} lowest-scoring episodes and the component that lowered each score most "
+             "(weight x (1 - value)):", "", head, "|---|" + ("---|" if has_instruction else "") + "---:|---|"]
+    for r in rows.iter_rows(named=True):
+        instruction = f" {_cell(r['language_instruction'] or '')} |" if has_instruction else ""
+        lines.append(f"| {_cell(r['episode_id'])} |{instruction} {_num(r['quality_score'])} | {_cell(r['explanation'] or '')} |")
+    return [*lines, ""]
+
+
+def _trim_summary(episode_scores: pl.DataFrame, recipe: Recipe) -> list[str]:
+    """How many leading and trailing idle steps the published episodes had, and whether the recipe dropped them."""
+    cols = ("idle_start_steps", "idle_start_s", "idle_end_steps", "idle_end_s")
+    if not set(cols) <= set(episode_scores.columns) or episode_scores.is_empty():
+        return []
+    t = episode_scores.select(
+        pl.len().alias("episodes"),
+        ((pl.col("idle_start_steps") > 0) | (pl.col("idle_end_steps") > 0)).sum().alias("with_idle"),
+        *[pl.col(c).sum() for c in cols],
+    ).row(0, named=True)
+    verb = "were dropped (recipe `filters.trim_idle: true`)" if recipe.filters.trim_idle else \
+        "are kept (recipe `filters.trim_idle: false`; set it to true to drop them)"
+    return [f"Idle ends: {t['with_idle']} of {t['episodes']} episodes start or end with idle steps "
+            f"({t['idle_start_steps']} steps, {t['idle_start_s']:.1f} s at the starts; {t['idle_end_steps']} steps, "
+            f"{t['idle_end_s']:.1f} s at the ends); they {verb}. Per episode: idle_start_steps, idle_start_s, "
+            "idle_end_steps, idle_end_s in `meta/episodes.parquet`.", ""]
 
 
 def _feature_row(col: str, spec: dict[str, Any], stat: dict[str, Any] | None) -> str:

@@ -165,7 +165,10 @@ def _build(
     card = render_card(
         recipe=recipe, version=record, features=features, splits=splits, download_size=download_size,
         sources=lineage, validation=validation, quality_stats=quality_stats,
-        episode_scores=episodes.select(score_cols), stats=stats, specs=specs,
+        # with the episode and its instruction, for the card's table of the lowest-scoring episodes
+        episode_scores=episodes.select("episode_id", *[c for c in ("language_instruction",) if c in episodes.columns],
+                                       *score_cols),
+        stats=stats, specs=specs,
     )
     (tmp / "README.md").write_text(card, encoding="utf-8")
     return {

@@ -44,6 +44,9 @@ class Filters(_Strict):
     min_quality_score: Optional[float] = Field(None, allow_inf_nan=False)
     min_steps: Optional[int] = Field(None, ge=1)
     instructions: Optional[tuple[str, ...]] = Field(None, min_length=1)  # keep only these instructions
+    # Drop each episode's leading and trailing idle steps (idle_start_steps / idle_end_steps of the
+    # scores, or of the trims given to select_episodes); false keeps every step.
+    trim_idle: bool = False
 
 
 class PublishOptions(_Strict):
@@ -183,8 +186,18 @@ def assign_splits(episode_ids: pl.Series, splits: dict[str, float]) -> pl.Series
     )
 
 
-def select_episodes(recipe: Recipe, episodes: pl.DataFrame, scores: pl.DataFrame | None) -> tuple[pl.DataFrame, pl.DataFrame]:
+TRIM_START, TRIM_END = "idle_start_steps", "idle_end_steps"
+
+
+def select_episodes(recipe: Recipe, episodes: pl.DataFrame, scores: pl.DataFrame | None,
+                    trims: pl.DataFrame | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Apply a recipe to the accepted canonical table.
+
+    With `filters.trim_idle`, each kept episode loses its first idle_start_steps and last
+    idle_end_steps steps (from `trims`, one row per episode_id, else from the scores' columns of
+    those names); is_first / is_last / is_terminal move to the new first and last step, and an
+    episode with nothing left is left out (check "trim_idle"). An episode without a trim
+    record keeps every step. Step numbers are kept as logged.
 
     Returns `(selected, decisions)`. `selected` holds the step rows of the kept episodes,
     sorted by (episode_id, step), with every episode-level score column joined on and a
@@ -201,12 +214,15 @@ def select_episodes(recipe: Recipe, episodes: pl.DataFrame, scores: pl.DataFrame
     episodes = episodes.filter(pl.col("source").is_in(list(recipe.sources)))
     scores = _checked_scores(recipe, episodes, scores)
     score_cols = [c for c in scores.columns if c != "episode_id"]
+    trim = _trim_frame(recipe, scores, trims, episodes.schema["episode_id"])
 
     lineage = [c for c in ("language_instruction", "robot_id", "source", "source_file", "source_sha256") if c in episodes.columns]
     per_episode = (
         episodes.group_by("episode_id")
         .agg(pl.len().cast(pl.Int64).alias("n_steps"), *[pl.col(c).first() for c in lineage])
         .join(scores, on="episode_id", how="left")
+        .join(trim, on="episode_id", how="left")
+        .with_columns(pl.col("_trim_start", "_trim_end").fill_null(0))
     )
     failed = _failed_filters(recipe.filters)
     checks = [name for name, _, _ in failed]
@@ -237,7 +253,53 @@ def select_episodes(recipe: Recipe, episodes: pl.DataFrame, scores: pl.DataFrame
         .join(kept, on="episode_id", how="inner")
         .sort("episode_id", "step")
     )
-    return selected, decisions
+    if recipe.filters.trim_idle:
+        selected = _drop_idle_ends(selected, trim)
+    return selected, decisions.drop("_trim_start", "_trim_end", strict=False)
+
+
+def _trim_frame(recipe: Recipe, scores: pl.DataFrame, trims: pl.DataFrame | None, id_type: pl.DataType) -> pl.DataFrame:
+    """episode_id, _trim_start, _trim_end: the idle steps to drop at each end (zeros without trim_idle)."""
+    empty = pl.DataFrame(schema={"episode_id": id_type, "_trim_start": pl.Int64, "_trim_end": pl.Int64})
+    if not recipe.filters.trim_idle:
+        return empty
+    source = trims if trims is not None else scores
+    what = "the trims frame" if trims is not None else "the scores"
+    missing = sorted({"episode_id", TRIM_START, TRIM_END} - set(source.columns))
+    if missing:
+        raise ValueError(f"recipe {recipe.name!r} sets filters.trim_idle but {what} lack column(s) {missing}; "
+                         "score the episodes with quality.scores (it records the idle trims) or set trim_idle: false")
+    frame = source.select(pl.col("episode_id").cast(id_type), pl.col(TRIM_START).cast(pl.Int64).alias("_trim_start"),
+                          pl.col(TRIM_END).cast(pl.Int64).alias("_trim_end"))
+    if frame.get_column("episode_id").is_duplicated().any():
+        raise ValueError(f"{what} repeat an episode_id; give one idle-trim row per episode")
+    bad = frame.filter((pl.col("_trim_start") < 0) | (pl.col("_trim_end") < 0))
+    if bad.height:
+        raise ValueError(f"{what} have negative idle trims, e.g. for episode {bad.item(0, 'episode_id')!r}")
+    return frame
+
+
+def _drop_idle_ends(selected: pl.DataFrame, trim: pl.DataFrame) -> pl.DataFrame:
+    """Rows of `selected` (sorted by episode_id, step) without each episode's idle ends, step flags moved."""
+    position = pl.int_range(pl.len()).over("episode_id")
+    n = pl.len().over("episode_id")
+    out = (
+        selected.join(trim, on="episode_id", how="left", maintain_order="left")
+        .with_columns(pl.col("_trim_start", "_trim_end").fill_null(0))
+        .with_columns(_pos=position, _n=n)
+        .filter((pl.col("_pos") >= pl.col("_trim_start")) & (pl.col("_pos") < pl.col("_n") - pl.col("_trim_end")))
+    )
+    flags = {}
+    if "is_first" in out.columns:
+        flags["is_first"] = pl.col("_pos") == pl.col("_pos").min().over("episode_id")
+    if "is_last" in out.columns:
+        flags["is_last"] = pl.col("_pos") == pl.col("_pos").max().over("episode_id")
+    if "is_terminal" in out.columns:
+        # A failure still ends the episode when the still steps after it are dropped.
+        terminal = selected.group_by("episode_id").agg(pl.col("is_terminal").any().alias("_terminal"))
+        out = out.join(terminal, on="episode_id", how="left", maintain_order="left")
+        flags["is_terminal"] = (pl.col("_pos") == pl.col("_pos").max().over("episode_id")) & pl.col("_terminal")
+    return out.with_columns(**flags).drop("_trim_start", "_trim_end", "_pos", "_n", "_terminal", strict=False)
 
 
 def excluded_records(decisions: pl.DataFrame) -> pl.DataFrame:
@@ -292,6 +354,10 @@ def _failed_filters(filters: Filters) -> list[tuple[str, pl.Expr, pl.Expr]]:
                     pl.lit(f"no quality_score for this episode, and the recipe requires quality_score >= {lo:g}")))
         out.append(("min_quality_score", q < lo,
                     _text("quality_score ", q.round(4), f" is below the recipe's min_quality_score {lo:g}")))
+    if filters.trim_idle:
+        left = pl.col("n_steps") - pl.col("_trim_start") - pl.col("_trim_end")
+        out.append(("trim_idle", left <= 0,
+                    _text("every one of its ", pl.col("n_steps"), " steps is idle, so the recipe's trim_idle leaves none")))
     if filters.min_steps is not None:
         n = filters.min_steps
         out.append(("min_steps", pl.col("n_steps") < n,

@@ -26,27 +26,52 @@ SKILLS = {
     "turn right": {"measure": "yaw_rad", "target": -3.0},
 }
 INSTRUCTION = {"walker": "walk forward", "hesitant": "walk forward", "idle": "walk forward", "flail": "walk forward",
-               "turn_left": "turn left", "turn_right": "turn right"}
+               "turn_left": "turn left", "turn_right": "turn right", "weak": "walk forward", "paused": "walk forward"}
+PAUSE = (0.3, 0.6)  # share of the episode: the paused kinds stand still from the first to the second
 
 
 def _wrap(angle: np.ndarray) -> np.ndarray:
     return (angle + np.pi) % (2 * np.pi) - np.pi
 
 
+def _paused_clock(n: int) -> np.ndarray:
+    """Seconds of motion at each step when the robot stands still between PAUSE[0] and PAUSE[1] of the episode."""
+    i = np.arange(n)
+    a, b = int(PAUSE[0] * n), int(PAUSE[1] * n)
+    return np.where(i < a, i, np.where(i < b, a, i - (b - a))) * DT
+
+
+def _pausing(n: int) -> np.ndarray:
+    i = np.arange(n)
+    return (i >= int(PAUSE[0] * n)) & (i < int(PAUSE[1] * n))
+
+
 def episode(kind: str, episode_id: str, n: int = 200, seed: int = 0, yaw0: float = 0.7,
-            instruction: str | None = None, terminal: bool = False) -> pl.DataFrame:
+            instruction: str | None = None, terminal: bool = False, odometry_noise: float = 0.0) -> pl.DataFrame:
     """One episode of `kind`: walker (0.5 m/s forward, CPG gait), hesitant (stands still with zero
     commands for the first half, then walks), idle (zero commands, still), flail (uniform random
-    torques, jittering in place), turn_left / turn_right (0.5 rad/s)."""
+    torques, jittering in place), turn_left / turn_right (0.5 rad/s), weak (a feeble, smooth gait:
+    0.07 m/s at a quarter of the walker's amplitude), paused (walks, stands still with zero commands
+    from 30 % to 60 % of the episode, walks on). A smooth wrong-skill episode is a turner told to
+    walk forward (`instruction=`). `odometry_noise` (m and rad): Gaussian noise of that standard
+    deviation on the logged pose, plus a random-walk drift of a tenth of it per step."""
     rng = np.random.default_rng(seed)
     # Time spent moving: the hesitant operator starts the gait only halfway through.
-    t = np.maximum(np.arange(n) - n // 2, 0) * DT if kind == "hesitant" else np.arange(n) * DT
+    if kind == "hesitant":
+        t = np.maximum(np.arange(n) - n // 2, 0) * DT
+    elif kind == "paused":
+        t = _paused_clock(n)
+    else:
+        t = np.arange(n) * DT
     omega = 2 * np.pi * 1.0  # 1 Hz gait
     gait = np.sin(omega * t[:, None] + PHASES)
     gait_rate = omega * np.cos(omega * t[:, None] + PHASES)
-    if kind in ("walker", "hesitant", "turn_left", "turn_right"):
+    if kind in ("walker", "hesitant", "turn_left", "turn_right", "paused"):
         action = 0.6 * gait
         joints, joint_vel = 0.4 * gait, 0.4 * gait_rate
+    elif kind == "weak":
+        action = 0.15 * gait
+        joints, joint_vel = 0.1 * gait, 0.1 * gait_rate
     elif kind == "idle":
         action = np.zeros((n, 8))
         joints, joint_vel = np.full((n, 8), 0.3), np.zeros((n, 8))
@@ -56,12 +81,12 @@ def episode(kind: str, episode_id: str, n: int = 200, seed: int = 0, yaw0: float
         joints = 0.3 + np.cumsum(joint_vel, axis=0) * DT * 0.1
     else:
         raise ValueError(kind)
-    if kind == "hesitant":
-        waiting = (np.arange(n) < n // 2)[:, None]
-        # Joint angles hold their t=0 pose while waiting (t is clamped), so only rates and commands stop.
+    if kind in ("hesitant", "paused"):
+        waiting = ((np.arange(n) < n // 2) if kind == "hesitant" else _pausing(n))[:, None]
+        # Joint angles hold their pose while waiting (t is clamped), so only rates and commands stop.
         action, joint_vel = np.where(waiting, 0.0, action), np.where(waiting, 0.0, joint_vel)
-    speed, yaw_rate = {"walker": (0.5, 0.0), "hesitant": (0.5, 0.0), "turn_left": (0.0, 0.5),
-                       "turn_right": (0.0, -0.5)}.get(kind, (0.0, 0.0))
+    speed, yaw_rate = {"walker": (0.5, 0.0), "hesitant": (0.5, 0.0), "paused": (0.5, 0.0), "weak": (0.07, 0.0),
+                       "turn_left": (0.0, 0.5), "turn_right": (0.0, -0.5)}.get(kind, (0.0, 0.0))
     if kind == "flail":
         yaw = yaw0 + np.cumsum(rng.normal(0, 0.02, n))
         xy = np.cumsum(rng.normal(0, 0.01, (n, 2)), axis=0)
@@ -76,8 +101,16 @@ def episode(kind: str, episode_id: str, n: int = 200, seed: int = 0, yaw0: float
     ang[:, 2] = yaw_rate
     if kind == "hesitant":
         lin[: n // 2] = 0.0
+    if kind == "paused":
+        lin[_pausing(n)] = 0.0
     state = np.concatenate([z[:, None], quat, joints, lin, ang, joint_vel], axis=1).astype(np.float32)
-    pose = np.concatenate([xy, _wrap(yaw)[:, None]], axis=1).astype(np.float32)
+    pose = np.concatenate([xy, yaw[:, None]], axis=1)
+    if odometry_noise:
+        noise_rng = np.random.default_rng([seed, 0x0D0])
+        drift = np.cumsum(noise_rng.normal(0, odometry_noise / 10, (n, 3)), axis=0)
+        pose = pose + drift + noise_rng.normal(0, odometry_noise, (n, 3))
+    pose[:, 2] = _wrap(pose[:, 2])
+    pose = pose.astype(np.float32)
     is_last = np.arange(n) == n - 1
     return pl.DataFrame(
         {
@@ -117,7 +150,8 @@ ARM_SKILLS = {
     "sweep right": {"measure": "bearing_rad", "target": -1.5},
 }
 ARM_INSTRUCTION = {"reacher": "reach the target", "away": "reach the target", "arm_idle": "reach the target",
-                   "arm_flail": "reach the target", "sweep_left": "sweep left", "sweep_right": "sweep right"}
+                   "arm_flail": "reach the target", "sweep_left": "sweep left", "sweep_right": "sweep right",
+                   "weak_reacher": "reach the target", "paused_sweep": "sweep left"}
 
 
 def arm_profile(joint_velocity: bool = True, **changes) -> RobotProfile:
@@ -140,24 +174,28 @@ def fingertip(q: np.ndarray) -> np.ndarray:
 
 
 def arm_episode(kind: str, episode_id: str, n: int = 60, seed: int = 0, q1_0: float = 0.3,
-                instruction: str | None = None) -> pl.DataFrame:
+                instruction: str | None = None, ee_noise: float = 0.0) -> pl.DataFrame:
     """One arm episode of `kind`: reacher (eases from its start to the target's joint angles in the
     first 60 % of the episode, then holds with zero commands), away (starts near the target and moves
     out to the reacher's start), arm_idle (zero commands, still), arm_flail (uniform random
-    torques, jittering joints), sweep_left / sweep_right (shoulder turning at +-0.5 rad/s, elbow held)."""
+    torques, jittering joints), sweep_left / sweep_right (shoulder turning at +-0.5 rad/s, elbow held),
+    weak_reacher (eases smoothly but only a fifth of the way), paused_sweep (sweeps left, holding
+    still from 30 % to 60 % of the episode). A smooth wrong-skill episode is a sweep told to reach
+    (`instruction=`). `ee_noise` (m): Gaussian noise of that standard deviation on the logged fingertip."""
     rng = np.random.default_rng(seed)
     t = np.arange(n) * DT
     q_start, q_goal = np.array([q1_0, 1.2]), np.array([q1_0 + 1.0, 0.4])
-    if kind in ("reacher", "away"):
+    if kind in ("reacher", "away", "weak_reacher"):
         s = np.clip(np.arange(n) / (0.6 * n), 0.0, 1.0)
         ease = (1 - np.cos(np.pi * s)) / 2  # smooth start and stop
         near_goal = q_goal + 0.2 * (q_start - q_goal)  # leaving from on the target would leave nothing to close
-        a, b = (q_start, q_goal) if kind == "reacher" else (near_goal, q_start)
-        q = a + (b - a) * ease[:, None]
+        a, b = (near_goal, q_start) if kind == "away" else (q_start, q_goal)
+        q = a + (b - a) * (0.2 if kind == "weak_reacher" else 1.0) * ease[:, None]
         target = np.broadcast_to(fingertip(q_goal[None]), (n, 2))
-    elif kind in ("sweep_left", "sweep_right"):
-        rate = 0.5 if kind == "sweep_left" else -0.5
-        q = np.stack([q1_0 + rate * t, np.full(n, 0.8)], axis=1)
+    elif kind in ("sweep_left", "sweep_right", "paused_sweep"):
+        rate = -0.5 if kind == "sweep_right" else 0.5
+        clock = _paused_clock(n) if kind == "paused_sweep" else t
+        q = np.stack([q1_0 + rate * clock, np.full(n, 0.8)], axis=1)
         target = np.broadcast_to(fingertip(q_goal[None]), (n, 2))
     elif kind == "arm_idle":
         q = np.broadcast_to(q_start, (n, 2)).copy()
@@ -192,7 +230,8 @@ def arm_episode(kind: str, episode_id: str, n: int = 60, seed: int = 0, q1_0: fl
             "source": ["synthetic"] * n,
             "source_file": [f"{episode_id}.mcap"] * n,
             "source_sha256": ["cd" * 32] * n,
-            EE: fingertip(q).astype(np.float32).tolist(),
+            EE: (fingertip(q) + np.random.default_rng([seed, 0x0EE]).normal(0, ee_noise, (n, 2)) * (ee_noise > 0))
+            .astype(np.float32).tolist(),
             TARGET: np.asarray(target, dtype=np.float32).tolist(),
         },
         schema={**POLARS_SCHEMA, EE: pl.List(pl.Float32), TARGET: pl.List(pl.Float32)},

@@ -12,7 +12,7 @@ from pipelines.assets.ingest import episodes
 from pipelines.metadata import md_table, png_metadata
 from pipelines.partitions import landing_batches
 from pipelines.resources import DataRoot
-from quality.scores import score_episodes, score_histogram_png
+from quality.scores import TRIM_COLUMNS, lowest_scores, score_episodes, score_histogram_png
 from quality.validation import check_accepted, validate_episodes
 
 
@@ -125,8 +125,10 @@ class ScoreConfig(dg.Config):
     group_name="quality",
     partitions_def=landing_batches,
     deps=["validated_episodes"],
-    description="Per-episode quality in [0, 1]: smoothness, idle time, saturation, progress toward the "
-    "instruction and completeness, and their weighted combination.",
+    description="Per-episode quality in [0, 1]: progress toward the instruction, what the robot did over "
+    "time (on task, the instructed skill rather than another, efficiency, pauses, consistency), smoothness, "
+    "idle time, saturation and completeness, their weighted combination, and the component that lowered "
+    "each score most. Also writes `idle_trims`: each episode's leading and trailing idle steps.",
     kinds={"polars", "parquet"},
 )
 def episode_scores(context: dg.AssetExecutionContext, config: ScoreConfig, data_root: DataRoot) -> dg.MaterializeResult:
@@ -140,6 +142,9 @@ def episode_scores(context: dg.AssetExecutionContext, config: ScoreConfig, data_
     nominal = round(profile.nominal_episode_s * mapping.control.rate_hz) if profile.nominal_episode_s else None
     scores = score_episodes(accepted, profile, weights=config.weights, nominal_steps=nominal)
     storage.write_partition(scores, "episode_scores", batch)
+    trims = scores.select("episode_id", "n_steps", *TRIM_COLUMNS)
+    storage.write_partition(trims, "idle_trims", batch)
+    trimmed = trims.filter((pl.col("idle_start_steps") > 0) | (pl.col("idle_end_steps") > 0))
     by_instruction = scores.group_by("language_instruction").agg(
         pl.len().alias("episodes"), pl.col("quality_score").mean().alias("mean_score")
     ).sort("language_instruction")
@@ -147,6 +152,10 @@ def episode_scores(context: dg.AssetExecutionContext, config: ScoreConfig, data_
         "episodes": len(scores),
         "mean_quality_score": float(scores["quality_score"].mean() or 0.0),
         "by_instruction": md_table(by_instruction),
+        "lowest_scoring": md_table(lowest_scores(scores, 10)),
+        "episodes_with_idle_ends": len(trimmed),
+        "idle_steps_at_ends": int(trims["idle_start_steps"].sum() + trims["idle_end_steps"].sum()) if len(trims) else 0,
+        "idle_trims": md_table(trimmed.sort(pl.col("idle_start_steps") + pl.col("idle_end_steps"), descending=True)),
     }
     if len(scores):
         metadata |= png_metadata(score_histogram_png(scores), f"episode_scores_{batch.replace('/', '_')}")

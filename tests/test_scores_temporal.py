@@ -1,0 +1,160 @@
+"""Time-aware score components, idle trims and explanations on hand-built legged and arm episodes."""
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from foundations.profile import load_profile
+from quality.scores import COMPONENTS, DEFAULT_WEIGHTS, HINTS, lowest_scores, score_episodes
+from quality.temporal import TEMPORAL_COMPONENTS, idle_trims, temporal_components
+from synthetic_episodes import DT, arm_episode, arm_profile, episode, table
+
+ANT = load_profile("ant")
+ARM = arm_profile()
+NOISE = 0.02  # m and rad of odometry noise, with drift: ten times what a still robot moves per step
+ARM_N = 100  # 5 s, the arm fleet's nominal length
+
+
+@pytest.fixture(scope="module")
+def legged() -> pl.DataFrame:
+    eps = table(
+        episode("walker", "walker"),
+        episode("turn_left", "wrong_skill", instruction="walk forward"),  # smooth, but another skill
+        episode("weak", "weak"),
+        episode("paused", "paused"),
+        episode("hesitant", "late_start"),
+        episode("idle", "idle"),
+        episode("walker", "noisy_walker", odometry_noise=NOISE),
+        episode("idle", "noisy_idle", odometry_noise=NOISE),
+        episode("paused", "noisy_paused", odometry_noise=NOISE),
+    )
+    return score_episodes(eps, ANT, nominal_steps=200)
+
+
+@pytest.fixture(scope="module")
+def arm() -> pl.DataFrame:
+    eps = table(
+        arm_episode("reacher", "reacher", n=ARM_N),
+        arm_episode("sweep_left", "wrong_skill", n=ARM_N, instruction="reach the target"),
+        arm_episode("weak_reacher", "weak", n=ARM_N),
+        arm_episode("sweep_left", "sweep", n=ARM_N),
+        arm_episode("paused_sweep", "paused", n=ARM_N),
+        arm_episode("arm_idle", "idle", n=ARM_N),
+        arm_episode("reacher", "noisy_reacher", n=ARM_N, ee_noise=0.002),
+        arm_episode("arm_idle", "noisy_idle", n=ARM_N, ee_noise=0.002),
+    )
+    return score_episodes(eps, ARM)
+
+
+def _row(scores: pl.DataFrame, episode_id: str) -> dict:
+    return scores.filter(pl.col("episode_id") == episode_id).row(0, named=True)
+
+
+@pytest.mark.parametrize("which", ["legged", "arm"])
+def test_every_component_is_named_and_in_the_unit_interval(which, request):
+    scores = request.getfixturevalue(which)
+    for name in TEMPORAL_COMPONENTS:
+        assert name in COMPONENTS and DEFAULT_WEIGHTS[name] > 0
+        values = scores.get_column(name).drop_nulls()
+        assert values.len() == scores.height and ((values >= 0) & (values <= 1)).all(), name
+    # The time-aware components together carry more weight than smoothness, saturation and idle.
+    assert sum(DEFAULT_WEIGHTS[c] for c in TEMPORAL_COMPONENTS) > 2 * sum(
+        DEFAULT_WEIGHTS[c] for c in ("smoothness", "saturation", "idle"))
+
+
+def test_legged_smooth_wrong_skill_is_caught_by_specificity_and_on_task(legged):
+    walker, wrong = _row(legged, "walker"), _row(legged, "wrong_skill")
+    assert wrong["smoothness"] > 0.95  # as smooth as the walker: the old score's blind spot
+    assert walker["specificity"] > 0.9 and wrong["specificity"] < 0.1
+    assert walker["on_task"] == 1.0 and wrong["on_task"] < 0.1
+    assert wrong["other_progress"] > 0.5  # it did turn left well
+    assert walker["quality_score"] > wrong["quality_score"] + 0.4
+
+
+def test_legged_weak_operator_is_slow_on_task_and_scores_below_the_walker(legged):
+    walker, weak = _row(legged, "walker"), _row(legged, "weak")
+    assert 0.5 < weak["on_task"] < 0.9 and weak["progress"] < 0.5
+    assert weak["efficiency"] < walker["efficiency"]
+    assert walker["quality_score"] > weak["quality_score"] + 0.15
+
+
+def test_legged_pause_inside_the_task_lowers_hesitation_but_a_late_start_does_not(legged):
+    walker, paused, late = _row(legged, "walker"), _row(legged, "paused"), _row(legged, "late_start")
+    assert walker["hesitation"] == 1.0 and paused["hesitation"] < 0.9
+    assert late["hesitation"] == 1.0  # waiting before the task is an idle end, trimmed instead
+    assert late["idle_start_steps"] > 0.8 * 100 and paused["idle_start_steps"] == paused["idle_end_steps"] == 0
+    assert _row(legged, "idle")["hesitation"] == 0.0  # never moved
+
+
+def test_legged_components_hold_up_under_noisy_drifting_odometry(legged):
+    clean, noisy = _row(legged, "walker"), _row(legged, "noisy_walker")
+    for name in TEMPORAL_COMPONENTS:
+        assert noisy[name] == pytest.approx(clean[name], abs=0.05), name
+    idle = _row(legged, "noisy_idle")
+    assert idle["on_task"] < 0.1 and idle["specificity"] < 0.3 and idle["hesitation"] == 0.0
+    assert idle["efficiency"] < 0.5 and idle["consistency"] < 0.3
+    assert idle["idle_start_steps"] == 200  # noise does not read as motion
+    assert _row(legged, "noisy_paused")["hesitation"] < 0.9
+
+
+def test_consistency_follows_the_first_heading(legged):
+    # Straight along the first heading; a turner told to walk forward goes nowhere along it.
+    assert _row(legged, "walker")["consistency"] > 0.7 > 0.1 > _row(legged, "wrong_skill")["consistency"]
+
+
+def test_arm_wrong_skill_weak_and_paused(arm):
+    reacher, wrong, weak = _row(arm, "reacher"), _row(arm, "wrong_skill"), _row(arm, "weak")
+    assert reacher["on_task"] == 1.0 and reacher["progress"] == 1.0
+    assert wrong["specificity"] < reacher["specificity"] and wrong["other_progress"] > 0.5
+    assert reacher["quality_score"] > wrong["quality_score"] + 0.2
+    assert weak["progress"] < 0.3 and weak["on_task"] < 0.7
+    assert reacher["quality_score"] > weak["quality_score"] + 0.2
+    assert _row(arm, "paused")["hesitation"] < _row(arm, "sweep")["hesitation"] == 1.0
+    assert arm.get_column("consistency").null_count() == 0  # measured on the instructed measure without a base
+
+
+def test_arm_components_hold_up_under_end_effector_noise(arm):
+    clean, noisy = _row(arm, "reacher"), _row(arm, "noisy_reacher")
+    for name in TEMPORAL_COMPONENTS:
+        assert noisy[name] == pytest.approx(clean[name], abs=0.05), name
+    idle = _row(arm, "noisy_idle")
+    assert idle["on_task"] < 0.1 and idle["specificity"] < 0.3 and idle["idle_start_steps"] == ARM_N
+
+
+def test_idle_trims_record_steps_and_seconds_at_each_end():
+    ant = idle_trims(table(episode("hesitant", "late_start", n=100), episode("walker", "walker", n=100)), ANT)
+    late = ant.filter(pl.col("episode_id") == "late_start").row(0, named=True)
+    # Still for the first 50 steps; the one-second averages keep up to half a second next to the motion.
+    assert 35 <= late["idle_start_steps"] <= 50 and late["idle_end_steps"] == 0
+    assert late["idle_start_s"] == pytest.approx(late["idle_start_steps"] * DT)
+    assert ant.filter(pl.col("episode_id") == "walker").select("idle_start_steps", "idle_end_steps").row(0) == (0, 0)
+    away = idle_trims(arm_episode("away", "away", n=ARM_N), ARM).row(0, named=True)
+    # It moves off the target for 60 % of the episode and then stands still: a trailing idle end
+    # (40 steps), plus the last of its easing out, slower than 1 cm/s.
+    assert 30 <= away["idle_end_steps"] <= 50 and away["idle_end_s"] == pytest.approx(away["idle_end_steps"] * DT)
+    # Holding at the goal after reaching it is the task done, never trimmed.
+    reached = idle_trims(arm_episode("reacher", "r", n=ARM_N), ARM).row(0, named=True)
+    assert reached["idle_end_steps"] == 0
+
+
+def test_explanations_name_the_component_that_cost_most(legged):
+    for row in legged.iter_rows(named=True):
+        cost = {c: DEFAULT_WEIGHTS[c] * (1 - row[c]) for c in COMPONENTS if row[c] is not None}
+        assert cost[row["lowest_component"]] == pytest.approx(max(cost.values()))
+        assert row["explanation"].startswith(row["lowest_component"] + " ")
+        assert HINTS[row["lowest_component"]] in row["explanation"]
+    wrong = _row(legged, "wrong_skill")
+    assert wrong["lowest_component"] == "progress"
+    assert f"progress 0.0 (weight {DEFAULT_WEIGHTS['progress']:g})" in wrong["explanation"]
+    lowest = lowest_scores(legged, 3)
+    assert lowest.columns == ["episode_id", "language_instruction", "quality_score", "lowest_component", "explanation"]
+    assert lowest["quality_score"].is_sorted() and lowest.height == 3
+    assert lowest["quality_score"][0] == pytest.approx(legged["quality_score"].min(), abs=1e-3)
+
+
+def test_unknown_instruction_leaves_the_time_aware_components_null():
+    eps = table(episode("walker", "dancer", n=60, instruction="dance"))
+    comps = temporal_components(eps, ANT)
+    assert all(comps[c][0] is None for c in TEMPORAL_COMPONENTS)
+    scored = score_episodes(eps, ANT)
+    assert scored["quality_score"][0] is not None and scored["lowest_component"][0] in COMPONENTS
