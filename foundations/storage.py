@@ -71,6 +71,43 @@ def write_partition(df: pl.DataFrame, table: str, partition: str) -> Path:
     return path
 
 
+STAGED_SUFFIX = "_staged"
+
+
+def staged(table: str) -> str:
+    """Name of the lake table where a table's partitions wait for their gates (`<table>_staged`)."""
+    return f"{table}{STAGED_SUFFIX}"
+
+
+def stage_partition(df: pl.DataFrame, table: str, partition: str) -> Path:
+    """Write a partition where readers of `table` do not look until `promote_partition`."""
+    return write_partition(df, staged(table), partition)
+
+
+def promote_partition(table: str, partition: str) -> Path:
+    """Make the staged partition the visible one, atomically per table: readers see the earlier
+    promoted file or the new one, never a mix. The staged copy stays for audits."""
+    src = partition_path(staged(table), partition)
+    if not src.exists():
+        raise FileNotFoundError(f"{table} has nothing staged for {partition!r}: materialize its staging asset first")
+    path = partition_path(table, partition)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def partition_sha256(tables: list[str], partition: str) -> str:
+    """One hash over the bytes of a partition of several tables (missing ones count as empty):
+    what a gate saw, so promotion can refuse content changed after the gate ran."""
+    digest = hashlib.sha256()
+    for table in tables:
+        path = partition_path(table, partition)
+        digest.update(f"{table}:{sha256_file(path) if path.exists() else '-'};".encode())
+    return digest.hexdigest()
+
+
 def read_partition(table: str, partition: str) -> pl.DataFrame | None:
     path = partition_path(table, partition)
     return pl.read_parquet(path) if path.exists() else None
