@@ -84,28 +84,24 @@ def stage_partition(df: pl.DataFrame, table: str, partition: str) -> Path:
     return write_partition(df, staged(table), partition)
 
 
-def promote_partition(table: str, partition: str) -> Path:
-    """Make the staged partition the visible one, atomically per table: readers see the earlier
-    promoted file or the new one, never a mix. The staged copy stays for audits."""
-    src = partition_path(staged(table), partition)
-    if not src.exists():
+def staged_snapshot(table: str, partition: str) -> bytes:
+    """The bytes of a staged partition: gates judge exactly these, and exactly these get promoted,
+    so a file rewritten while the gates run can never slip through."""
+    path = partition_path(staged(table), partition)
+    if not path.exists():
         raise FileNotFoundError(f"{table} has nothing staged for {partition!r}: materialize its staging asset first")
+    return path.read_bytes()
+
+
+def promote_partition(table: str, partition: str, snapshot: bytes) -> Path:
+    """Make a staged snapshot the visible partition of `table`, atomically: readers see the earlier
+    promoted file or the new one, never a mix. The staged copy stays for audits."""
     path = partition_path(table, partition)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    shutil.copyfile(src, tmp)
+    tmp.write_bytes(snapshot)
     os.replace(tmp, path)
     return path
-
-
-def partition_sha256(tables: list[str], partition: str) -> str:
-    """One hash over the bytes of a partition of several tables (missing ones count as empty):
-    what a gate saw, so promotion can refuse content changed after the gate ran."""
-    digest = hashlib.sha256()
-    for table in tables:
-        path = partition_path(table, partition)
-        digest.update(f"{table}:{sha256_file(path) if path.exists() else '-'};".encode())
-    return digest.hexdigest()
 
 
 def read_partition(table: str, partition: str) -> pl.DataFrame | None:

@@ -1,12 +1,19 @@
-"""Group `quality`: Great Expectations validation, the quarantine, and per-episode quality scores."""
+"""Group `quality`: Great Expectations validation, the quarantine, and per-episode quality scores.
 
+Validation is staged, then promoted: `staged_validation` writes the accepted rows and quarantine
+records where no reader looks; `validated_episodes` / `quarantine` run the blocking gates on those
+bytes (the suite again, and a conservation count from the landed files) and publish exactly them
+only when every gate passed. A failed gate keeps the batch's earlier promoted state.
+"""
+
+import hashlib
+import io
 from typing import Optional
 
 import dagster as dg
 import polars as pl
 
 from foundations import landing
-from foundations import storage as storage_module
 from foundations.ingest import load_mapping
 from foundations.schema import empty_quarantine
 from pipelines.assets.ingest import episodes
@@ -25,7 +32,6 @@ class ValidationConfig(dg.Config):
 
 # Tables a batch's validation writes: staged first, promoted to these names once every gate passed.
 GATED = ["validated_episodes", "quarantine"]
-STAGED = [storage_module.staged(t) for t in GATED]
 
 
 @dg.asset(
@@ -70,7 +76,8 @@ def validate_batch(context: dg.AssetExecutionContext, config: ValidationConfig, 
             # The gates re-run the suite with these, on the staged files as they are on disk.
             "min_steps": config.min_steps,
             "max_steps": config.max_steps,
-            "staged_sha256": storage.partition_sha256(STAGED, batch),
+            "staged_sha256": dg.MetadataValue.json(
+                {t: storage.sha256_file(storage.partition_path(storage.staged(t), batch)) for t in GATED}),
         }
     )
 
@@ -85,10 +92,9 @@ def _staging_params(context: dg.AssetExecutionContext, batch: str) -> dict:
     return {k: metadata[k].value if k in metadata else getattr(defaults, k) for k in ("min_steps", "max_steps")}
 
 
-def expectations_gate(storage, batch: str, params: dict) -> dg.AssetCheckResult:
+def expectations_gate(batch: str, accepted: pl.DataFrame, params: dict) -> dg.AssetCheckResult:
     """The GX suite re-run on the staged accepted rows as they are on disk."""
     mapping = load_mapping(landing.split_key(batch)[0])
-    accepted = storage.require_partition(storage.staged("validated_episodes"), batch)
     passed, details = check_accepted(
         accepted, rate_hz=mapping.control.rate_hz, action_bounds=mapping.action_bounds, **params,
         allow_empty=True,  # a batch of re-delivered files has nothing new to accept
@@ -103,15 +109,15 @@ def expectations_gate(storage, batch: str, params: dict) -> dg.AssetCheckResult:
     )
 
 
-def conservation_gate(storage, batch: str) -> dg.AssetCheckResult:
+def conservation_gate(storage, batch: str, staged: dict[str, pl.DataFrame]) -> dg.AssetCheckResult:
     """Every landed file on disk accounted for exactly once by the staged outcome tables."""
     mapping = load_mapping(landing.split_key(batch)[0])
     outcomes, problems = account_for_files(
         landed_files(landing.batch_dir(batch), mapping.file_glob),
         storage.read_partition("raw_log_files", batch),
         storage.read_partition("episodes", batch),
-        storage.read_partition(storage.staged("validated_episodes"), batch),
-        storage.read_partition(storage.staged("quarantine"), batch),
+        staged["validated_episodes"],
+        staged["quarantine"],
     )
     by_outcome = dict(outcomes.group_by("outcome").len().sort("outcome").iter_rows())
     shown = "; ".join(problems["problem"].head(5))
@@ -171,25 +177,27 @@ def promote_validation(context: dg.AssetExecutionContext, data_root: DataRoot):
     """
     batch = context.partition_key
     storage = data_root.storage
-    seen = storage.partition_sha256(STAGED, batch)
-    gates = [expectations_gate(storage, batch, _staging_params(context, batch)), conservation_gate(storage, batch)]
+    snapshots = {t: storage.staged_snapshot(t, batch) for t in GATED}
+    staged = {t: pl.read_parquet(io.BytesIO(data)) for t, data in snapshots.items()}
+    gates = [
+        expectations_gate(batch, staged["validated_episodes"], _staging_params(context, batch)),
+        conservation_gate(storage, batch, staged),
+    ]
     yield from gates
     failed = [g.check_name for g in gates if not g.passed]
     if failed:
         context.log.error(f"{batch}: gates {', '.join(failed)} failed; nothing promoted, the earlier "
                           "validated_episodes and quarantine of this batch stay published")
         return
-    if storage.partition_sha256(STAGED, batch) != seen:
-        raise dg.Failure(f"{batch}: the staged tables changed while the gates ran; nothing promoted, run ingest_job again")
-    for table in GATED:
-        storage.promote_partition(table, batch)
-    accepted = storage.require_partition("validated_episodes", batch)
-    quarantined = storage.require_partition("quarantine", batch)
+    for table, data in snapshots.items():
+        storage.promote_partition(table, batch, data)
+    seen = {t: hashlib.sha256(data).hexdigest() for t, data in snapshots.items()}
+    accepted, quarantined = staged["validated_episodes"], staged["quarantine"]
     context.log.info(f"batch {batch}: promoted {accepted['episode_id'].n_unique()} accepted episodes")
     yield dg.MaterializeResult(
         asset_key="validated_episodes",
         metadata={"episodes": accepted["episode_id"].n_unique(), "dagster/row_count": len(accepted),
-                  "staged_sha256": seen},
+                  "staged_sha256": dg.MetadataValue.json(seen)},
     )
     yield dg.MaterializeResult(
         asset_key="quarantine",
