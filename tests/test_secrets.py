@@ -2,20 +2,30 @@
 publish leaves neither value in the Dagster event log, the captured logs, the data root or DAGSTER_HOME."""
 from __future__ import annotations
 
+import shutil
+import socket
 import uuid
 from pathlib import Path
 
 import dagster as dg
+import huggingface_hub
 import pyarrow.parquet as pq
 import pytest
 from dagster._serdes import serialize_value
 
 from foundations import landing, storage
+from foundations.catalog import RECIPES_ENV, config_dir
 from foundations.publish import list_versions
 from pipelines.runner import dagster_home, run_job
 
 SOURCE = "ant_fleet_ros2"
 publish_one_job = dg.define_asset_job("publish_ant_skills", selection=dg.AssetSelection.assets(["hub", "ant_skills"]))
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _leaks(root: Path, secrets: list[str]) -> list[str]:
@@ -70,6 +80,23 @@ def test_no_token_value_in_logs_metadata_cards_or_manifests(tmp_path, monkeypatc
         publish = run_job(defs, instance, "publish_ant_skills", resources={"hub": resources["hub"]}, log_level="DEBUG")
         assert storage.read_partition("validated_episodes", key).height > 0
         assert [v["version"] for v in list_versions("ant_skills")] == ["1.0.0"]
+
+        # A push that fails (the Hub endpoint is a closed loopback port) must not leak the token in its error.
+        # The recipe copy names a Hub repo and weighs the referee otherwise, so a new version is made and pushed with the token.
+        recipes = tmp_path / "recipes"
+        shutil.copytree(config_dir(), recipes)
+        card = recipes / "ant_skills.yaml"
+        card.write_text(card.read_text().replace("hub_repo: null", "hub_repo: robocurate-test/ant_skills")
+                        .replace("referee_weight: 1.0", "referee_weight: 0.5"))
+        monkeypatch.setenv(RECIPES_ENV, str(recipes))
+        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+        pushed = defs.resolve_job_def("publish_ant_skills").execute_in_process(
+            instance=instance, raise_on_error=False, run_config={"resources": {"hub": {"config": resources["hub"]}}})
+        failure = [e for e in pushed.all_events if e.is_step_failure]
+        assert not pushed.success and failure, "the push to a closed port must fail (proof the token was configured)"
+        message = failure[0].step_failure_data.error.to_string()
+        assert "push of ant_skills 1.1.0 to the Hub repo robocurate-test/ant_skills failed" in message
+        assert "Connection refused" in message and hf_token not in message
 
         runs = instance.get_runs()
         assert {r.run_id for r in runs} >= {ingest.run_id, publish.run_id}

@@ -75,7 +75,12 @@ def _push(context: dg.AssetExecutionContext, recipe: Recipe, result, hub: HubTok
     """Push a new version to the Hub when the recipe names a repo and a token is configured (never logged)."""
     if not recipe.hub_repo or not hub.token:
         return None
-    pushed = push_to_hub(result.path, recipe.hub_repo, token=hub.token)
+    try:
+        pushed = push_to_hub(result.path, recipe.hub_repo, token=hub.token)
+    except Exception as exc:  # the library's message names the endpoint and cause, never the token
+        raise dg.Failure(f"push of {result.name} {result.version} to the Hub repo {recipe.hub_repo} failed: "
+                         f"{type(exc).__name__}: {exc}. The version is published locally at {result.path}; check "
+                         "HF_TOKEN (write access) and the network") from None
     context.log.info(f"pushed {result.name} {result.version} to the Hub: {pushed}")
     return str(pushed)
 
