@@ -57,13 +57,16 @@ def account_for_files(
     episodes: pl.DataFrame | None,
     accepted: pl.DataFrame | None,
     quarantine: pl.DataFrame | None,
+    delivered_before: pl.Series | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(outcomes, problems): one outcome row per landed file (OUTCOME_SCHEMA; outcome is
     duplicate, rejected, episodes or missing) and one row per problem (PROBLEM_SCHEMA), empty
     when every file is accounted for exactly once.
 
     `raw` holds the batch's scan (file, sha256, status); `episodes`, `accepted` and `quarantine`
-    the batch's rows with their lineage columns (source_file, source_sha256).
+    the batch's rows with their lineage columns (source_file, source_sha256); `delivered_before`
+    the hashes first delivered by other batches. A file counts as a duplicate only when its content
+    was delivered before: by another batch, or by a file of this batch earlier in path order on disk.
     """
     raw = raw if raw is not None else pl.DataFrame(schema={"file": pl.String, "sha256": pl.String, "status": pl.String})
     ingested, acc, quar = _lineage(episodes), _lineage(accepted), _lineage(quarantine)
@@ -115,7 +118,13 @@ def account_for_files(
         pl.col("episodes", "accepted", "quarantined").fill_null(0),
     )
     short = pl.col("sha256").str.slice(0, 12)
+    before = delivered_before if delivered_before is not None else pl.Series(dtype=pl.String)
+    first_here = landed.group_by("sha256").agg(pl.col("file").min().alias("first_file"))
+    claims = files.filter(pl.col("duplicate") & pl.col("on_disk")).join(first_here, on="sha256", how="left")
     problems += [
+        claims.filter(~pl.col("sha256").is_in(before.implode()) & (pl.col("first_file") == pl.col("file"))).select(
+            "file", _say("missing: {} (sha256 {}…) is marked duplicate but its content was not delivered before; "
+                         "it was never parsed", "file", short)),
         files.filter(pl.col("on_disk") & ~pl.col("duplicate") & ~pl.col("whole") & (pl.col("episodes") == 0)).select(
             "file", _say("missing: {} (sha256 {}…) landed but is accounted for nowhere: not a duplicate, not "
                               "quarantined, no episode", "file", short)),

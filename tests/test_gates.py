@@ -161,3 +161,8 @@ def test_conservation_is_counted_from_the_files_on_disk(fleet, instance, defs):
     assert any(p.startswith(f"doubled: accepted episode {episode}") for p in problems(twice, quarantine))
     dropped = accepted.filter(pl.col("episode_id") != episode)
     assert any(p.startswith(f"missing: episode {episode}") for p in problems(dropped, quarantine))
+    # A scan that calls a first delivery a duplicate would hide it from parsing: named too.
+    raw = tables["raw_log_files"].with_columns(
+        pl.when(pl.col("file") == files[0]).then(pl.lit("duplicate")).otherwise(pl.col("status")).alias("status"))
+    found = account_for_files(landed, raw, tables["episodes"], accepted, quarantine)[1]["problem"].to_list()
+    assert any(p.startswith(f"missing: {files[0]}") and "not delivered before" in p for p in found)

@@ -109,6 +109,16 @@ def expectations_gate(batch: str, accepted: pl.DataFrame, params: dict) -> dg.As
     )
 
 
+def _delivered_before(storage, batch: str) -> pl.Series:
+    """Hashes first delivered by other batches (whose own promotion passed this same count)."""
+    source, name = landing.split_key(batch)
+    raw = storage.read_table("raw_log_files")
+    if raw is None:
+        return pl.Series("sha256", [], dtype=pl.String)
+    other = (pl.col("source") != source) | (pl.col("landing_batch") != name)
+    return raw.filter(other & (pl.col("status") == "new"))["sha256"].unique()
+
+
 def conservation_gate(storage, batch: str, staged: dict[str, pl.DataFrame]) -> dg.AssetCheckResult:
     """Every landed file on disk accounted for exactly once by the staged outcome tables."""
     mapping = load_mapping(landing.split_key(batch)[0])
@@ -118,6 +128,7 @@ def conservation_gate(storage, batch: str, staged: dict[str, pl.DataFrame]) -> d
         storage.read_partition("episodes", batch),
         staged["validated_episodes"],
         staged["quarantine"],
+        _delivered_before(storage, batch),
     )
     by_outcome = dict(outcomes.group_by("outcome").len().sort("outcome").iter_rows())
     shown = "; ".join(problems["problem"].head(5))
