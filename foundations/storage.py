@@ -71,6 +71,39 @@ def write_partition(df: pl.DataFrame, table: str, partition: str) -> Path:
     return path
 
 
+STAGED_SUFFIX = "_staged"
+
+
+def staged(table: str) -> str:
+    """Name of the lake table where a table's partitions wait for their gates (`<table>_staged`)."""
+    return f"{table}{STAGED_SUFFIX}"
+
+
+def stage_partition(df: pl.DataFrame, table: str, partition: str) -> Path:
+    """Write a partition where readers of `table` do not look until `promote_partition`."""
+    return write_partition(df, staged(table), partition)
+
+
+def staged_snapshot(table: str, partition: str) -> bytes:
+    """The bytes of a staged partition: gates judge exactly these, and exactly these get promoted,
+    so a file rewritten while the gates run can never slip through."""
+    path = partition_path(staged(table), partition)
+    if not path.exists():
+        raise FileNotFoundError(f"{table} has nothing staged for {partition!r}: materialize its staging asset first")
+    return path.read_bytes()
+
+
+def promote_partition(table: str, partition: str, snapshot: bytes) -> Path:
+    """Make a staged snapshot the visible partition of `table`, atomically: readers see the earlier
+    promoted file or the new one, never a mix. The staged copy stays for audits."""
+    path = partition_path(table, partition)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_bytes(snapshot)
+    os.replace(tmp, path)
+    return path
+
+
 def read_partition(table: str, partition: str) -> pl.DataFrame | None:
     path = partition_path(table, partition)
     return pl.read_parquet(path) if path.exists() else None

@@ -21,3 +21,16 @@ def smollm2_dir(pytestconfig, tmp_path_factory) -> Path:
     cache = getattr(pytestconfig, "cache", None)
     root = cache.mkdir("robocurate-smollm2") if cache is not None else tmp_path_factory.mktemp("smollm2")
     return smollm2_model_dir(cache_dir=Path(root))
+
+
+@pytest.fixture
+def instance(tmp_path, monkeypatch, data_root):
+    """A Dagster instance of the test's own (SQLite under tmp_path), with the repo's dagster.yaml."""
+    import dagster as dg
+
+    from pipelines.runner import dagster_home
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    dagster_home()
+    with dg.DagsterInstance.get() as inst:
+        yield inst

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -14,7 +12,7 @@ import pytest
 
 from foundations import landing, storage
 from pipelines.batches import pending_batches
-from pipelines.runner import dagster_home, run_job
+from pipelines.runner import run_job
 
 SOURCE = "ant_fleet_ros2"
 
@@ -29,14 +27,6 @@ def fleet(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("fleet")
     simulate_fleet(N_EPISODES, out, seed=7, fault_rate=0.4, episode_steps=100)
     return out
-
-
-@pytest.fixture
-def instance(tmp_path, monkeypatch, data_root):
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
-    dagster_home()
-    with dg.DagsterInstance.get() as inst:
-        yield inst
 
 
 def _truth(fleet: Path) -> pl.DataFrame:

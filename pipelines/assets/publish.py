@@ -6,6 +6,7 @@ import polars as pl
 from foundations.code_version import code_version
 from foundations.publish import publish, push_to_hub
 from foundations.recipes import Recipe, list_recipes, load_recipe, select_episodes, with_rewards
+from foundations.schema import LINEAGE
 from pipelines.resources import DataRoot, HubToken
 
 # Tables every recipe reads; the referee's rewards join them once labelled.
@@ -28,7 +29,7 @@ def dataset_asset(recipe_name: str) -> dg.AssetsDefinition:
     def _dataset(context: dg.AssetExecutionContext, data_root: DataRoot, hub: HubToken):
         recipe = load_recipe(recipe_name)  # the file may have changed since the code location loaded
         storage = data_root.storage
-        episodes = storage.read_table("validated_episodes")
+        episodes = storage.read_table("validated_episodes")  # promoted partitions only (see quality.py)
         scores = storage.read_table("episode_scores")
         if episodes is None or scores is None or episodes.filter(pl.col("source").is_in(list(recipe.sources))).is_empty():
             context.log.warning(f"{recipe.name}: no validated and scored episodes of {list(recipe.sources)} yet; "
@@ -74,7 +75,12 @@ def _push(context: dg.AssetExecutionContext, recipe: Recipe, result, hub: HubTok
     """Push a new version to the Hub when the recipe names a repo and a token is configured (never logged)."""
     if not recipe.hub_repo or not hub.token:
         return None
-    pushed = push_to_hub(result.path, recipe.hub_repo, token=hub.token)
+    try:
+        pushed = push_to_hub(result.path, recipe.hub_repo, token=hub.token)
+    except Exception as exc:  # the library's message names the endpoint and cause, never the token
+        raise dg.Failure(f"push of {result.name} {result.version} to the Hub repo {recipe.hub_repo} failed: "
+                         f"{type(exc).__name__}: {exc}. The version is published locally at {result.path}; check "
+                         "HF_TOKEN (write access) and the network") from None
     context.log.info(f"pushed {result.name} {result.version} to the Hub: {pushed}")
     return str(pushed)
 
@@ -87,29 +93,35 @@ def _of_sources(df: pl.DataFrame | None, recipe: Recipe) -> pl.DataFrame | None:
     return None if df is None else df.filter(pl.col("source").is_in(list(recipe.sources)))
 
 
+def _promoted(storage, recipe: Recipe) -> tuple[pl.DataFrame | None, pl.DataFrame | None]:
+    """Accepted rows and quarantine records of the recipe's sources, promoted partitions only:
+    a batch whose gates failed contributes its last good state, never its staged rows."""
+    return _of_sources(storage.read_table("validated_episodes"), recipe), _of_sources(storage.read_table("quarantine"), recipe)
+
+
 def _sources(storage, recipe: Recipe) -> pl.DataFrame:
     """Every landed file of the recipe's sources (first delivery of each content) with its identity:
-    lineage for the card, including files that gave no accepted episode."""
-    raw = _of_sources(storage.read_table("raw_log_files"), recipe)
-    return (
-        raw.filter(pl.col("status") == "new")
-        .select("source", pl.col("file").alias("source_file"), pl.col("sha256").alias("source_sha256"))
-        .sort("source", "source_file")
-    )
+    lineage for the card, including files that gave no accepted episode. The conservation gate
+    guarantees that each such file has accepted rows or quarantine records in the promoted tables."""
+    lineage = [df.select(LINEAGE) for df in _promoted(storage, recipe) if df is not None]
+    if not lineage:
+        return pl.DataFrame(schema={c: pl.String for c in LINEAGE})
+    return pl.concat(lineage).unique().sort(LINEAGE)
 
 
 def validation_summary(storage, recipe: Recipe) -> dict:
-    """Episode counts and quarantine reasons over every ingested batch of the recipe's sources."""
-    episodes = _of_sources(storage.read_table("episodes"), recipe)
-    accepted = _of_sources(storage.read_table("validated_episodes"), recipe)
-    quarantine = _of_sources(storage.read_table("quarantine"), recipe)
+    """Episode counts and quarantine reasons over every promoted batch of the recipe's sources."""
+    accepted, quarantine = _promoted(storage, recipe)
+    accepted_ids = accepted["episode_id"].unique() if accepted is not None else pl.Series(dtype=pl.String)
+    quarantined_ids = quarantine["episode_id"].drop_nulls().unique() if quarantine is not None else pl.Series(dtype=pl.String)
     reasons = (
         dict(quarantine.group_by("check").len().sort("check").iter_rows()) if quarantine is not None else {}
     )
     return {
-        "episodes_ingested": episodes["episode_id"].n_unique() if episodes is not None else 0,
-        "episodes_accepted": accepted["episode_id"].n_unique() if accepted is not None else 0,
-        "episodes_quarantined": quarantine["episode_id"].drop_nulls().n_unique() if quarantine is not None else 0,
+        # Every ingested episode is accepted or quarantined (a gate before promotion), so this is the ingest count.
+        "episodes_ingested": pl.concat([accepted_ids, quarantined_ids]).n_unique(),
+        "episodes_accepted": accepted_ids.len(),
+        "episodes_quarantined": quarantined_ids.len(),
         "files_quarantined": quarantine.filter(pl.col("episode_id").is_null()).height if quarantine is not None else 0,
         "quarantine_reasons": reasons,
         "suite": "quality.validation (Great Expectations)",
