@@ -120,18 +120,20 @@ def start_workers(env: dict, n: int = 2, log_dir: Path | None = None) -> list[su
     procs = []
     for i in range(1, n + 1):
         log = open(log_dir / f"celery-worker-{i}.log", "ab")
-        procs.append(subprocess.Popen(
+        procs.append(_popen(
             [sys.executable, "-m", "celery", "-A", "dagster_celery.app", "worker", "--concurrency=1",
              "--prefetch-multiplier=1", "--loglevel=INFO", "-Q", "dagster", "-n", f"robocurate-{i}-{os.getpid()}@%h"],
-            cwd=REPO, env=worker_env, stdout=log, stderr=subprocess.STDOUT))
+            worker_env, stdout=log, stderr=subprocess.STDOUT))
     return procs
 
 
-def stop(procs: list[subprocess.Popen], timeout: float = 20.0) -> None:
-    """Stop each process by its pid: SIGTERM (a Celery worker finishes its task), then SIGKILL."""
+def stop(procs: list[subprocess.Popen], timeout: float = 30.0, interrupt: bool = True) -> None:
+    """Stop each process by its pid as Ctrl-C would (SIGINT: a Celery worker finishes its task, the daemon and
+    webserver close their code servers), then SIGKILL what is still running after `timeout`.
+    `interrupt=False` when a terminal's Ctrl-C already reached them (a second one cuts a task short)."""
     for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+        if interrupt and proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
     deadline = time.monotonic() + timeout
     for proc in procs:
         try:
@@ -139,6 +141,13 @@ def stop(procs: list[subprocess.Popen], timeout: float = 20.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def _popen(cmd: list[str], env: dict, **kwargs) -> subprocess.Popen:
+    # A shell that starts us in the background makes children ignore SIGINT: give them the default back,
+    # so that Ctrl-C and `stop` reach them.
+    return subprocess.Popen(cmd, cwd=REPO, env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+                            **kwargs)
 
 
 def serve(port: int = 3000, workers: int = 2) -> int:
@@ -149,12 +158,12 @@ def serve(port: int = 3000, workers: int = 2) -> int:
     location = ["-m", "pipelines.definitions", "-d", str(REPO)]
     logs = home / "logs"
     procs = start_workers(env, workers, logs)
-    procs.append(subprocess.Popen([str(bin_dir / "dagster-daemon"), "run", *location], cwd=REPO, env=env))
-    procs.append(subprocess.Popen([str(bin_dir / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port), *location],
-                                  cwd=REPO, env=env))
+    procs.append(_popen([str(bin_dir / "dagster-daemon"), "run", *location], env))
+    procs.append(_popen([str(bin_dir / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port), *location], env))
     print(f"production profile: UI http://127.0.0.1:{port}, DAGSTER_HOME={home}, "
           f"storage {env[POSTGRES_URL_ENV]}, broker {env[BROKER_ENV]}, {workers} Celery workers "
           f"(logs in {logs}); Ctrl-C stops everything", flush=True)
+    interrupted = False
     try:
         while all(p.poll() is None for p in procs):
             time.sleep(1)
@@ -162,12 +171,15 @@ def serve(port: int = 3000, workers: int = 2) -> int:
         print(f"stopping: {', '.join(map(str, failed))} exited", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        # A terminal's Ctrl-C reached every process of the group; one sent to this process alone did not.
+        interrupted = os.getpgrp() == os.tcgetpgrp(sys.stdin.fileno()) if sys.stdin.isatty() else False
         return 0
     finally:
-        stop(procs)
+        stop(procs, interrupt=not interrupted)
+        print("stopped: webserver, daemon and workers", flush=True)
 
 
-def smoke(episodes: int = 6, seed: int = 0) -> int:
+def smoke(episodes: int = 12, seed: int = 0) -> int:
     """A small simulated fleet through the production profile: ingest and publish on the Celery workers."""
     import tempfile
 
@@ -185,7 +197,7 @@ def smoke(episodes: int = 6, seed: int = 0) -> int:
     workers = start_workers(env)
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            embodiment.simulate_fleet(episodes, Path(tmp), seed=seed, episode_steps=60)
+            embodiment.simulate_fleet(episodes, Path(tmp), seed=seed)
             key = landing.land([Path(tmp)], embodiment.source, f"smoke-{int(time.time())}")
         instance = dg.DagsterInstance.get()
         instance.add_dynamic_partitions(landing_batches.name, [key])
@@ -203,7 +215,8 @@ def smoke(episodes: int = 6, seed: int = 0) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m pipelines.production run-job JOB [--partition KEY] [--ops JSON] [--resources JSON]`: one run through the
+    """`python -m pipelines.production run-job JOB [--partition KEY] [--ops JSON] [--assets KEY..]
+    [--resources JSON]`: one run through the
     production profile's executor, orchestrated by this process; prints {"run_id", "success"} as JSON.
     Tests and scripts use it to start runs side by side."""
     import argparse
@@ -218,12 +231,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("job")
     parser.add_argument("--partition")
     parser.add_argument("--ops", type=json.loads, help='op config, e.g. {"policy__<target>": {"n_steps": 20}}')
+    parser.add_argument("--assets", nargs="+", help="run only these assets of the job, e.g. hub/<recipe>")
     parser.add_argument("--resources", type=json.loads, help='resource config, e.g. {"referee": {"segment_steps": 50}}')
     args = parser.parse_args(argv)
     if not is_production():
         raise SystemExit(f"{PROFILE_ENV}=production is not set: this command runs the production profile only")
     result = execute_job(args.job, dg.DagsterInstance.get(), partition_key=args.partition, ops=args.ops,
-                         resources=args.resources)
+                         resources=args.resources, assets=args.assets)
     print(json.dumps({"run_id": result.run_id, "success": result.success}), flush=True)
     return 0 if result.success else 1
 

@@ -71,10 +71,12 @@ def execute_job(
     log_level: str = "WARNING",
     resources: dict | None = None,
     ops: dict | None = None,
+    assets: list[str] | None = None,
 ) -> dg.ExecutionResult:
     """Execute a named job with the code location's executor (Celery under the production profile):
     this process orchestrates, the steps run where the executor sends them. Same arguments as
-    `run_job`; returns the result (check `.success`) instead of raising."""
+    `run_job`, and `assets` (e.g. ["hub/<recipe>"]) to run part of the job; returns the result (check
+    `.success`) instead of raising."""
     from dagster._core.definitions.reconstruct import ReconstructableRepository
 
     repo = ReconstructableRepository.for_module("pipelines.definitions", "defs", working_directory=str(REPO_ROOT))
@@ -83,6 +85,7 @@ def execute_job(
         instance=instance,
         run_config=_run_config(log_level, resources, ops),
         tags={"dagster/partition": partition_key} if partition_key else None,
+        asset_selection=[dg.AssetKey.from_user_string(a) for a in assets] if assets else None,
     ) as result:
         return result
 

@@ -73,11 +73,12 @@ def _land(prod, seed: int, batch: str, n: int = 4) -> str:
         return landing.land([out], SOURCE, batch)
 
 
-def _run(prod, job: str, partition: str | None = None, ops: dict | None = None) -> dict:
+def _run(prod, job: str, partition: str | None = None, ops: dict | None = None, assets: list | None = None) -> dict:
     """One run through the production profile, orchestrated by its own process."""
     cmd = [sys.executable, "-m", "pipelines.production", "run-job", job, "--resources", json.dumps(prod["resources"])]
     cmd += ["--partition", partition] if partition else []
     cmd += ["--ops", json.dumps(ops)] if ops else []
+    cmd += ["--assets", *assets] if assets else []
     proc = subprocess.run(cmd, cwd=REPO, env=prod["env"], capture_output=True, text=True, timeout=600)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     assert lines, f"{job} printed no result (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
@@ -144,7 +145,8 @@ def test_fleet_through_celery_workers_on_postgres(prod):
     counts = {k: _no_duplicates(prod, k)["episode_id"].n_unique() for k in (a, b, c)}
     assert all(n > 0 for n in counts.values()), counts
 
-    published = _run(prod, "publish_job")
+    # The curated recipe's cut leaves nothing of so small a fleet: publish the recipe that takes every episode.
+    published = _run(prod, "publish_job", assets=["hub/ant_skills"])
     _assert_ran_on_workers(instance, published)
     with storage.using_root(Path(prod["env"][storage.ROOT_ENV])):
         from foundations.publish import list_versions
@@ -205,3 +207,47 @@ def test_schedule_and_sensors_run_by_default():
     assert schedules["nightly_curate"].default_status == dg.DefaultScheduleStatus.RUNNING
     for sensor in defs.sensors:
         assert sensor.default_status == dg.DefaultSensorStatus.RUNNING, sensor.name
+
+
+def test_serve_starts_everything_and_ctrl_c_stops_it(prod):
+    """`robocurate serve --profile production`: webserver answers, the daemon beats, two workers are ready;
+    SIGINT (Ctrl-C) stops every process it started."""
+    import signal
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(prod["env"], DAGSTER_HOME=str(prod["tmp"] / "serve-home"),
+               **{storage.ROOT_ENV: str(prod["tmp"] / "serve-data")})
+    log = prod["tmp"] / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "--profile", "production",
+                                 "--port", str(port)], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        instance = _instance({"env": env})
+        logs = Path(env["DAGSTER_HOME"]) / "logs"
+        deadline, ready = time.monotonic() + 240, {}
+        while not (ready and all(ready.values())) and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2) as r:
+                    ready["webserver"] = r.status == 200
+            except OSError:
+                ready["webserver"] = False
+            beats = set(instance.get_daemon_heartbeats())
+            ready["daemon"] = {"SENSOR", "SCHEDULER", "QUEUED_RUN_COORDINATOR"} <= beats
+            for i in (1, 2):
+                path = logs / f"celery-worker-{i}.log"
+                ready[f"worker {i}"] = path.exists() and " ready." in path.read_text(errors="replace")
+            time.sleep(2)
+        assert all(ready.values()), f"not ready: {ready}\n{log.read_text()[-3000:]}"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(90)
+    assert code == 0, log.read_text()[-3000:]
+    time.sleep(2)
+    with pytest.raises(ProcessLookupError):  # nothing of the session is left running
+        os.killpg(proc.pid, 0)

@@ -162,9 +162,10 @@ def test_ui_graph_launch_and_quality_plot(ui):
         runs = _ingest_runs(ui["key"])
         assert runs, "the launch dialog started no ingest run"
         run = runs[0]
-        page.goto(ui["url"] + f"/runs/{run.run_id}", wait_until="networkidle")
-        page.screenshot(path=str(shots / "run.png"))
         assert run.status == dg.DagsterRunStatus.SUCCESS, f"run {run.run_id}: {run.status}"
+        page.goto(ui["url"] + f"/runs/{run.run_id}", wait_until="networkidle")
+        expect(page.get_by_text("Success", exact=True).first).to_be_visible()
+        page.screenshot(path=str(shots / "run.png"))
 
         # 4. The quality-score histogram in the metadata of episode_scores for that batch.
         page.goto(ui["url"] + f"/assets/episode_scores?partition={ui['key']}", wait_until="networkidle")
