@@ -102,6 +102,11 @@ def prepare(env: dict) -> Path:
     return home
 
 
+def worker_log_dir(env: dict) -> Path:
+    # Not $DAGSTER_HOME/logs: Dagster's webserver and daemon own that folder.
+    return Path(env["DAGSTER_HOME"]) / "celery" / "logs"
+
+
 def start_workers(env: dict, n: int = 2, log_dir: Path | None = None) -> list[subprocess.Popen]:
     """Start `n` Celery workers (one task at a time each) on the broker of `env`; stop them with `stop`.
 
@@ -115,7 +120,7 @@ def start_workers(env: dict, n: int = 2, log_dir: Path | None = None) -> list[su
         # Acknowledge a task when it ends: an idle worker never waits behind a busy worker's reserved task.
         "task_acks_late = True\n")
     worker_env = dict(env, PYTHONPATH=os.pathsep.join((str(config_dir), env["PYTHONPATH"])))
-    log_dir = log_dir or Path(env["DAGSTER_HOME"]) / "logs"
+    log_dir = log_dir or worker_log_dir(env)
     log_dir.mkdir(parents=True, exist_ok=True)
     procs = []
     for i in range(1, n + 1):
@@ -156,7 +161,7 @@ def serve(port: int = 3000, workers: int = 2) -> int:
     home = prepare(env)
     bin_dir = Path(sys.executable).parent
     location = ["-m", "pipelines.definitions", "-d", str(REPO)]
-    logs = home / "logs"
+    logs = worker_log_dir(env)
     procs = start_workers(env, workers, logs)
     procs.append(_popen([str(bin_dir / "dagster-daemon"), "run", *location], env))
     procs.append(_popen([str(bin_dir / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port), *location], env))
@@ -204,8 +209,11 @@ def smoke(episodes: int = 12, seed: int = 0) -> int:
         ok = True
         for job, partition in (("ingest_job", key), ("publish_job", None)):
             result = execute_job(job, instance, partition_key=partition)
+            failed = [f"{e.step_key}: {' '.join(str(e.step_failure_data.error.message).split())[:300]}"
+                      for e in result.all_events if e.is_step_failure]
             print(f"{job:<12} run {result.run_id}  {'SUCCESS' if result.success else 'FAILURE'}"
-                  + (f"  partition {partition}" if partition else ""), flush=True)
+                  + (f"  partition {partition}" if partition else "")
+                  + "".join(f"\n  failed step {f}" for f in failed), flush=True)
             ok = ok and result.success
         print(f"smoke {'passed' if ok else 'FAILED'}: runs are in {env[POSTGRES_URL_ENV]} "
               f"(`make prod` shows them)")

@@ -142,6 +142,15 @@ def test_fleet_through_celery_workers_on_postgres(prod):
     for pair in (different, same):
         r1, r2 = (instance.get_run_record_by_id(r["run_id"]) for r in pair)
         assert r1.start_time < r2.end_time and r2.start_time < r1.end_time
+    # The same assets as the embedded profile's ingest_job (the code location is the same).
+    from pipelines.definitions import defs  # imported here without the profile: the embedded definitions
+    from pipelines.jobs import INGEST_GROUPS
+
+    embedded = set(INGEST_GROUPS.resolve(defs.resolve_asset_graph()))
+    for result in different + same:
+        materialized = {r.dagster_event.asset_key for r in instance.all_logs(result["run_id"])
+                        if r.dagster_event and r.dagster_event.is_step_materialization}
+        assert materialized == embedded
     counts = {k: _no_duplicates(prod, k)["episode_id"].n_unique() for k in (a, b, c)}
     assert all(n > 0 for n in counts.values()), counts
 
@@ -153,7 +162,7 @@ def test_fleet_through_celery_workers_on_postgres(prod):
 
         versions = list_versions("ant_skills")
         assert [v["version"] for v in versions] == ["1.0.0"]
-        shards = pl.read_parquet(sorted(Path(versions[0]["path"]).rglob("*.parquet")))
+        shards = pl.read_parquet(sorted((Path(versions[0]["path"]) / "data").glob("*.parquet")))
     # Every episode of the version comes from one of the three batches, each exactly once.
     assert shards.select(pl.struct("episode_id", "step").is_duplicated().any()).item() is False
     assert set(shards["episode_id"]) <= set().union(*(set(_no_duplicates(prod, k)["episode_id"]) for k in (a, b, c)))
@@ -227,8 +236,8 @@ def test_serve_starts_everything_and_ctrl_c_stops_it(prod):
                                  "--port", str(port)], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
-        instance = _instance({"env": env})
-        logs = Path(env["DAGSTER_HOME"]) / "logs"
+        instance = _instance(prod)  # the same database the daemon of `serve` beats in
+        logs = production.worker_log_dir(env)
         deadline, ready = time.monotonic() + 240, {}
         while not (ready and all(ready.values())) and time.monotonic() < deadline:
             assert proc.poll() is None, log.read_text()[-3000:]
