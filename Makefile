@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 EPISODES ?= 60
-SMOKE_EPISODES ?= 12
+SMOKE_EPISODES ?= 6
 
 .PHONY: install demo test dev prod prod-smoke benchmark clean
 
