@@ -1,10 +1,12 @@
-# robocurate: `make demo` runs the whole pipeline on a simulated fleet; `make test` runs the tests.
+# robocurate: `make demo` runs the whole pipeline on a simulated fleet; `make test` runs the tests;
+# `make prod` serves the production profile (PostgreSQL, daemon, Celery workers; see README "Production").
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 EPISODES ?= 60
+SMOKE_EPISODES ?= 6
 
-.PHONY: install demo test dev benchmark clean
+.PHONY: install demo test dev prod prod-smoke benchmark clean
 
 install: $(VENV)/.installed
 
@@ -26,6 +28,14 @@ test: install
 
 dev: install
 	$(BIN)/robocurate dev
+
+# Webserver (http://127.0.0.1:3000), daemon and two Celery workers; Ctrl-C stops them all.
+prod: install
+	$(BIN)/robocurate serve --profile production
+
+# A small simulated fleet ingested and published through the Celery workers; prints run ids and outcome.
+prod-smoke: install
+	$(BIN)/robocurate serve --profile production --smoke $(SMOKE_EPISODES)
 
 benchmark: install
 	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done

@@ -52,6 +52,15 @@ def main(argv: list[str] | None = None) -> int:
 
     sub.add_parser("dev", help="open the Dagster UI on the embedded instance")
 
+    serve = sub.add_parser("serve", help="run Dagster as deployed: webserver, daemon and (production) Celery workers")
+    serve.add_argument("--profile", choices=["embedded", "production"], default="embedded",
+                       help="embedded: SQLite, steps in local processes (= dev); production: PostgreSQL, "
+                       "Celery workers on RabbitMQ (deploy/dagster.yaml)")
+    serve.add_argument("--port", type=int, default=3000)
+    serve.add_argument("--workers", type=int, default=2, help="Celery workers (production)")
+    serve.add_argument("--smoke", type=int, metavar="EPISODES",
+                       help="production: push a small simulated fleet through the workers, print the run ids, stop")
+
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
@@ -157,7 +166,20 @@ def _dev(args) -> int:
     home = dagster_home()
     print(f"DAGSTER_HOME={home}; data root {os.environ.get('ROBOCURATE_HOME', '.robocurate')}")
     bin_dir = Path(sys.executable).parent
-    return subprocess.call([str(bin_dir / "dagster"), "dev", "-m", "pipelines.definitions"])
+    return subprocess.call([str(bin_dir / "dagster"), "dev", "-m", "pipelines.definitions",
+                            "-p", str(getattr(args, "port", 3000))])
+
+
+def _serve(args) -> int:
+    if args.profile == "embedded":
+        if args.smoke is not None:
+            raise ValueError("--smoke runs the production profile: add --profile production")
+        return _dev(args)
+    from pipelines import production
+
+    if args.smoke is not None:
+        return production.smoke(episodes=args.smoke)
+    return production.serve(port=args.port, workers=args.workers)
 
 
 COMMANDS = {
@@ -169,6 +191,7 @@ COMMANDS = {
     "download": _download,
     "versions": _versions,
     "dev": _dev,
+    "serve": _serve,
 }
 
 if __name__ == "__main__":

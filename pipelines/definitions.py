@@ -9,8 +9,10 @@ import dagster as dg
 
 from pipelines.assets import ingest, labels, publish, quality
 from pipelines.assets.train import training_assets, training_jobs, training_sensors
+from pipelines.failure_sensor import run_failure_report
 from pipelines.jobs import curate_job, ingest_job, publish_job, train_job
 from pipelines.resources import DataRoot, HubToken, RefereeResource
+from pipelines.production import celery_executor, is_production
 from pipelines.schedules import nightly_schedule
 from pipelines.sensors import landing_sensor
 
@@ -21,6 +23,9 @@ defs = dg.Definitions(
     assets=[*dg.load_assets_from_modules([ingest, quality, labels]), *publish.dataset_assets(), *training_assets()],
     jobs=[ingest_job, curate_job, publish_job, train_job, *training_jobs()],
     schedules=[nightly_schedule],
-    sensors=[landing_sensor, *training_sensors()],
+    sensors=[landing_sensor, run_failure_report, *training_sensors()],
     resources={"referee": RefereeResource(), "data_root": DataRoot(), "hub": hub},
+    # Production profile: each step is a Celery task; embedded: Dagster's default (runs launched from the
+    # UI use subprocesses; the CLI, demo and tests execute in process).
+    executor=celery_executor() if is_production() else None,
 )

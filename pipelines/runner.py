@@ -13,7 +13,8 @@ import dagster as dg
 
 from foundations import storage
 
-REPO_DAGSTER_YAML = Path(__file__).resolve().parents[1] / "dagster.yaml"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_DAGSTER_YAML = REPO_ROOT / "dagster.yaml"
 
 
 def dagster_home() -> Path:
@@ -42,21 +43,51 @@ def run_job(
     `resources` and `ops` configure this run, e.g. resources={"referee": {"segment_steps": 40}},
     ops={"policy__<target>": {"n_steps": 200}} (op names are the asset keys joined by "__").
     """
-    run_config: dict = {"loggers": {"console": {"config": {"log_level": log_level}}}}
-    if resources:
-        run_config["resources"] = {key: {"config": cfg} for key, cfg in resources.items()}
-    if ops:
-        run_config["ops"] = {key: {"config": cfg} for key, cfg in ops.items()}
     result = defs.resolve_job_def(name).execute_in_process(
         instance=instance,
         partition_key=partition_key,
         raise_on_error=False,
-        run_config=run_config,
+        run_config=_run_config(log_level, resources, ops),
     )
     if not result.success:
         failed = [e.step_key for e in result.all_events if e.is_step_failure]
         raise RuntimeError(f"{name} failed (steps: {', '.join(failed) or 'see the Dagster UI'}); run `robocurate dev` to inspect")
     return result
+
+
+def _run_config(log_level: str, resources: dict | None, ops: dict | None) -> dict:
+    run_config: dict = {"loggers": {"console": {"config": {"log_level": log_level}}}}
+    if resources:
+        run_config["resources"] = {key: {"config": cfg} for key, cfg in resources.items()}
+    if ops:
+        run_config["ops"] = {key: {"config": cfg} for key, cfg in ops.items()}
+    return run_config
+
+
+def execute_job(
+    name: str,
+    instance: dg.DagsterInstance,
+    partition_key: str | None = None,
+    log_level: str = "WARNING",
+    resources: dict | None = None,
+    ops: dict | None = None,
+    assets: list[str] | None = None,
+) -> dg.ExecutionResult:
+    """Execute a named job with the code location's executor (Celery under the production profile):
+    this process orchestrates, the steps run where the executor sends them. Same arguments as
+    `run_job`, and `assets` (e.g. ["hub/<recipe>"]) to run part of the job; returns the result (check
+    `.success`) instead of raising."""
+    from dagster._core.definitions.reconstruct import ReconstructableRepository
+
+    repo = ReconstructableRepository.for_module("pipelines.definitions", "defs", working_directory=str(REPO_ROOT))
+    with dg.execute_job(
+        repo.get_reconstructable_job(name),
+        instance=instance,
+        run_config=_run_config(log_level, resources, ops),
+        tags={"dagster/partition": partition_key} if partition_key else None,
+        asset_selection=[dg.AssetKey.from_user_string(a) for a in assets] if assets else None,
+    ) as result:
+        return result
 
 
 def ingest_pending(progress: bool = True, resources: dict | None = None) -> list[str]:
