@@ -51,6 +51,7 @@ class RefereeResource(dg.ConfigurableResource):
     api: Literal["chat", "completions", "systemone"] = "chat"
     api_key_env: Optional[str] = "OPENAI_API_KEY"
     batch_size: int = 16
+    retries: int = 3  # openai: more tries for a server that is down or overloaded, with doubling backoff
     # Control steps per judged segment: 2 s at 20 Hz keeps the CPU default to minutes for a fleet;
     # a served large model can afford 20 (1 s).
     segment_steps: int = 40
@@ -62,6 +63,7 @@ class RefereeResource(dg.ConfigurableResource):
             if not self.base_url or not self.model:
                 raise ValueError("referee backend 'openai' needs base_url and model")
             return OpenAICompatibleBackend(
-                self.base_url, self.model, api=self.api, api_key_env=self.api_key_env, batch_size=self.batch_size
+                self.base_url, self.model, api=self.api, api_key_env=self.api_key_env, batch_size=self.batch_size,
+                retries=self.retries,
             )
         return LocalLLMBackend(self.model_dir, batch_size=self.batch_size)

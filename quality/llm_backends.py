@@ -29,6 +29,7 @@ import math
 import os
 import shutil
 import threading
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -341,6 +342,8 @@ class OpenAICompatibleBackend:
         timeout_s: float = 120.0,
         concurrency: int = 4,
         batch_size: int = 16,
+        retries: int = 3,
+        backoff_s: float = 1.0,
     ):
         if api not in ("chat", "completions", "systemone"):
             raise ValueError(f"api must be 'chat', 'completions' or 'systemone', got {api!r}")
@@ -349,6 +352,9 @@ class OpenAICompatibleBackend:
         self.model, self.api, self.api_key_env = model, api, api_key_env
         self.top_logprobs, self.timeout_s = top_logprobs, timeout_s
         self.concurrency, self.batch_size = max(1, concurrency), max(1, batch_size)
+        # A server that is down or overloaded gets `retries` more tries, `backoff_s` doubling between
+        # them; then the run fails with a clear message (bounded: never an endless wait).
+        self.retries, self.backoff_s = max(0, retries), max(0.0, backoff_s)
         self.model_id = model_id or f"{api}:{model}@{self.base_url}"
         self.prompt_tokens = 0
         self._lock = threading.Lock()  # requests run in threads; the token count is shared
@@ -363,14 +369,25 @@ class OpenAICompatibleBackend:
         if key:
             headers["Authorization"] = f"Bearer {key}"
         request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                answer = json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            detail = exc.read()[:500].decode(errors="replace")
-            raise RefereeBackendError(f"{url} answered HTTP {exc.code}: {detail}") from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-            raise RefereeBackendError(f"could not reach {url}: {exc}; is the server running?") from None
+        for attempt in range(self.retries + 1):
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                    answer = json.loads(response.read())
+                break
+            except urllib.error.HTTPError as exc:
+                detail = exc.read()[:500].decode(errors="replace")
+                if exc.code < 500 and exc.code != 429:  # the request itself is wrong: retrying cannot help
+                    raise RefereeBackendError(f"{url} answered HTTP {exc.code}: {detail}") from None
+                problem = f"answered HTTP {exc.code}: {detail}"
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+                problem = f"could not be reached: {exc}"
+            if attempt < self.retries:
+                time.sleep(self.backoff_s * 2**attempt)
+        else:
+            raise RefereeBackendError(
+                f"could not reach {url} after {self.retries + 1} attempts over "
+                f"{self.backoff_s * (2**self.retries - 1):.0f} s of backoff (last: {problem}); is the server running?"
+            )
         usage = answer.get("usage") or {}
         with self._lock:
             self.prompt_tokens += int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)

@@ -442,7 +442,9 @@ def test_server_without_logprobs_is_a_clear_error(served_tiny, tiny_model_dir, a
 def test_unreachable_server_and_secret_key(monkeypatch):
     monkeypatch.setenv("REFEREE_TEST_KEY", "sk-do-not-show")
     backend = OpenAICompatibleBackend(f"http://127.0.0.1:{_free_port()}/v1", "m", api_key_env="REFEREE_TEST_KEY",
-                                      timeout_s=5)  # fmt: skip
-    with pytest.raises(RefereeBackendError, match="could not reach") as err:
+                                      timeout_s=5, retries=2, backoff_s=0.2)  # fmt: skip
+    started = time.perf_counter()
+    with pytest.raises(RefereeBackendError, match="could not reach .* after 3 attempts") as err:
         backend.judge(["x"])
+    assert time.perf_counter() - started >= 0.6  # it backed off (0.2 s, then 0.4 s) before giving up
     assert "sk-do-not-show" not in str(err.value) and "sk-do-not-show" not in repr(backend)
