@@ -6,6 +6,7 @@ launch dialog, and finds the quality-score plot in the asset's metadata. Screens
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -96,14 +97,10 @@ def ui(tmp_path, data_root, smollm2_dir, monkeypatch):
     finally:
         # dagster dev stops its webserver, daemon and code servers on SIGINT; its session is ours alone.
         proc.send_signal(signal.SIGINT)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(60)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         proc.wait()
 
 
@@ -129,10 +126,8 @@ def test_ui_graph_launch_and_quality_plot(ui):
         page.goto(ui["url"] + "/asset-groups", wait_until="networkidle")
         expect(page.get_by_text("Global asset lineage")).to_be_visible()
         skip = page.get_by_role("button", name="Skip")  # the first-visit newsletter dialog
-        try:
+        with contextlib.suppress(Exception):  # shown only on some first visits
             skip.click(timeout=5_000)
-        except Exception:
-            pass
         page.keyboard.press("Alt+e")  # "Expand all groups"
         wanted = Counter(key.path[-1] for key in defs.resolve_all_asset_keys())
         deadline = time.monotonic() + 60
