@@ -20,6 +20,7 @@ import polars as pl
 
 from foundations import storage
 from foundations.catalog import list_configs
+from foundations.ingest.formats import find_logs
 
 RAW_FILES_SCHEMA = {
     "source": pl.String,
@@ -70,10 +71,10 @@ def list_batches() -> list[str]:
     return keys
 
 
-def batch_files(key: str, file_glob: str) -> list[Path]:
-    """Files of a batch matching the source's glob, in every sub-folder, sorted by relative path."""
-    root = batch_dir(key)
-    return sorted(p for p in root.rglob(file_glob) if p.is_file() and not _hidden(p.relative_to(root)))
+def batch_files(key: str, file_glob: str, fmt: str = "mcap") -> list[Path]:
+    """Logs of a batch matching the source's glob, in every sub-folder, sorted by relative path;
+    for a folder format (a rosbag2 bag, a LeRobot dataset) the folders the glob's matches mark."""
+    return find_logs(batch_dir(key), file_glob, fmt)
 
 
 def relative_name(path: Path, key: str) -> str:
@@ -81,29 +82,31 @@ def relative_name(path: Path, key: str) -> str:
     return Path(path).relative_to(batch_dir(key)).as_posix()
 
 
-def batch_fingerprint(key: str, file_glob: str, salt: str = "") -> str:
+def batch_fingerprint(key: str, file_glob: str, salt: str = "", fmt: str = "mcap") -> str:
     """Cheap identity of a batch's listing (relative paths, sizes, mtimes) and of `salt`
     (the mapping's fingerprint), used as a sensor run key: either changing re-runs the batch."""
     digest = hashlib.sha256(salt.encode())
-    for path in batch_files(key, file_glob):
-        stat = path.stat()
-        digest.update(f"{relative_name(path, key)}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    for path in batch_files(key, file_glob, fmt):
+        inside = storage.folder_files(path) if path.is_dir() else [("", path)]
+        for rel, file in inside:
+            stat = file.stat()
+            digest.update(f"{relative_name(path, key)}/{rel}:{stat.st_size}:{stat.st_mtime_ns};".encode())
     return digest.hexdigest()[:16]
 
 
-def scan_batch(key: str, file_glob: str, known: pl.DataFrame | None) -> pl.DataFrame:
+def scan_batch(key: str, file_glob: str, known: pl.DataFrame | None, fmt: str = "mcap") -> pl.DataFrame:
     """Hash every file of a batch and mark those whose content landed before.
 
     `known` holds earlier scans (columns of RAW_FILES_SCHEMA); a file is a duplicate when a
     "new" file of another batch, or earlier in this one (by relative path), had the same hash.
     """
     source, batch = split_key(key)
-    files = batch_files(key, file_glob)
+    files = batch_files(key, file_glob, fmt)
     if not files:
         return pl.DataFrame(schema=RAW_FILES_SCHEMA)
     scanned = pl.DataFrame(
         {"file": [relative_name(p, key) for p in files], "sha256": [storage.sha256_file(p) for p in files],
-         "bytes": [p.stat().st_size for p in files]},
+         "bytes": [storage.path_bytes(p) for p in files]},
         schema={"file": pl.String, "sha256": pl.String, "bytes": pl.Int64},
     )
     earlier = (
@@ -167,7 +170,3 @@ def land(paths: list[Path], source: str, batch: str | None = None) -> str:
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, tmp / rel)
     return partition_key(source, batch)
-
-
-def _hidden(rel: Path) -> bool:
-    return any(part.startswith(".") for part in rel.parts)

@@ -126,11 +126,32 @@ def read_table(table: str) -> pl.DataFrame | None:
 
 
 def sha256_file(path: Path) -> str:
+    """Content hash of a file, or of a folder that is one log (a rosbag2 bag, a LeRobot dataset):
+    the hash of its files' relative paths and hashes, hidden paths left out (copies in flight)."""
+    path = Path(path)
+    if path.is_dir():
+        digest = hashlib.sha256()
+        for rel, file in folder_files(path):
+            digest.update(f"{rel}\0{sha256_file(file)}\n".encode())
+        return digest.hexdigest()
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def folder_files(folder: Path) -> list[tuple[str, Path]]:
+    """(POSIX path relative to `folder`, path) of every file under it, sorted, hidden paths left out."""
+    folder = Path(folder)
+    files = ((p.relative_to(folder), p) for p in folder.rglob("*") if p.is_file())
+    return sorted((rel.as_posix(), p) for rel, p in files if not any(part.startswith(".") for part in rel.parts))
+
+
+def path_bytes(path: Path) -> int:
+    """Size of a file, or the total size of a folder's files."""
+    path = Path(path)
+    return sum(p.stat().st_size for _, p in folder_files(path)) if path.is_dir() else path.stat().st_size
 
 
 def atomic_dir(final: Path) -> "AtomicDir":

@@ -40,7 +40,7 @@ def landing_state() -> LandingState:
         if isinstance(mapping, Exception):
             state.problems.append(f"{key}: {mapping}")
             continue
-        state.fingerprints[key] = landing.batch_fingerprint(key, mapping.file_glob, mapping.fingerprint)
+        state.fingerprints[key] = landing.batch_fingerprint(key, mapping.file_glob, mapping.fingerprint, mapping.format)
     return state
 
 

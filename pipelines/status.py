@@ -99,14 +99,15 @@ def _landed_files() -> pl.DataFrame:
     for key in landing.list_batches():
         source, batch = landing.split_key(key)
         root = landing.batch_dir(key)
-        glob = "*"
+        glob, fmt = "*", "mcap"
         if source in sources:
             try:
-                glob = load_mapping(source).file_glob
+                mapping = load_mapping(source)
+                glob, fmt = mapping.file_glob, mapping.format
             except ValueError:  # an invalid mapping: list everything, the batch is not served
                 pass
         rows += [{"source": source, "landing_batch": batch, "file": p.relative_to(root).as_posix(), "status": "pending"}
-                 for p in landing.batch_files(key, glob)]
+                 for p in landing.batch_files(key, glob, fmt)]
     return pl.DataFrame(rows, schema={"source": pl.String, "landing_batch": pl.String, "file": pl.String,
                                       "status": pl.String})
 

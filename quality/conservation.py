@@ -18,6 +18,7 @@ from pathlib import Path
 
 import polars as pl
 
+from foundations.ingest.formats import find_logs
 from foundations.storage import sha256_file
 
 KEY = ["file", "sha256"]
@@ -26,14 +27,12 @@ OUTCOME_SCHEMA = {"file": pl.String, "sha256": pl.String, "outcome": pl.String, 
                   "accepted": pl.UInt32, "quarantined": pl.UInt32}
 
 
-def landed_files(batch_dir: Path, file_glob: str) -> pl.DataFrame:
-    """(file, sha256) of every file under the batch folder matching the glob, hidden paths left out
-    (a copy in flight). Listed and hashed here on purpose: the scan being audited must not count itself."""
+def landed_files(batch_dir: Path, file_glob: str, fmt: str = "mcap") -> pl.DataFrame:
+    """(file, sha256) of every log under the batch folder matching the glob, hidden paths left out
+    (a copy in flight); a log of a folder format (a rosbag2 bag, a LeRobot dataset) is its folder,
+    hashed whole. Hashed here on purpose: the scan being audited must not count itself."""
     root = Path(batch_dir)
-    paths = sorted(
-        p for p in root.rglob(file_glob)
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    )
+    paths = find_logs(root, file_glob, fmt)
     return pl.DataFrame(
         {"file": [p.relative_to(root).as_posix() for p in paths], "sha256": [sha256_file(p) for p in paths]},
         schema={"file": pl.String, "sha256": pl.String},

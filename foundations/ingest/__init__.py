@@ -1,10 +1,10 @@
-"""Ingestion: fleet log files (ROS 2 MCAP; see foundations.ingest.formats) into the canonical episode table."""
+"""Ingestion: fleet logs (MCAP, rosbag2, ROS 1 bags, HDF5, LeRobot; see foundations.ingest.formats) into the canonical episode table."""
 from foundations.ingest.align import TRIMS_SCHEMA
 from foundations.ingest.formats import FORMATS
-from foundations.ingest.ingest import IngestResult, empty_result, ingest_file, ingest_files
+from foundations.ingest.ingest import LABELS_SCHEMA, IngestResult, empty_result, ingest_file, ingest_files
 from foundations.ingest.mapping import MappingError, SourceMapping, load_mapping
 
 __all__ = [
-    "FORMATS", "TRIMS_SCHEMA", "IngestResult", "MappingError", "SourceMapping", "empty_result", "ingest_file",
+    "FORMATS", "LABELS_SCHEMA", "TRIMS_SCHEMA", "IngestResult", "MappingError", "SourceMapping", "empty_result", "ingest_file",
     "ingest_files", "load_mapping",
 ]

@@ -22,8 +22,16 @@ from foundations.ingest.align import TRIMS_SCHEMA, Lineage, build_episodes, prep
 from foundations.ingest.formats import reader_for
 from foundations.ingest.mapping import SourceMapping
 from foundations.ingest.mcap_source import FieldMismatch, McapLog, UnreadableLog
-from foundations.schema import POLARS_SCHEMA, QUARANTINE_SCHEMA
+from foundations.schema import POLARS_SCHEMA, QUARANTINE_SCHEMA, episode_id
 from foundations.storage import sha256_file
+
+
+# Labels a file gives its episodes (robomimic's mask/ filter keys: better, okay, worse, train...): one row per label.
+LABELS_SCHEMA: dict[str, pl.DataType] = {
+    "episode_id": pl.String, "source": pl.String, "source_file": pl.String, "source_sha256": pl.String,
+    "episode_name": pl.String,  # the episode's name in its file (demo_3)
+    "label": pl.String,
+}
 
 
 @dataclass
@@ -40,6 +48,7 @@ class IngestResult:
     trims: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=TRIMS_SCHEMA))
     messages: int = 0  # messages decoded (throughput accounting)
     files: int = 0
+    labels: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=LABELS_SCHEMA))  # LABELS_SCHEMA
 
 
 def empty_result(mapping: SourceMapping) -> IngestResult:
@@ -96,7 +105,7 @@ def _topic_problems(log: McapLog, mapping: SourceMapping) -> list[tuple[str, str
 
 
 def ingest_file(path: Path, mapping: SourceMapping, sha256: str | None = None, source_file: str | None = None) -> IngestResult:
-    """Turn one MCAP file into canonical episode rows plus quarantine records; never raises on bad input.
+    """Turn one log file (or log folder) into canonical episode rows plus quarantine records; never raises on bad input.
 
     `sha256` is the file's content hash when the caller already has it (it keys
     the episode ids); otherwise it is computed here. `source_file` is the file's path
@@ -131,7 +140,19 @@ def ingest_file(path: Path, mapping: SourceMapping, sha256: str | None = None, s
     episodes, quarantine, trims = build_episodes(log, mapping, lineage)
     if lost:
         quarantine = pl.concat([_file_rejection(mapping, source_file, sha256, lost).quarantine, quarantine])
-    return IngestResult(episodes, quarantine, trims, log.messages, 1)
+    return IngestResult(episodes, quarantine, trims, log.messages, 1, _labels(log, lineage))
+
+
+def _labels(log: McapLog, lineage: Lineage) -> pl.DataFrame:
+    """The file's labels per episode (episode k of a reader-marked file is alignment's interval k)."""
+    names, labels = getattr(log, "episode_names", []), getattr(log, "episode_labels", [])
+    rows = [(episode_id(lineage.source_sha256, k), names[k], label) for k in range(len(labels)) for label in labels[k]]
+    return pl.DataFrame(
+        {"episode_id": [r[0] for r in rows], "source": [lineage.source] * len(rows),
+         "source_file": [lineage.source_file] * len(rows), "source_sha256": [lineage.source_sha256] * len(rows),
+         "episode_name": [r[1] for r in rows], "label": [r[2] for r in rows]},
+        schema=LABELS_SCHEMA,
+    )
 
 
 def ingest_files(
@@ -174,6 +195,7 @@ def ingest_files(
         trims=pl.concat([p.trims for p in parts], how="vertical"),
         messages=sum(p.messages for p in parts),
         files=len(paths),
+        labels=pl.concat([p.labels for p in parts], how="vertical"),
     )
 
 

@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError, field_validator, model_validator
 
 from foundations.catalog import config_error, config_path, list_configs
-from foundations.ingest.formats import FORMATS
+from foundations.ingest.formats import DEFAULT_GLOBS, FORMATS, READER_MARKED
 from foundations.profile import ProfileError, RobotProfile, Slice, load_profile
 from foundations.schema import ACTION, STATE
 
@@ -230,6 +230,23 @@ class SourceMapping(_Strict):
         if v not in FORMATS:
             raise ValueError(f"unknown format {v!r}; known: {', '.join(FORMATS)}")
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _format_glob(cls, raw: Any) -> Any:
+        """Without `file_glob`, the format's own (`*.bag`, `metadata.yaml` of a bag folder, ...)."""
+        if isinstance(raw, dict) and "file_glob" not in raw and raw.get("format") in DEFAULT_GLOBS:
+            return raw | {"file_glob": DEFAULT_GLOBS[raw["format"]]}
+        return raw
+
+    @model_validator(mode="after")
+    def _reader_markers(self) -> "SourceMapping":
+        if self.format in READER_MARKED and self.episode_markers is None:
+            raise ValueError(
+                f"format {self.format} holds many episodes per file and no marker messages: give episode_markers "
+                "whose topic names the per-step terminal flag (e.g. /dones); the reader writes start, end and "
+                "terminal there (datasets/sources/README.md)")
+        return self
 
     @field_validator("streams")
     @classmethod

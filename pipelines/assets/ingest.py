@@ -24,12 +24,12 @@ def raw_log_files(context: dg.AssetExecutionContext, data_root: DataRoot) -> dg.
     key = context.partition_key
     mapping = load_mapping(landing.split_key(key)[0])
     storage = data_root.storage
-    files = landing.scan_batch(key, mapping.file_glob, storage.read_table("raw_log_files"))
+    files = landing.scan_batch(key, mapping.file_glob, storage.read_table("raw_log_files"), mapping.format)
     storage.write_partition(files, "raw_log_files", key)
     dup = files.filter(pl.col("status") == "duplicate")
     return dg.MaterializeResult(
         metadata={
-            "fingerprint": landing.batch_fingerprint(key, mapping.file_glob, mapping.fingerprint),
+            "fingerprint": landing.batch_fingerprint(key, mapping.file_glob, mapping.fingerprint, mapping.format),
             "mapping_fingerprint": mapping.fingerprint,
             "files": len(files),
             "new_files": len(files) - len(dup),

@@ -123,7 +123,7 @@ def conservation_gate(storage, batch: str, staged: dict[str, pl.DataFrame]) -> d
     """Every landed file on disk accounted for exactly once by the staged outcome tables."""
     mapping = load_mapping(landing.split_key(batch)[0])
     outcomes, problems = account_for_files(
-        landed_files(landing.batch_dir(batch), mapping.file_glob),
+        landed_files(landing.batch_dir(batch), mapping.file_glob, mapping.format),
         storage.read_partition("raw_log_files", batch),
         storage.read_partition("episodes", batch),
         staged["validated_episodes"],
