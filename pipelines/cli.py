@@ -125,7 +125,8 @@ def _status(args) -> int:
             score = f"  score {ep['quality_score']:.2f}" if ep["quality_score"] is not None else ""
             trim = (f"  (trimmed {ep['trimmed_start_steps']} steps at the start, {ep['trimmed_end_steps']} at the end)"
                     if ep["trimmed_start_steps"] or ep["trimmed_end_steps"] else "")
-            print(f"    episode {ep['episode_id']}  {ep['steps']} steps  {ep['outcome']}{score}{trim}")
+            labels = f"  labels {', '.join(ep['labels'])}" if ep.get("labels") else ""
+            print(f"    episode {ep['episode_id']}  {ep['steps']} steps  {ep['outcome']}{score}{labels}{trim}")
             for reason in ep["reasons"]:
                 print(f"      - {reason}")
         for reason in row["reasons"]:

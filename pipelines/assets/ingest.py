@@ -62,7 +62,8 @@ def episodes(context: dg.AssetExecutionContext, data_root: DataRoot) -> dg.Mater
     empty = empty_result(mapping)
     kept = {
         table: _keep(storage.read_partition(table, key) if reuse else None, new["sha256"], getattr(empty, attr))
-        for table, attr in (("episodes", "episodes"), ("ingest_quarantine", "quarantine"), ("ingest_trims", "trims"))
+        for table, attr in (("episodes", "episodes"), ("ingest_quarantine", "quarantine"), ("ingest_trims", "trims"),
+                            ("ingest_labels", "labels"))
     }
     done = pl.concat([kept["episodes"]["source_sha256"], kept["ingest_quarantine"]["source_sha256"]]).unique()
     todo = new.filter(~pl.col("sha256").is_in(done.implode()))
@@ -75,6 +76,8 @@ def episodes(context: dg.AssetExecutionContext, data_root: DataRoot) -> dg.Mater
     storage.write_partition(eps, "episodes", key)
     storage.write_partition(bad, "ingest_quarantine", key)
     storage.write_partition(trims, "ingest_trims", key)
+    labels = pl.concat([kept["ingest_labels"], result.labels], how="diagonal_relaxed")
+    storage.write_partition(labels, "ingest_labels", key)  # the file's own episode labels (robomimic masks)
     storage.write_partition(pl.DataFrame({"mapping_fingerprint": [mapping.fingerprint]}), "ingest_fingerprint", key)
     n_episodes = eps["episode_id"].n_unique()
     trimmed = trims.filter((pl.col("trimmed_start_steps") > 0) | (pl.col("trimmed_end_steps") > 0))
@@ -91,6 +94,8 @@ def episodes(context: dg.AssetExecutionContext, data_root: DataRoot) -> dg.Mater
                                              "trimmed_end_steps", "trimmed_end_s", "end_stream")),
             "files_quarantined": bad.filter(pl.col("episode_id").is_null())["source_file"].n_unique(),
             "quarantine_reasons": md_table(bad.group_by("check").len().sort("len", descending=True)),
+            "episode_labels": md_table(labels.group_by("label").agg(pl.col("episode_id").n_unique().alias("episodes"))
+                                       .sort("label")),
         }
     )
 

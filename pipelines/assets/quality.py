@@ -260,6 +260,7 @@ def episode_scores(context: dg.AssetExecutionContext, config: ScoreConfig, data_
         "mean_quality_score": float(scores["quality_score"].mean() or 0.0),
         "by_instruction": md_table(by_instruction),
         "lowest_scoring": md_table(lowest_scores(scores, 10)),
+        "by_source_label": md_table(_by_label(scores, storage.read_partition("ingest_labels", batch))),
         "episodes_with_idle_ends": len(trimmed),
         "idle_steps_at_ends": int(trims["idle_start_steps"].sum() + trims["idle_end_steps"].sum()) if len(trims) else 0,
         "idle_trims": md_table(trimmed.sort(pl.col("idle_start_steps") + pl.col("idle_end_steps"), descending=True)),
@@ -267,3 +268,13 @@ def episode_scores(context: dg.AssetExecutionContext, config: ScoreConfig, data_
     if len(scores):
         metadata |= png_metadata(score_histogram_png(scores), f"episode_scores_{batch.replace('/', '_')}")
     return dg.MaterializeResult(metadata=metadata)
+
+
+def _by_label(scores: pl.DataFrame, labels: pl.DataFrame | None) -> pl.DataFrame:
+    """Quality score per label the source files gave their episodes (robomimic's better/okay/worse)."""
+    if labels is None or labels.is_empty():
+        return pl.DataFrame(schema={"label": pl.String, "episodes": pl.UInt32, "mean_score": pl.Float64})
+    return (scores.select("episode_id", "quality_score").join(labels.select("episode_id", "label"), on="episode_id")
+            .group_by("label").agg(pl.len().alias("episodes"), pl.col("quality_score").mean().alias("mean_score"))
+            .sort("label"))
+
