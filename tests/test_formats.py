@@ -187,3 +187,28 @@ def test_a_bag_folder_is_one_log_accounted_for_once(logs, data_root, monkeypatch
     db = next((landing.batch_dir(key) / "robot_0" / "run_0").glob("*.mcap"))
     db.write_bytes(db.read_bytes() + b"\0")
     assert landed_files(landing.batch_dir(key), mapping.file_glob, mapping.format)["sha256"][0] != scan["sha256"][0]
+
+
+def test_ingest_asset_keeps_robomimic_labels_and_status_shows_them(logs, instance, monkeypatch, tmp_path):
+    import dagster as dg
+
+    from foundations import storage
+    from pipelines.assets.ingest import episodes, raw_log_files
+    from pipelines.resources import DataRoot
+    from pipelines.status import file_status
+
+    catalog = tmp_path / "catalog"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "datasets", catalog)
+    folder, mapping = logs["made"]["hdf5"]
+    shutil.copy(mapping.path, catalog / "sources")
+    monkeypatch.setenv("ROBOCURATE_RECIPES", str(catalog))
+    key = landing.land([folder / "demos.hdf5"], mapping.name)
+    instance.add_dynamic_partitions("landing_batch", [key])
+    dg.materialize([raw_log_files, episodes], instance=instance, partition_key=key, resources={"data_root": DataRoot()})
+    labels = storage.read_partition("ingest_labels", key)
+    assert sorted(labels["label"]) == sorted(label for label, demos in MASKS.items() for _ in demos)
+    status = file_status()
+    assert status["file"].to_list() == ["demos.hdf5"]
+    shown = {ep["episode_id"]: ep["labels"] for ep in status["episodes"][0]}
+    ids = sorted(shown)
+    assert [shown[i] for i in ids] == [["better", "train"], ["train", "worse"], ["better"]]
