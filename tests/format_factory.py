@@ -29,8 +29,9 @@ REPO = Path(__file__).resolve().parents[1]
 ROS2_TYPES = get_typestore(Stores.ROS2_HUMBLE)
 
 
-def rosbag2_from_mcap(mcap: Path, bag: Path, storage: str) -> Path:
-    """A rosbag2 bag folder holding the MCAP file's messages (raw CDR, same log times, metadata as custom data)."""
+def rosbag2_from_mcap(mcap: Path, bag: Path, storage: str, camera: str | None = None) -> Path:
+    """A rosbag2 bag folder holding the MCAP file's messages (raw CDR, same log times, metadata as custom data);
+    `camera`: also a 4x3 sensor_msgs/Image topic of that name at 10 Hz, as fleets record beside the rest."""
     plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
     with open(mcap, "rb") as fh, Writer(bag, version=9, storage_plugin=plugin) as writer:
         reader = make_reader(fh)
@@ -42,7 +43,22 @@ def rosbag2_from_mcap(mcap: Path, bag: Path, storage: str) -> Path:
             if channel.topic not in connections:
                 connections[channel.topic] = writer.add_connection(channel.topic, schema.name, typestore=ROS2_TYPES)
             writer.write(connections[channel.topic], message.log_time, message.data)
+        if camera:
+            _write_camera(writer, camera, reader)
     return bag
+
+
+def _write_camera(writer: Writer, topic: str, reader) -> None:
+    summary = reader.get_summary()
+    start, end = summary.statistics.message_start_time, summary.statistics.message_end_time
+    image_type = ROS2_TYPES.types["sensor_msgs/msg/Image"]
+    header_type, time_type = ROS2_TYPES.types["std_msgs/msg/Header"], ROS2_TYPES.types["builtin_interfaces/msg/Time"]
+    connection = writer.add_connection(topic, "sensor_msgs/msg/Image", typestore=ROS2_TYPES)
+    for t in range(start, end, 100_000_000):
+        header = header_type(stamp=time_type(sec=t // 10**9, nanosec=t % 10**9), frame_id="camera")
+        image = image_type(header=header, height=3, width=4, encoding="rgb8", is_bigendian=0, step=12,
+                           data=np.full(36, t % 251, dtype=np.uint8))
+        writer.write(connection, t, ROS2_TYPES.serialize_cdr(image, "sensor_msgs/msg/Image"))
 
 
 def ros1_from_rosbag2(bag: Path, dst: Path) -> Path:

@@ -40,8 +40,8 @@ def logs(tmp_path_factory) -> dict:
     for storage in ("sqlite3", "mcap"):
         folder = root / f"rosbag2_{storage}"
         folder.mkdir()
-        for m in mcaps:
-            rosbag2_from_mcap(m, folder / m.stem, storage)
+        for m in mcaps:  # the sqlite3 bags also record a camera the mapping does not read
+            rosbag2_from_mcap(m, folder / m.stem, storage, camera="/camera/image_raw" if storage == "sqlite3" else None)
         made[f"rosbag2_{storage}"] = (folder, load_mapping(variant(BASE, maps, f"bags_{storage}", "rosbag2", {})))
     (root / "ros1").mkdir()
     for m in mcaps:
@@ -126,6 +126,18 @@ def test_d4rl_layout_splits_episodes_at_terminals_and_timeouts(logs, tmp_path):
     assert result.quarantine.is_empty(), result.quarantine.rows()
     got = result.episodes.sort("episode_id", "step")
     assert got.select(SAME + ["observation.pose"]).equals(ref.select(SAME + ["observation.pose"]))
+
+
+def test_a_camera_mapped_as_numbers_is_a_reasoned_quarantine_not_a_crash(logs, tmp_path):
+    folder, _ = logs["made"]["rosbag2_sqlite3"]
+    features = dict(logs["base"].model_dump()["features"])
+    features["observation.camera"] = [{"topic": "/camera/image_raw", "field": "data", "size": 8}]
+    features = {k: [{kk: vv for kk, vv in p.items() if vv is not None} for p in v] for k, v in features.items()}
+    mapping = load_mapping(variant(BASE, tmp_path, "bags_camera", "rosbag2", {}, features=features))
+    paths, result = _ingest(folder, mapping)
+    assert result.episodes.is_empty()
+    assert set(result.quarantine["check"]) == {"field_size"}
+    assert "36 values" in result.quarantine["reason"][0] and "/camera/image_raw" in result.quarantine["reason"][0]
 
 
 def test_damaged_logs_are_quarantined_with_a_reason(logs, tmp_path):
