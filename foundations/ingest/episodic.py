@@ -58,7 +58,7 @@ def assemble(episodes: list[Episode], mapping: SourceMapping, columns: dict[str,
     """One log of `episodes` laid end to end, with the mapping's markers written per episode."""
     spec = mapping.episode_markers
     times: dict[str, list[np.ndarray]] = {}
-    values: dict[str, dict[str, list[Any]]] = {}
+    values: dict[str, dict[str, list[Sequence[Any]]]] = {}  # topic -> path -> one value sequence per episode
     marks: list[tuple[int, str]] = []
     offset = 0
     for ep in episodes:
@@ -69,7 +69,7 @@ def assemble(episodes: list[Episode], mapping: SourceMapping, columns: dict[str,
             times.setdefault(topic, []).append(part.times + offset)
             cols = values.setdefault(topic, {})
             for path, vals in part.values.items():
-                cols.setdefault(path, []).extend(vals if not isinstance(vals, np.ndarray) else list(vals))
+                cols.setdefault(path, []).append(vals)
             if len(part.times):
                 last = max(last, int(part.times.max()))
         if spec is not None:
@@ -80,10 +80,11 @@ def assemble(episodes: list[Episode], mapping: SourceMapping, columns: dict[str,
     frames: dict[str, pl.DataFrame] = {}
     for topic, parts in times.items():
         cols = [c for c in columns.get(topic, []) if c.path in values[topic]]
-        for col in cols:
-            if values[topic][col.path]:
-                check_kind(topic, col, values[topic][col.path][0], kind)
-        frames[topic] = topic_frame(np.concatenate(parts), cols, [values[topic][c.path] for c in cols])
+        joined = [_join(values[topic][c.path]) for c in cols]
+        for col, vals in zip(cols, joined):
+            if len(vals):
+                check_kind(topic, col, vals[0], kind)
+        frames[topic] = topic_frame(np.concatenate(parts), cols, joined)
     messages = sum(f.height for f in frames.values())
     if spec is not None:
         marks.sort()
@@ -93,6 +94,14 @@ def assemble(episodes: list[Episode], mapping: SourceMapping, columns: dict[str,
     kept = [ep for ep in episodes if ep.steps]
     return EpisodicLog(frames, {t: kind for t in topics_found}, topics_found, metadata, messages,
                        episode_labels=[ep.labels for ep in kept], episode_names=[ep.name for ep in kept])
+
+
+def _join(parts: list[Sequence[Any]]) -> Sequence[Any]:
+    """Episodes' values of one column as one sequence: a numpy concatenation when every part is an array of one width."""
+    arrays = [p for p in parts if isinstance(p, np.ndarray)]
+    if len(arrays) == len(parts) and len({a.shape[1:] for a in arrays}) == 1:
+        return np.concatenate(arrays)
+    return [v for part in parts for v in (list(part) if isinstance(part, np.ndarray) else part)]
 
 
 def missing_column(topic: str, path: str, kind: str, found: str) -> FieldMismatch:

@@ -101,9 +101,9 @@ def _rows(ds: h5py.Dataset, rows: slice, steps: int, col: Column, topic: str) ->
     if ds.dtype.kind in "SOU" and ds.ndim == 1 and col.kind == "strings":
         names = [v.decode() if isinstance(v, bytes) else str(v) for v in ds[()]]
         return [names] * steps
-    if ds.ndim == 0 or (ds.shape[0] != steps and ds[rows].shape[0] != steps):
+    arr = ds[rows] if ds.ndim else None
+    if arr is None or arr.shape[0] != steps:
         raise FieldMismatch(topic, f"{ds.name} has {ds.shape[0] if ds.ndim else 0} rows where the episode has {steps} steps")
-    arr = ds[rows]
     if arr.dtype.kind in "SO":
         decode = np.vectorize(lambda v: v.decode() if isinstance(v, bytes) else str(v), otypes=[object])
         arr = decode(arr)
