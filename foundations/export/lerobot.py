@@ -76,7 +76,7 @@ def write_lerobot(pub: Published, folder: Path) -> dict[str, Any]:
     fps = pub.fps
     info = {
         "codebase_version": CODEBASE_VERSION,
-        "robot_type": _one(pub.steps, "robot_id"),
+        "robot_type": None,  # a robot model in LeRobot's sense; the published rows name robots, not models
         "total_episodes": episodes.height,
         "total_frames": frames.height,
         "total_tasks": len(tasks),
@@ -219,14 +219,6 @@ def _split_ranges(episodes: pl.DataFrame) -> dict[str, str]:
     ranges = episodes.group_by(SPLIT, maintain_order=True).agg(
         pl.col("episode_index").min().alias("lo"), pl.col("episode_index").max().alias("hi"))
     return {r[SPLIT]: f"{r['lo']}:{r['hi'] + 1}" for r in ranges.iter_rows(named=True)}
-
-
-def _one(steps: pl.DataFrame, col: str) -> str | None:
-    """The column's value when every step has the same one (e.g. a single robot), else None."""
-    if col not in steps.columns:
-        return None
-    values = steps.get_column(col).drop_nulls().unique()
-    return values[0] if values.len() == 1 else None
 
 
 def _provenance(pub: Published, left_out: dict[str, str]) -> dict[str, Any]:
