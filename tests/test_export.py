@@ -69,10 +69,11 @@ def lerobot_dataset_class():
     """
     import torch
 
-    spec = importlib.util.find_spec("torchvision")
+    spec = importlib.util.find_spec("torchvision")  # None: not installed, and the import below says so
+    ops = sorted(Path(spec.origin).parent.glob("_C*.so")) if spec is not None and spec.origin else []
     try:
-        torch.ops.load_library(next(Path(spec.origin).parent.glob("_C*.so")))
-    except (OSError, StopIteration):
+        torch.ops.load_library(ops[0])
+    except (OSError, IndexError):
         if not hasattr(lerobot_dataset_class, "lib"):
             lib = torch.library.Library("torchvision", "DEF")
             for op in ("nms", "qnms"):
@@ -204,3 +205,19 @@ def test_card_says_what_the_layout_is_and_how_to_export(tmp_path, hub):
     assert "LeRobot-style" not in card
     assert "robocurate export mini --version 1.0.0 --format lerobot" in card
     assert "--format minari" in card
+
+
+def test_what_an_export_cannot_hold_is_left_out_and_named(tmp_path, hub):
+    table = _table()
+    lone = table.filter(pl.col("step") == 0).head(1).with_columns(
+        pl.lit("cccccccccccccccc-000").alias("episode_id"), pl.lit(True).alias("is_last"))
+    table = pl.concat([table, lone]).with_columns(  # a vector whose length varies from step to step
+        pl.Series("observation.contacts", [[0.0] * (i % 3) for i in range(table.height + 1)], pl.List(pl.Float32)))
+    recipe = load_recipe(write_recipe(tmp_path, filters={"min_quality_score": 0.0, "min_steps": 1}))
+    do_publish(recipe, table, root=hub)
+    lerobot = export("mini", "latest", "lerobot", tmp_path / "lerobot", root=hub)
+    assert lerobot.left_out == {"observation.contacts": "its length varies from step to step"}
+    assert lerobot.episodes == 7
+    minari = export("mini", "latest", "minari", tmp_path / "minari", root=hub)
+    assert minari.episodes == 6 and "1 episode(s) of a single step" in minari.left_out["episodes"]
+    assert "cccccccccccccccc-000" in minari.left_out["episodes"]

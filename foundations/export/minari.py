@@ -30,6 +30,7 @@ from foundations.export.published import Published
 from foundations.feature_stats import IMAGE_PREFIX
 
 NAMESPACE = "robocurate"
+WRITE_EPISODES = 64  # episodes decoded and handed to Minari's storage at a time
 
 
 def dataset_id(name: str, ordinal: int) -> str:
@@ -70,12 +71,14 @@ def write_minari(pub: Published, data_path: Path, ordinal: int) -> dict[str, Any
     steps = pub.steps.with_columns(instructions.alias("_instruction"))
     kept = pub.episodes.filter(lengths >= 2)
     parts = steps.partition_by("episode_index", as_dict=True)
-    buffers, metadata = [], []
-    for row in kept.iter_rows(named=True):
-        buffers.append(_episode(pub, parts[(row["episode_index"],)], observations, images, len(buffers)))
-        metadata.append(_attrs(row))
-    storage.update_episodes(buffers)
-    storage.update_episode_metadata(metadata, range(len(buffers)))
+    rows = list(kept.iter_rows(named=True))
+    transitions = 0
+    for start in range(0, len(rows), WRITE_EPISODES):  # in batches: decoded frames of every episode at once need not fit
+        batch = [_episode(pub, parts[(row["episode_index"],)], observations, images, start + i)
+                 for i, row in enumerate(rows[start:start + WRITE_EPISODES])]
+        storage.update_episodes(batch)
+        transitions += sum(len(b.rewards) for b in batch)
+    storage.update_episode_metadata([_attrs(row) for row in rows], range(len(rows)))
     storage.update_metadata({
         "dataset_id": dataset_id(pub.name, ordinal),
         "minari_version": _minari_version(),
@@ -83,7 +86,7 @@ def write_minari(pub: Published, data_path: Path, ordinal: int) -> dict[str, Any
         "robocurate": json.dumps({"name": pub.name, "version": pub.version, "content_hash": pub.record["content_hash"],
                                   "reward": pub.reward, "left_out": left_out}),
     })
-    return {"episodes": len(buffers), "frames": sum(len(b.rewards) for b in buffers), "left_out": left_out,
+    return {"episodes": len(rows), "frames": transitions, "left_out": left_out,
             "reward": pub.reward}
 
 
