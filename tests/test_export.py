@@ -161,6 +161,10 @@ def test_minari_export_loads_with_minari_and_matches_the_published_rows(tmp_path
         assert set(episode.observations["instruction"]) == {last["language_instruction"]}
         np.testing.assert_allclose(episode.infos["timestamp"], rows.get_column("timestamp").to_numpy())
     assert seen == set(published.get_column("episode_id").unique())
+    import h5py
+
+    with h5py.File(out.path / "data" / "main_data.hdf5") as f:  # frames compressed, not raw arrays
+        assert f[f"episode_0/observations/images/{CAMERA.split('.')[-1]}"].compression == "gzip"
     assert sum(e.terminations.any() for e in ds.iterate_episodes()) == 1
 
 

@@ -1,7 +1,7 @@
 """A published version as a Minari dataset, which `minari.load_dataset(dataset_id)` loads.
 
-The dataset is written through Minari's own storage (HDF5, frames stored losslessly as uint8
-arrays: Minari's JPEG encoding is off) at `<root>/<namespace>/<name>-v<N>/data/`, where `<root>`
+The dataset is written through Minari's own storage (HDF5; frames as uint8 arrays, lossless:
+Minari's JPEG encoding is off, and the arrays are then gzip-compressed inside the file) at `<root>/<namespace>/<name>-v<N>/data/`, where `<root>`
 is what Minari reads from `MINARI_DATASETS_PATH`. N is the version's position among the dataset's
 published versions (v1.0.0 is 1, the next version 2, ...): Minari numbers versions with one integer.
 
@@ -79,7 +79,10 @@ def write_minari(pub: Published, data_path: Path, ordinal: int) -> dict[str, Any
         storage.update_episodes(batch)
         transitions += sum(len(b.rewards) for b in batch)
     storage.update_episode_metadata([_attrs(row) for row in rows], range(len(rows)))
+    if images:
+        _compress_frames(data_path / "main_data.hdf5")
     storage.update_metadata({
+        "dataset_size": storage.get_size(),
         "dataset_id": dataset_id(pub.name, ordinal),
         "minari_version": _minari_version(),
         "description": _description(pub, left_out),
@@ -132,6 +135,31 @@ def _episode(pub: Published, episode: pl.DataFrame, observations: list[str], ima
         infos={"timestamp": episode.get_column("timestamp").to_numpy(),
                "step": episode.get_column("step").cast(pl.Int64).to_numpy()},
     )
+
+
+def _compress_frames(path: Path) -> None:
+    """Rewrite Minari's HDF5 file with the camera arrays gzip-compressed, everything else copied as it is.
+
+    Minari's HDF5 storage writes frames as raw uint8 arrays (its alternative, JPEG, is lossy): tens of
+    times the published PNG/JPEG bytes. HDF5 decompresses transparently, so minari reads the same arrays.
+    The file is rebuilt rather than edited because HDF5 does not give back the space of a replaced array.
+    """
+    import h5py
+
+    def clone(src: Any, dst: Any) -> None:
+        dst.attrs.update(src.attrs)
+        for key, obj in src.items():
+            if isinstance(obj, h5py.Group):
+                clone(obj, dst.create_group(key, track_order=True))
+            elif "/observations/images/" in obj.name:
+                dst.create_dataset(key, data=obj[()], chunks=True, compression="gzip", compression_opts=4)
+            else:
+                src.copy(obj, dst, name=key)
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    with h5py.File(path, "r") as src, h5py.File(tmp, "w", track_order=True) as dst:
+        clone(src, dst)
+    tmp.replace(path)
 
 
 def _mode(shape: list[int]) -> str:
