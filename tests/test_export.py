@@ -122,6 +122,10 @@ def test_lerobot_export_loads_with_lerobot_and_matches_the_published_rows(tmp_pa
     windowed = lerobot_dataset_class()("robocurate/mini", root=out.path, delta_timestamps={"action": [0.0, 0.05]})
     last = episodes[0]["dataset_to_index"] - 1
     assert windowed[last]["action_is_pad"].tolist() == [False, True]
+    import torch
+
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=16, shuffle=True)))  # as a training loop reads it
+    assert batch[CAMERA].shape == (16, 3, H, W) and batch["action"].shape == (16, 8) and len(batch["task"]) == 16
     stats = ds.meta.stats
     np.testing.assert_allclose(stats["action"]["mean"], np.stack(published.get_column("action").to_list()).mean(0),
                                rtol=1e-5, atol=1e-6)
@@ -215,13 +219,18 @@ def test_what_an_export_cannot_hold_is_left_out_and_named(tmp_path, hub):
     table = _table()
     lone = table.filter(pl.col("step") == 0).head(1).with_columns(
         pl.lit("cccccccccccccccc-000").alias("episode_id"), pl.lit(True).alias("is_last"))
-    table = pl.concat([table, lone]).with_columns(  # a vector whose length varies from step to step
-        pl.Series("observation.contacts", [[0.0] * (i % 3) for i in range(table.height + 1)], pl.List(pl.Float32)))
+    table = pl.concat([table, lone])
+    side = [None if i % 10 == 0 else b for i, b in enumerate(table.get_column(CAMERA).to_list())]
+    table = table.with_columns(  # a vector whose length varies from step to step; a camera that dropped frames
+        pl.Series("observation.contacts", [[0.0] * (i % 3) for i in range(table.height)], pl.List(pl.Float32)),
+        pl.Series("observation.images.side", side, pl.Binary))
     recipe = load_recipe(write_recipe(tmp_path, filters={"min_quality_score": 0.0, "min_steps": 1}))
     do_publish(recipe, table, root=hub)
     lerobot = export("mini", "latest", "lerobot", tmp_path / "lerobot", root=hub)
-    assert lerobot.left_out == {"observation.contacts": "its length varies from step to step"}
+    assert lerobot.left_out == {"observation.contacts": "its length varies from step to step",
+                                "observation.images.side": "some steps have no frame"}
     assert lerobot.episodes == 7
     minari = export("mini", "latest", "minari", tmp_path / "minari", root=hub)
     assert minari.episodes == 6 and "1 episode(s) of a single step" in minari.left_out["episodes"]
     assert "cccccccccccccccc-000" in minari.left_out["episodes"]
+    assert minari.left_out["observation.images.side"] == "some steps have no frame"

@@ -46,12 +46,7 @@ _INDEX_FEATURES = ("frame_index", "episode_index", "index", "task_index")
 
 def write_lerobot(pub: Published, folder: Path) -> dict[str, Any]:
     """Write the LeRobot folder into `folder` (empty); returns what was exported and what was left out."""
-    vectors, left_out = pub.vector_columns()
-    images = pub.image_columns()
-    for col in list(images):
-        if not pub.spec(col).get("shape"):
-            images.remove(col)
-            left_out[col] = "no frame of it decodes, so its size is unknown"
+    vectors, images, left_out = pub.columns()
     frames, tasks = _frames(pub, vectors, images)
     features = _features(pub, frames, vectors, images)
 

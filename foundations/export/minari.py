@@ -43,9 +43,7 @@ def write_minari(pub: Published, data_path: Path, ordinal: int) -> dict[str, Any
     import gymnasium as gym
     from minari.dataset.minari_storage import MinariStorage
 
-    vectors, left_out = pub.vector_columns()
-    images = [c for c in pub.image_columns() if pub.spec(c).get("shape")]
-    left_out.update({c: "no frame of it decodes, so its size is unknown" for c in pub.image_columns() if c not in images})
+    vectors, images, left_out = pub.columns()
     observations = [c for c in vectors if c != "action"]
     if "action" not in vectors:
         raise ValueError(f"{pub.name} v{pub.version} has no action vector of one length on every step "
@@ -112,15 +110,14 @@ def _stack(episode: pl.DataFrame, col: str) -> np.ndarray:
 
 def _episode(pub: Published, episode: pl.DataFrame, observations: list[str], images: list[str], index: int) -> Any:
     from minari.data_collector import EpisodeBuffer
-    from PIL import Image
 
     n = episode.height - 1  # transitions
     obs: dict[str, Any] = {_key(c): _stack(episode, c) for c in observations}
     if images:
         # decoded once per frame: Minari keeps arrays, and an HDF5 reader has no PNG/JPEG decoder
-        obs["images"] = {c[len(IMAGE_PREFIX):]: np.stack([np.asarray(Image.open(io.BytesIO(b)).convert(
-            _mode(pub.spec(c)["shape"]))).reshape(pub.spec(c)["shape"]) for b in episode.get_column(c).to_list()])
-            for c in images}
+        obs["images"] = {c[len(IMAGE_PREFIX):]: np.stack([_frame(b, pub.spec(c)["shape"], c, episode)
+                                                          for b in episode.get_column(c).to_list()])
+                         for c in images}
     obs["instruction"] = episode.get_column("_instruction").to_list()
     rewards = (episode.get_column(pub.reward).cast(pl.Float64).to_numpy()[:n] if pub.reward is not None
                else np.zeros(n))
@@ -162,8 +159,17 @@ def _compress_frames(path: Path) -> None:
     tmp.replace(path)
 
 
-def _mode(shape: list[int]) -> str:
-    return {1: "L", 3: "RGB", 4: "RGBA"}.get(shape[-1], "RGB")
+def _frame(encoded: bytes, shape: list[int], camera: str, episode: pl.DataFrame) -> np.ndarray:
+    """One decoded frame of the declared [height, width, channels]; ValueError naming the episode otherwise."""
+    from PIL import Image
+
+    where = f"{camera} of episode {episode.get_column('episode_id')[0]}"
+    with Image.open(io.BytesIO(encoded)) as img:
+        pixels = np.asarray(img.convert({1: "L", 3: "RGB", 4: "RGBA"}.get(shape[-1], "RGB")))
+    if pixels.size != int(np.prod(shape)):
+        raise ValueError(f"{where} has a {pixels.shape[1]}x{pixels.shape[0]} frame, not the declared "
+                         f"{shape[1]}x{shape[0]}")
+    return pixels.reshape(shape)
 
 
 def _attrs(row: dict[str, Any]) -> dict[str, Any]:

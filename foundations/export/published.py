@@ -56,27 +56,31 @@ class Published:
             return pl.Series("language_instruction", [""] * self.steps.height, pl.String)
         return self.steps.get_column("language_instruction").fill_null("")
 
-    def image_columns(self) -> list[str]:
-        return [c for c in self.steps.columns if c.startswith(IMAGE_PREFIX) and self.spec(c).get("dtype") == "image"]
-
-    def vector_columns(self) -> tuple[list[str], dict[str, str]]:
-        """The action and the numeric vector observations with one length on every row, and why any other
-        `observation.*` / action column is left out."""
-        kept, left_out = [], {}
+    def columns(self) -> tuple[list[str], list[str], dict[str, str]]:
+        """What both exports carry: the action and the numeric `observation.*` vectors with one length on
+        every step, the cameras with a frame on every step; and why any other such column is left out."""
+        vectors, images, left_out = [], [], {}
         for col, dtype in self.steps.schema.items():
-            if col != "action" and not col.startswith("observation.") or col in self.image_columns():
-                continue
             spec = self.spec(col)
-            if not (isinstance(dtype, (pl.List, pl.Array)) and dtype.inner.is_numeric()):
+            if col.startswith(IMAGE_PREFIX) and spec.get("dtype") == "image":
+                if not spec.get("shape"):
+                    left_out[col] = "no frame of it decodes, so its size is unknown"
+                elif self.steps.get_column(col).null_count():
+                    left_out[col] = "some steps have no frame"
+                else:
+                    images.append(col)
+            elif col != "action" and not col.startswith("observation."):
+                continue
+            elif not (isinstance(dtype, (pl.List, pl.Array)) and dtype.inner.is_numeric()):
                 left_out[col] = f"not a numeric vector ({dtype})"
             elif not spec.get("shape"):
                 left_out[col] = "its length varies from step to step"
-            elif self.steps.get_column(col).null_count() or self.steps.get_column(col).list.eval(
-                    pl.element().is_null()).list.any().any():
+            elif self.steps.select(pl.col(col).is_null().any() | pl.col(col).list.eval(pl.element().is_null())
+                                   .list.any().any()).item():
                 left_out[col] = "some steps have no value"
             else:
-                kept.append(col)
-        return kept, left_out
+                vectors.append(col)
+        return vectors, images, left_out
 
 
 def load_published(record: dict[str, Any], reward: str | None = None) -> Published:
