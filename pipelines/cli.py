@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument("name")
     exp.add_argument("--version", default="latest", help="1.2.0, v1.2.0 or latest")
     exp.add_argument("--format", required=True, help="lerobot or minari")
-    exp.add_argument("--to", type=Path, required=True, help="LeRobot: a new or empty folder; Minari: a datasets root")
+    exp.add_argument("--to", type=Path, required=True, metavar="DIR",
+                     help="LeRobot: a new or empty folder; Minari: a datasets root")
     exp.add_argument("--reward", help="the published column rewards come from (default: the first of combined_reward, "
                      "reward, referee_reward with a value on every step)")
 
