@@ -234,3 +234,21 @@ def test_what_an_export_cannot_hold_is_left_out_and_named(tmp_path, hub):
     assert minari.episodes == 6 and "1 episode(s) of a single step" in minari.left_out["episodes"]
     assert "cccccccccccccccc-000" in minari.left_out["episodes"]
     assert minari.left_out["observation.images.side"] == "some steps have no frame"
+
+
+def test_lerobot_episodes_spread_over_data_files_load_whole(tmp_path, hub, monkeypatch):
+    from foundations.export import lerobot as lerobot_export
+
+    result = _publish(tmp_path, hub, _table())
+    monkeypatch.setattr(lerobot_export, "DATA_FILE_MB", 0.02)  # about two episodes per file
+    out = export("mini", "latest", "lerobot", tmp_path / "lerobot", root=hub)
+    files = sorted((out.path / "data" / "chunk-000").glob("file-*.parquet"))
+    assert len(files) >= 3
+    ds = lerobot_dataset_class()("robocurate/mini", root=out.path)
+    assert len(ds) == result.n_steps
+    for e in range(ds.num_episodes):
+        meta = ds.meta.episodes[e]
+        first, last = ds[meta["dataset_from_index"]], ds[meta["dataset_to_index"] - 1]
+        assert (first["episode_index"].item(), first["frame_index"].item(), first["is_first"].item()) == (e, 0, True)
+        assert (last["episode_index"].item(), last["frame_index"].item(), last["is_last"].item()) == (e, 24, True)
+        assert (out.path / ds.meta.get_data_file_path(e)).exists()

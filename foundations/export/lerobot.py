@@ -38,10 +38,10 @@ from foundations.recipes import SPLIT
 CODEBASE_VERSION = "v3.0"
 CHUNKS_SIZE = 1000  # files per chunk folder, as LeRobot writes
 DATA_FILE_MB = 100  # LeRobot's default data file size
+VIDEO_FILE_MB = 200  # LeRobot's default; declared though no feature is a video
 DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 EPISODES_PATH = "meta/episodes/chunk-000/file-000.parquet"
 IMAGE_STATS_FRAMES = 256  # frames per camera decoded for its per-channel statistics (evenly spaced)
-_INDEX_FEATURES = ("frame_index", "episode_index", "index", "task_index")
 
 
 def write_lerobot(pub: Published, folder: Path) -> dict[str, Any]:
@@ -50,7 +50,7 @@ def write_lerobot(pub: Published, folder: Path) -> dict[str, Any]:
     frames, tasks = _frames(pub, vectors, images)
     features = _features(pub, frames, vectors, images)
 
-    file_of = _file_index(pub, frames, images)
+    file_of = _file_index(frames, images)
     episodes = _episode_meta(pub, frames, file_of, tasks)
     hf = _hf_features(features)
     for file_index in np.unique(file_of):
@@ -77,7 +77,7 @@ def write_lerobot(pub: Published, folder: Path) -> dict[str, Any]:
         "total_tasks": len(tasks),
         "chunks_size": CHUNKS_SIZE,
         "data_files_size_in_mb": DATA_FILE_MB,
-        "video_files_size_in_mb": 200,
+        "video_files_size_in_mb": VIDEO_FILE_MB,
         # LeRobot declares an integer rate; a fractional control rate is kept as it is
         "fps": int(round(fps)) if fps and abs(fps - round(fps)) < 1e-6 else fps,
         "splits": _split_ranges(pub.episodes),
@@ -154,7 +154,7 @@ def _arrow(rows: pl.DataFrame, hf: Any, images: list[str]) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=hf.arrow_schema)
 
 
-def _file_index(pub: Published, frames: pl.DataFrame, images: list[str]) -> np.ndarray:
+def _file_index(frames: pl.DataFrame, images: list[str]) -> np.ndarray:
     """Data file of each episode: whole episodes, a new file each DATA_FILE_MB of (uncompressed) rows."""
     numeric = frames.drop(images).estimated_size() / max(frames.height, 1)
     sizes = frames.group_by("episode_index", maintain_order=True).agg(
