@@ -68,7 +68,6 @@ def write_lerobot(pub: Published, folder: Path) -> dict[str, Any]:
     stats = _stats(frames.select(c for c in features if features[c]["dtype"] not in ("image", "bool", "string")))
     stats.update({c: _image_stats(frames.get_column(c)) for c in images})
     _write_json(meta / "stats.json", stats)
-    fps = pub.fps
     info = {
         "codebase_version": CODEBASE_VERSION,
         "robot_type": None,  # a robot model in LeRobot's sense; the published rows name robots, not models
@@ -78,8 +77,7 @@ def write_lerobot(pub: Published, folder: Path) -> dict[str, Any]:
         "chunks_size": CHUNKS_SIZE,
         "data_files_size_in_mb": DATA_FILE_MB,
         "video_files_size_in_mb": VIDEO_FILE_MB,
-        # LeRobot declares an integer rate; a fractional control rate is kept as it is
-        "fps": int(round(fps)) if fps and abs(fps - round(fps)) < 1e-6 else fps,
+        "fps": _fps(pub.fps),
         "splits": _split_ranges(pub.episodes),
         "data_path": DATA_PATH,
         "video_path": None,
@@ -208,6 +206,14 @@ def _image_stats(frames: pl.Series) -> dict[str, Any]:
     per_channel = {"mean": flat.mean(0), "std": flat.std(0), "min": flat.min(0), "max": flat.max(0),
                    "q01": q01, "q99": q99}
     return {**{k: v.reshape(3, 1, 1).tolist() for k, v in per_channel.items()}, "count": [len(pixels)]}
+
+
+def _fps(fps: float | None) -> float | int | None:
+    """LeRobot declares an integer rate: the published median rate (20.001 Hz from jittered stamps) is
+    rounded when within 1 % of an integer; a truly fractional control rate (12.5 Hz) is kept."""
+    if not fps:
+        return None
+    return int(round(fps)) if abs(fps - round(fps)) <= 0.01 * fps else fps
 
 
 def _split_ranges(episodes: pl.DataFrame) -> dict[str, str]:
