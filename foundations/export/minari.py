@@ -140,6 +140,7 @@ def _compress_frames(path: Path) -> None:
     Minari's HDF5 storage writes frames as raw uint8 arrays (its alternative, JPEG, is lossy): tens of
     times the published PNG/JPEG bytes. HDF5 decompresses transparently, so minari reads the same arrays.
     The file is rebuilt rather than edited because HDF5 does not give back the space of a replaced array.
+    Level 1: on camera-like frames it compresses about as well as level 4, a third faster.
     """
     import h5py
 
@@ -149,7 +150,7 @@ def _compress_frames(path: Path) -> None:
             if isinstance(obj, h5py.Group):
                 clone(obj, dst.create_group(key, track_order=True))
             elif "/observations/images/" in obj.name:
-                dst.create_dataset(key, data=obj[()], chunks=True, compression="gzip", compression_opts=4)
+                dst.create_dataset(key, data=obj[()], chunks=True, compression="gzip", compression_opts=1)
             else:
                 src.copy(obj, dst, name=key)
 
