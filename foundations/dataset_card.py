@@ -22,7 +22,7 @@ from foundations.recipes import Recipe
 if TYPE_CHECKING:
     import datasets
 
-TAGS = ["robocurate", "LeRobot-style"]
+TAGS = ["robocurate"]
 _SIZES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
           (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B")]
 
@@ -116,9 +116,18 @@ def render_card(
         "```python", "from datasets import load_dataset",
         f'ds = load_dataset("<this folder or hub repo>", revision="v{ver}")  # revision only on the Hub',
         "```", "",
-        "Layout: `data/<split>-NNNNN-of-NNNNN.parquet` (one row per control step, RLDS step flags), "
+        "Layout: Hugging Face Parquet shards `data/<split>-NNNNN-of-NNNNN.parquet`, one row per control step "
+        "with LeRobot feature names (`observation.state`, `action`, `observation.images.<camera>` as "
+        "`datasets.Image`) and RLDS step flags (`is_first`, `is_last`, `is_terminal`); "
         "`meta/info.json` (features, shapes, element names, normalisation statistics), "
-        "`meta/episodes.parquet` (one row per episode with its scores and split), `version.json`.",
+        "`meta/episodes.parquet` (one row per episode with its scores and split), `version.json`. "
+        "This is not a LeRobot or Minari dataset folder; robocurate exports one:",
+        "",
+        "```bash",
+        f"robocurate export {name} --version {ver} --format lerobot --to DIR   # LeRobotDataset(repo_id, root=DIR)",
+        f"robocurate export {name} --version {ver} --format minari --to ROOT   # MINARI_DATASETS_PATH=ROOT, "
+        "minari.load_dataset(...)",
+        "```",
         "",
         "## Lineage", "",
         f"- code version: `{version.get('code_version')}`",

@@ -1,4 +1,4 @@
-"""`robocurate`: simulate a fleet, land logs, ingest them, see what happened to each file, download versions.
+"""`robocurate`: simulate a fleet, land logs, ingest them, see what happened to each file, download or export versions.
 
 Errors are one line on stderr and a non-zero exit (set ROBOCURATE_DEBUG=1 for the traceback).
 """
@@ -46,6 +46,19 @@ def main(argv: list[str] | None = None) -> int:
     dl.add_argument("name")
     dl.add_argument("--version", default="latest", help="1.2.0, v1.2.0 or latest")
     dl.add_argument("--to", type=Path, required=True)
+
+    exp = sub.add_parser("export", help="a published dataset version as a LeRobot v3 folder or a Minari dataset",
+                         description="LeRobot: --to is the dataset folder, loaded with LeRobotDataset(repo_id, "
+                         "root=DIR). Minari: --to is a datasets root; the dataset goes to "
+                         "DIR/robocurate/<name>-v<N> and loads with minari.load_dataset('robocurate/<name>-v<N>') "
+                         "when MINARI_DATASETS_PATH=DIR (N: the version's position among the published ones).")
+    exp.add_argument("name")
+    exp.add_argument("--version", default="latest", help="1.2.0, v1.2.0 or latest")
+    exp.add_argument("--format", required=True, help="lerobot or minari")
+    exp.add_argument("--to", type=Path, required=True, metavar="DIR",
+                     help="LeRobot: a new or empty folder; Minari: a datasets root")
+    exp.add_argument("--reward", help="the published column rewards come from (default: the first of combined_reward, "
+                     "reward, referee_reward with a value on every step)")
 
     versions = sub.add_parser("versions", help="list the published versions of a dataset")
     versions.add_argument("name")
@@ -150,6 +163,19 @@ def _download(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from foundations.export import export
+
+    result = export(args.name, args.version, args.format, args.to, reward=args.reward)
+    print(f"{result.name} {result.version} -> {result.format} at {result.path}: {result.episodes} episodes, "
+          f"{result.frames} {'frames' if result.format == 'lerobot' else 'transitions'}; "
+          f"reward from {result.reward or 'no column (none has a value on every step)'}")
+    for col, why in result.left_out.items():
+        print(f"  left out {col}: {why}")
+    print(f"  load it: {result.load}")
+    return 0
+
+
 def _versions(args) -> int:
     from foundations.publish import list_versions
 
@@ -190,6 +216,7 @@ COMMANDS = {
     "status": _status,
     "demo": _demo,
     "download": _download,
+    "export": _export,
     "versions": _versions,
     "dev": _dev,
     "serve": _serve,

@@ -335,7 +335,7 @@ def test_dataset_card_header_and_lineage(tmp_path, home):
     header = yaml.safe_load(text.split("---\n")[1])
     assert header["license"] == "apache-2.0"
     assert header["task_categories"] == ["robotics"]
-    assert header["tags"] == ["robocurate", "LeRobot-style"]
+    assert header["tags"] == ["robocurate"]
     files = {d["split"]: d["path"] for d in header["configs"][0]["data_files"]}
     assert files == {s: f"data/{s}-*.parquet" for s in result.splits}
     names = [f["name"] for f in header["dataset_info"]["features"]]
