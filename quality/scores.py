@@ -42,8 +42,9 @@ on a 0.05 grid from random starting weights, maximising the mean plus half the m
 AUROCs (expert and medium against the other operators) over simulated fleets of every embodiment
 that the pipeline benchmark refuses to report: seeds 5 and 7 with the demo operators, seeds 101,
 202, 303 and 404 with the hard operators (smooth wrong-skill, weak, wandering, hesitant) and noisy,
-drifting odometry; the best climbs' weights, averaged and rounded. Fitted with one seed held out,
-they scored the held-out seed about as well as the seeds they were fitted on. Hesitation,
+drifting odometry; the best climbs' weights, averaged; DEFAULT_WEIGHTS are one such fit rounded
+to two decimals (the script prints its fit beside them). Fitted with one seed held out, the
+weights scored the held-out seed about as well as the seeds they were fitted on. Hesitation,
 saturation and progress weigh most; smoothness little, because it rates a smooth operator doing
 the wrong task as good, and efficiency little, because a noisy but competent operator spends
 more actuation for the same progress.
