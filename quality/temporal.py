@@ -8,10 +8,10 @@ Progress on a skill is its measure (`foundations.progress`) divided by its signe
 is the skill done and positive is toward it. All in [0, 1], higher is better, per episode:
 
 - on_task: the mean over window-to-window changes of min(1, progress on the instructed skill in
-  that change / the pace that counts as working at it), negative counting 0, and 1 once the
-  target was reached (holding at the goal is the task done). The pace is ON_TASK_PACE of the
-  pace that reaches the target in a nominal episode (the profile's nominal_episode_s, else the
-  episode's own length).
+  that change / the pace that counts as working at it), negative counting 0, and 1 from the
+  change that reached the target on (holding at the goal is the task done). The pace is
+  ON_TASK_PACE of the pace that reaches the target in a nominal episode (the profile's
+  nominal_episode_s, else the episode's own length): an operator at half that pace scores 0.5.
 - specificity: A_i / (A_i + A_o + FLOOR), where A_i is the summed forward progress
   (positive window changes) on the instructed skill and A_o the largest such sum on any other
   declared skill of the profile that measures something else or the other way: doing another
@@ -31,8 +31,11 @@ is the skill done and positive is toward it. All in [0, 1], higher is better, pe
 
 A step is *still* when, over STILL_S moving averages (before and after it), the base moves slower than IDLE_SPEED
 and turns slower than IDLE_YAW_RATE or, without a base, the end effector moves slower than
-IDLE_EE_SPEED. What the task moves is what counts: commands and joints do not enter, so an
-operator holding a pose with non-zero torques (legs wobbling) is as idle as one who let go.
+IDLE_EE_SPEED. What the task moves is what counts: commands do not enter, so an operator holding
+a pose with non-zero torques is as idle as one who let go. A base's odometry is dead-reckoned and
+drifts (a random walk reads as slow motion over a second), so a base is also still when its
+joints, when declared, barely move: the fastest joint's speed, averaged over STILL_S, below
+STILL_JOINT_SPEED (encoders do not drift; a leg or wheel that does not turn moves no base).
 Without a base or an end effector, a step is still when its commands are below IDLE_ACTION and
 its joints (when declared) slower than IDLE_JOINT_SPEED, on average. Steps after the target was
 reached are never still. The moving averages blur the edges of a pause by up to STILL_S / 2,
@@ -53,7 +56,7 @@ TEMPORAL_COMPONENTS = ("on_task", "specificity", "efficiency", "hesitation", "co
 WINDOW_S = 1.0  # seconds: the windows progress and motion are averaged over
 STILL_S = 1.0  # seconds: the moving averages that say whether a step is still (shorter ones let odometry noise through)
 MIN_WINDOWS = 4  # short episodes get shorter windows, so at least this many
-ON_TASK_PACE = 0.5  # share of the pace that reaches the target in a nominal episode
+ON_TASK_PACE = 1.0  # share of the pace that reaches the target in a nominal episode
 FLOOR = 0.05  # target units: added to the denominators of the ratios, so that noise alone scores near 0
 # Stillness thresholds, shared with quality.scores' per-step idle (the same robot is still by both).
 IDLE_ACTION = 0.05  # half action ranges
@@ -61,6 +64,7 @@ IDLE_SPEED = 0.05  # m/s of the base
 IDLE_YAW_RATE = 0.05  # rad/s of the base
 IDLE_EE_SPEED = 0.01  # m/s of the end effector
 IDLE_JOINT_SPEED = 0.2  # rad/s of every joint
+STILL_JOINT_SPEED = 0.5  # rad/s: the fastest joint's speed averaged over STILL_S (see *still*)
 
 _EP = "episode_id"
 
@@ -121,6 +125,15 @@ def still_steps(df: pl.DataFrame, profile: RobotProfile) -> pl.DataFrame:
         ahead = pl.col(col).reverse().rolling_mean(h, min_samples=1).reverse().shift(-1)
         return ((ahead - back) / (h * dt)).forward_fill().over(_EP)
 
+    has_joints = profile.joint_velocity is not None and profile.joint_velocity.feature in cols
+    # A base's odometry is dead-reckoned and drifts (an end effector's pose, from kinematics, does
+    # not); joint encoders do not drift: joints that barely move over STILL_S say the base is still
+    # even when its drifting odometry seems to creep.
+    joints_still = (
+        profile_slice(profile.joint_velocity).list.eval(pl.element().abs()).list.max()
+        .rolling_mean(h, min_samples=1, center=True).over(_EP) < STILL_JOINT_SPEED
+        if has_joints else pl.lit(False)
+    )
     still: list[pl.Expr] = []
     if "_bx" in motion:
         speed = (rate("_bx").pow(2) + rate("_by").pow(2)).sqrt()
@@ -130,13 +143,16 @@ def still_steps(df: pl.DataFrame, profile: RobotProfile) -> pl.DataFrame:
         still.append(ee_speed < IDLE_EE_SPEED)
     else:
         still.append(pl.col("_cmd_max").rolling_mean(h, min_samples=1).over(_EP) < IDLE_ACTION)
-        if profile.joint_velocity is not None and profile.joint_velocity.feature in cols:
+        if has_joints:
             joint_speed = profile_slice(profile.joint_velocity).list.eval(pl.element().abs()).list.max()
             still.append(joint_speed.rolling_mean(h, min_samples=1).over(_EP) < IDLE_JOINT_SPEED)
+    pose_still = pl.all_horizontal(still).fill_null(False)
+    if "_bx" in motion:
+        pose_still = pose_still | joints_still.fill_null(False)
     reached = (pl.col("_pi") >= 1).fill_null(False).cum_max().over(_EP)
     frame = frame.with_columns(
         _reached=reached,
-        _still=pl.all_horizontal(still).fill_null(False) & ~reached,
+        _still=pose_still & ~reached,
     )
     return frame.collect()
 
@@ -210,13 +226,14 @@ def temporal_components(df: pl.DataFrame, profile: RobotProfile, *, nominal_s: f
     # Progress toward each declared skill in each window change, in target units.
     toward = {int(j): d[m] / t for j, m, t in skills.select("_skill", "measure", "target").iter_rows() if m in d}
     instructed = pl.col("_pi").diff().over(_EP)
-    reached_before = (pl.col("_pi") >= 1).fill_null(False).cum_max().shift(1).fill_null(False).over(_EP)
+    reached = (pl.col("_pi") >= 1).fill_null(False).cum_max().over(_EP)  # by the end of the window change
+    reached_before = reached.shift(1).fill_null(False).over(_EP)
     pace = ON_TASK_PACE * pl.col("_width") / (pl.lit(nominal) if nominal else pl.col("_length"))
     same = {int(j): (m, t > 0) for j, m, t in skills.select("_skill", "measure", "target").iter_rows()}
     per_window = windows.with_columns(
         _length=(pl.col("_w").max() + 1).over(_EP) * pl.col("_width"),
     ).with_columns(
-        _on=pl.when(reached_before).then(1.0).otherwise((instructed / pace).clip(0.0, 1.0)),
+        _on=pl.when(reached).then(1.0).otherwise((instructed / pace).clip(0.0, 1.0)),
         _d_i=instructed,
         **{f"_d_{j}": e for j, e in toward.items()},
         _active=pl.col("_still_share") < 0.5,

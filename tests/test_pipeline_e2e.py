@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 
 from foundations import landing, storage
+from foundations.recipes import load_recipe
 from pipelines.batches import pending_batches
 from pipelines.runner import run_job
 
@@ -99,7 +100,8 @@ def test_fleet_to_published_dataset(fleet, instance, referee):
 
     versions = list_versions("ant_skills")
     assert [v["version"] for v in versions] == ["1.0.0"]
-    curated = storage.read_table("episode_scores").filter(pl.col("quality_score") >= 0.7)
+    threshold = load_recipe("ant_skills_curated").filters.min_quality_score
+    curated = storage.read_table("episode_scores").filter(pl.col("quality_score") >= threshold)
     if curated.height:  # the curated recipe keeps exactly the high scorers
         rows = datasets.load_dataset(str(list_versions("ant_skills_curated")[-1]["path"]))
         assert set().union(*(set(split["episode_id"]) for split in rows.values())) == set(curated["episode_id"])

@@ -64,8 +64,9 @@ def test_one_row_per_episode_with_components_in_unit_interval(fleet, scores):
 def test_steady_walker_beats_idle_robot_beats_flailing(scores):
     walker, idle, flail = (_row(scores, e) for e in ("walker", "idle", "flail"))
     # Standing still and flailing both get nowhere; the weights put what the robot did over time
-    # before how jerky it was, so neither has to beat the other, and the walker beats both.
-    assert walker["quality_score"] > max(idle["quality_score"], flail["quality_score"]) + 0.5
+    # before how jerky it was, so neither has to beat the other, and the walker beats both. A
+    # flailer neither pauses nor pins its commands, so hesitation and saturation do not lower it.
+    assert walker["quality_score"] > max(idle["quality_score"], flail["quality_score"]) + 0.45
     assert walker["progress"] == 1.0 and idle["progress"] == 0.0
     assert idle["idle"] == 0.0 and walker["idle"] == 1.0
     assert walker["smoothness"] > 0.9 > 0.2 > flail["smoothness"]

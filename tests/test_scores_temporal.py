@@ -57,9 +57,11 @@ def test_every_component_is_named_and_in_the_unit_interval(which, request):
         assert name in COMPONENTS and DEFAULT_WEIGHTS[name] > 0
         values = scores.get_column(name).drop_nulls()
         assert values.len() == scores.height and ((values >= 0) & (values <= 1)).all(), name
-    # The time-aware components together carry more weight than smoothness, saturation and idle.
-    assert sum(DEFAULT_WEIGHTS[c] for c in TEMPORAL_COMPONENTS) > 2 * sum(
-        DEFAULT_WEIGHTS[c] for c in ("smoothness", "saturation", "idle"))
+    # The time-aware components together carry more weight than progress and completeness, and
+    # far more than smoothness, which rates a smooth operator at the wrong task as good.
+    temporal = sum(DEFAULT_WEIGHTS[c] for c in TEMPORAL_COMPONENTS)
+    assert temporal > DEFAULT_WEIGHTS["progress"] + DEFAULT_WEIGHTS["completeness"]
+    assert temporal > 5 * DEFAULT_WEIGHTS["smoothness"]
 
 
 def test_legged_smooth_wrong_skill_is_caught_by_specificity_and_on_task(legged):
@@ -73,7 +75,7 @@ def test_legged_smooth_wrong_skill_is_caught_by_specificity_and_on_task(legged):
 
 def test_legged_weak_operator_is_slow_on_task_and_scores_below_the_walker(legged):
     walker, weak = _row(legged, "walker"), _row(legged, "weak")
-    assert 0.5 < weak["on_task"] < 0.9 and weak["progress"] < 0.5
+    assert 0.25 < weak["on_task"] < 0.45 and weak["progress"] < 0.5  # 0.07 m/s against the 0.2 m/s that walks 2 m in 10 s
     assert weak["efficiency"] < walker["efficiency"]
     assert walker["quality_score"] > weak["quality_score"] + 0.15
 
@@ -95,6 +97,19 @@ def test_legged_components_hold_up_under_noisy_drifting_odometry(legged):
     assert idle["efficiency"] < 0.5 and idle["consistency"] < 0.3
     assert idle["idle_start_steps"] == 200  # noise does not read as motion
     assert _row(legged, "noisy_paused")["hesitation"] < 0.9
+
+
+def test_legged_pause_is_seen_through_drifting_odometry_by_the_joints():
+    # Drift of a centimetre a step reads as slow motion over a second; the joints that stopped do not.
+    eps = table(episode("paused", "paused"), episode("paused", "drifting", odometry_noise=0.1),
+                episode("walker", "drifting_walker", odometry_noise=0.1))
+    drifting = temporal_components(eps, ANT)
+    paused, drift, walker = (_row(drifting, e) for e in ("paused", "drifting", "drifting_walker"))
+    assert drift["idle_inside"] == pytest.approx(paused["idle_inside"], abs=0.05) and paused["idle_inside"] > 0.3
+    assert walker["idle_inside"] == 0.0 and walker["hesitation"] == 1.0
+    # Without declared joint velocities only the pose speaks, and the drift hides most of the pause.
+    no_joints = ANT.model_copy(update={"joint_velocity": None})
+    assert _row(temporal_components(eps, no_joints), "drifting")["idle_inside"] < paused["idle_inside"] - 0.15
 
 
 def test_consistency_follows_the_first_heading(legged):
