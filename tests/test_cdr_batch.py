@@ -15,7 +15,7 @@ import numpy as np
 import polars as pl
 import pytest
 from mcap.reader import make_reader
-from mcap.writer import Writer
+from mcap.writer import IndexType, Writer
 from mcap_ros2._dynamic import serialize_dynamic
 from mcap_ros2.decoder import DecoderFactory
 from polars.testing import assert_frame_equal
@@ -78,10 +78,11 @@ def _messages(rng: np.random.Generator) -> list[tuple[str, str, dict | bytes]]:
     return out
 
 
-def _write(path: Path, messages: list[tuple[str, str, dict | bytes]], chunk_size: int = 4096) -> None:
+def _write(path: Path, messages: list[tuple[str, str, dict | bytes]], chunk_size: int = 4096,
+           index_types: IndexType = IndexType.ALL) -> None:
     encoders = {name: serialize_dynamic(name, text)[name] for name, text in TYPES.items()}
     with open(path, "wb") as fh:
-        writer = Writer(fh, chunk_size=chunk_size)
+        writer = Writer(fh, chunk_size=chunk_size, index_types=index_types)
         writer.start("ros2", "test")
         schemas = {name: writer.register_schema(name, "ros2msg", text.encode()) for name, text in TYPES.items()}
         channels: dict[str, int] = {}
@@ -120,10 +121,11 @@ def _read(path: Path, columns: dict[str, list[Column]], batched: bool) -> tuple[
     return n, sinks
 
 
-@pytest.mark.parametrize("chunk_size", [1 << 20, 2048])
-def test_batches_equal_mcap_ros2_values(tmp_path, chunk_size):
+@pytest.mark.parametrize("chunk_size, index_types", [
+    (1 << 20, IndexType.ALL), (2048, IndexType.ALL), (2048, IndexType.CHUNK)])  # CHUNK: no message indexes, records walked
+def test_batches_equal_mcap_ros2_values(tmp_path, chunk_size, index_types):
     path = tmp_path / "varied.mcap"
-    _write(path, _messages(np.random.default_rng(7)), chunk_size)
+    _write(path, _messages(np.random.default_rng(7)), chunk_size, index_types)
     n_ref, ref = _read(path, COLUMNS, batched=False)
     n, got = _read(path, COLUMNS, batched=True)
     assert n == n_ref == 60 * 5 + 6 + 1

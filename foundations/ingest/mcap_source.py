@@ -198,8 +198,10 @@ class _TopicSink:
             return frame.sort(LOG_TIME, maintain_order=True)
         # Decoded in batches: file order is the "__row" number (ties in log time keep it, as above).
         frame = frame.with_columns(pl.Series(_ROW, self.row_ids, dtype=pl.Int64))
-        frame = pl.concat([b.select(frame.columns) for b in self.batches] + [frame], how="vertical")
-        return frame.sort(LOG_TIME, _ROW).drop(_ROW)
+        frame = pl.concat([b.select(frame.columns) for b in self.batches] + [frame], how="vertical", rechunk=False)
+        if not (frame[_ROW].is_sorted() and frame[LOG_TIME].is_sorted()):  # one layout, in time order: nothing to move
+            frame = frame.sort(LOG_TIME, _ROW)
+        return frame.drop(_ROW)
 
     def add_batch(self, decode: _ChannelDecoder, data: bytes, buf: np.ndarray, starts: np.ndarray,
                   sizes: np.ndarray, times: np.ndarray, row_ids: np.ndarray) -> None:
@@ -215,7 +217,7 @@ class _TopicSink:
                 left.append(idx)
                 continue
             if size <= 4096:  # a gather of small rows; big messages are copied whole, one slice each
-                block = buf[starts[idx][:, None] + np.arange(size)]
+                block = np.lib.stride_tricks.sliding_window_view(buf, size)[starts[idx]]
             else:
                 block = np.frombuffer(b"".join(data[s:s + size] for s in starts[idx].tolist()), np.uint8).reshape(-1, size)
             done, rest, used = decode_rows(decode.msgdefs, decode.root, block, paths, tries)
@@ -386,11 +388,38 @@ def _chunk_messages(raw: bytes, wanted: set[int], known: set[int]) -> dict[int, 
     return found
 
 
+def _indexed_messages(data: mmap.mmap, index: Any, buf: np.ndarray, wanted: set[int]) -> dict[int, tuple] | None:
+    """(data offsets, sizes, log times) of the wanted channels' messages in a chunk, from its message
+    indexes, all at once; None when the indexes are absent or disagree with the records they point at."""
+    found = {}
+    window = np.lib.stride_tricks.sliding_window_view(buf, 8) if len(buf) >= 8 else None
+    for channel, at in index.message_index_offsets.items():
+        if channel not in wanted:
+            continue
+        if window is None or data[at] != Opcode.MESSAGE_INDEX or struct.unpack_from("<H", data, at + 9)[0] != channel:
+            return None
+        (length,) = struct.unpack_from("<I", data, at + 11)
+        entries = np.frombuffer(data, dtype=[("t", "<u8"), ("o", "<u8")], count=length // 16, offset=at + 15)
+        offsets = np.sort(entries["o"].astype(np.int64))
+        if len(offsets) and (offsets[0] < 0 or offsets[-1] + 31 > len(buf)):
+            return None
+        record = window[np.minimum(offsets + 1, len(window) - 1)].view("<u8").ravel().astype(np.int64)
+        channels = window[np.minimum(offsets + 9, len(window) - 1)][:, :2].copy().view("<u2").ravel()
+        times = window[np.minimum(offsets + 15, len(window) - 1)].view("<u8").ravel().astype(np.int64)
+        if not ((buf[offsets] == Opcode.MESSAGE).all() and (channels == channel).all() and (record >= 22).all()
+                and (offsets + 9 + record <= len(buf)).all()):
+            return None
+        found[channel] = (offsets + 9 + _MESSAGE_HEAD.size, record - _MESSAGE_HEAD.size, times)
+    return found
+
+
 def _read_chunks(stream: io.BufferedReader, summary: Any, sinks: dict[str, _TopicSink]) -> int:
     """Read the needed topics of an indexed file chunk by chunk, in file order; the messages read.
 
-    Each chunk's records are walked once for the needed channels' offsets, then every channel's
-    messages are decoded together (`_TopicSink.add_batch`). Any damage raises (the caller recovers).
+    A chunk's messages are found through its message indexes (checked against the records they
+    point at, and their counts against the file's statistics), else by walking its records; then
+    every channel's messages are decoded together (`_TopicSink.add_batch`). Any damage raises (the
+    caller recovers).
     """
     import zstandard
 
@@ -398,13 +427,20 @@ def _read_chunks(stream: io.BufferedReader, summary: Any, sinks: dict[str, _Topi
     decoders: dict[int, _ChannelDecoder] = {}
     zstd = zstandard.ZstdDecompressor()
     messages = 0
+    counted: dict[int, int] = dict.fromkeys(channels, 0)
     with mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as data:
         for index in summary.chunk_indexes:
             if index.message_index_offsets and not index.message_index_offsets.keys() & channels.keys():
                 continue  # no needed channel in it (as mcap's reader skips it)
             raw = _chunk_data(data, index, zstd)
             buf = np.frombuffer(raw, np.uint8)
-            found = {c: v for c, v in _chunk_messages(raw, set(channels), set(summary.channels)).items() if v[0]}
+            found = _indexed_messages(data, index, buf, set(channels)) if index.message_index_offsets else None
+            if found is None:
+                walked = _chunk_messages(raw, set(channels), set(summary.channels))
+                found = {c: tuple(np.asarray(v, np.int64) for v in walked[c]) for c in walked}
+            found = {c: v for c, v in found.items() if len(v[0])}
+            for c, v in found.items():
+                counted[c] += len(v[0])
             for topic in dict.fromkeys(channels[c].topic for c in found):
                 sink = sinks[topic]
                 ids = [c for c in found if channels[c].topic == topic]
@@ -412,24 +448,24 @@ def _read_chunks(stream: io.BufferedReader, summary: Any, sinks: dict[str, _Topi
                     if c not in decoders:
                         decoders[c] = _ChannelDecoder.of(channels[c], summary.schemas.get(channels[c].schema_id))
                 # File order of the topic's messages across its channels: by offset in the chunk.
-                starts = np.concatenate([np.asarray(found[c][0], np.int64) for c in ids])
+                starts = np.concatenate([found[c][0] for c in ids])
+                sizes = np.concatenate([found[c][1] for c in ids])
                 owner = np.concatenate([np.full(len(found[c][0]), k) for k, c in enumerate(ids)])
                 order = np.argsort(starts, kind="stable")
                 rank = np.empty_like(order)
                 rank[order] = np.arange(len(order))
                 if not sink.checked:
                     first = int(order[0])
-                    c = ids[int(owner[first])]
-                    k = found[c][0].index(int(starts[first]))
-                    size = found[c][1][k]
-                    decode = decoders[c]
-                    sink.check(decode.decoder(raw[int(starts[first]):int(starts[first]) + size]), decode.type_name)
+                    decode = decoders[ids[int(owner[first])]]
+                    at = int(starts[first])
+                    sink.check(decode.decoder(raw[at:at + int(sizes[first])]), decode.type_name)
                 for k, c in enumerate(ids):
-                    mine = owner == k
-                    s, z, t = (np.asarray(v, np.int64) for v in found[c])
-                    sink.add_batch(decoders[c], raw, buf, s, z, t, sink.count + rank[mine])
+                    sink.add_batch(decoders[c], raw, buf, *found[c], sink.count + rank[owner == k])
                 sink.count += len(starts)
                 messages += len(starts)
+    stats = summary.statistics
+    if stats is not None and any(stats.channel_message_counts.get(c, n) != n for c, n in counted.items()):
+        raise ValueError("the message indexes do not account for every message the statistics count")
     return messages
 
 
