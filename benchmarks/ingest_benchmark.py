@@ -77,13 +77,18 @@ def rosbags_decoder() -> Callable[[list[Path], list[str]], int] | str:
         return "rosbags is not installed"
     import re
 
+    store = get_typestore(Stores.EMPTY)  # one for the run: rosbags generates a deserializer per type once
+    registered: set[tuple[str, bytes]] = set()
+
     def run(paths: list[Path], topics: list[str]) -> int:
         n = 0
         for p in paths:
-            store = get_typestore(Stores.EMPTY)
             with open(p, "rb") as fh:
                 reader = make_reader(fh)
                 for schema in reader.get_summary().schemas.values():
+                    if (schema.name, schema.data) in registered:
+                        continue
+                    registered.add((schema.name, schema.data))
                     # A ROS 2 MCAP schema: the type, then "MSG: pkg/Name" blocks of its dependencies.
                     parts = re.split(r"^={3,}$", schema.data.decode(), flags=re.MULTILINE)
                     types = get_types_from_msg(parts[0], schema.name)

@@ -13,6 +13,7 @@ import multiprocessing
 import os
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -187,10 +188,13 @@ def ingest_files(
     parts = [empty_result(mapping)]
     if workers > 1 and len(jobs) > 1:
         pool = _pool(workers)
-        futures = [pool.submit(ingest_file, path, mapping, sha, rel) for path, sha, rel in jobs]
-        for future in futures:
-            parts.append(future.result())
-            bar.update()
+        try:
+            for part in pool.map(ingest_file, *zip(*[(path, mapping, sha, rel) for path, sha, rel in jobs])):
+                parts.append(part)
+                bar.update()
+        except BrokenProcessPool:
+            del _POOLS[workers]  # a worker died (killed, out of memory): the next call starts a new pool
+            raise
     else:
         for path, sha, rel in jobs:
             parts.append(ingest_file(path, mapping, sha, rel))

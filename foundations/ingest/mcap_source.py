@@ -186,6 +186,19 @@ class _TopicSink:
         self.checked = True
 
     def frame(self) -> pl.DataFrame:
+        if not self.batches and not self.row_ids:
+            return self._rows_frame().sort(LOG_TIME, maintain_order=True)
+        # Decoded in batches: file order is the "__row" number (ties in log time keep it, as above).
+        parts = list(self.batches)  # columns: LOG_TIME, the columns, _ROW (as the rows frame below)
+        if self.row_ids:
+            parts.append(self._rows_frame().with_columns(pl.Series(_ROW, self.row_ids, dtype=pl.Int64)))
+        frame = parts[0] if len(parts) == 1 else pl.concat(parts, how="vertical", rechunk=False)
+        if not (frame[_ROW].is_sorted() and frame[LOG_TIME].is_sorted()):  # one layout, in time order: nothing to move
+            frame = frame.sort(LOG_TIME, _ROW)
+        return frame.drop(_ROW)
+
+    def _rows_frame(self) -> pl.DataFrame:
+        """The messages decoded one by one, in the order they came."""
         data: dict[str, pl.Series] = {LOG_TIME: pl.Series(LOG_TIME, self.times, dtype=pl.Int64)}
         values = list(zip(*self.rows)) if self.rows else [[] for _ in self.columns]
         for col, vals in zip(self.columns, values):
@@ -193,15 +206,7 @@ class _TopicSink:
                 data[col.path] = _list_series(col.path, vals)
             else:
                 data[col.path] = pl.Series(col.path, vals, dtype=_KINDS[col.kind][2], strict=False)
-        frame = pl.DataFrame(data)
-        if not self.batches and not self.row_ids:
-            return frame.sort(LOG_TIME, maintain_order=True)
-        # Decoded in batches: file order is the "__row" number (ties in log time keep it, as above).
-        frame = frame.with_columns(pl.Series(_ROW, self.row_ids, dtype=pl.Int64))
-        frame = pl.concat([b.select(frame.columns) for b in self.batches] + [frame], how="vertical", rechunk=False)
-        if not (frame[_ROW].is_sorted() and frame[LOG_TIME].is_sorted()):  # one layout, in time order: nothing to move
-            frame = frame.sort(LOG_TIME, _ROW)
-        return frame.drop(_ROW)
+        return pl.DataFrame(data)
 
     def add_batch(self, decode: _ChannelDecoder, data: bytes, buf: np.ndarray, starts: np.ndarray,
                   sizes: np.ndarray, times: np.ndarray, row_ids: np.ndarray) -> None:
