@@ -182,6 +182,7 @@ def _fits(leaf: _Leaf, kind: str) -> bool:
 
 _DTYPES = {"float": pl.Float64, "int": pl.Int64, "list": pl.List(pl.Float64), "text": pl.String,
            "strings": pl.List(pl.String)}
+KINDS = frozenset(_DTYPES)  # the column kinds read here; a topic with another kind is decoded message by message
 
 
 def _text(raw: bytes, length: int) -> str:

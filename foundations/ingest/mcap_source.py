@@ -31,6 +31,7 @@ from mcap.stream_reader import StreamReader
 from mcap.writer import MCAP0_MAGIC
 from mcap_ros2.decoder import DecoderFactory
 
+from foundations.ingest.cdr_batch import KINDS as BATCH_KINDS
 from foundations.ingest.cdr_batch import MAX_LAYOUTS, decode_rows, message_definitions
 from foundations.ingest.mapping import HEADER_STAMP, SourceMapping
 
@@ -214,7 +215,8 @@ class _TopicSink:
         decoded at once (foundations.ingest.cdr_batch), the rest one by one with mcap-ros2-support."""
         paths = [(c.path, c.kind) for c in self.columns]
         left: list[np.ndarray] = []
-        tries = MAX_LAYOUTS  # templates for the whole batch, the most common sizes first
+        # Templates for the whole batch, the most common sizes first; none for a kind cdr_batch does not read.
+        tries = MAX_LAYOUTS if all(c.kind in BATCH_KINDS for c in self.columns) else 0
         found, counts = np.unique(sizes, return_counts=True)
         for size in found[np.argsort(-counts, kind="stable")]:
             idx = np.flatnonzero(sizes == size)
