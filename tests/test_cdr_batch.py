@@ -8,6 +8,7 @@ compares the frames cell for cell.
 """
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 
@@ -176,3 +177,15 @@ def test_layout_offsets_and_unfit_fields():
     assert [r.tolist() for r, _ in done] == [[0]] and left.tolist() == [1] and tried == 2
     assert done[0][1][0].to_list() == [[1.0, 2.0]]
     assert isinstance(done[0][1][0], pl.Series)
+
+
+def test_default_workers_every_core_only_for_big_batches(tmp_path, monkeypatch):
+    from foundations.ingest import ingest as ingest_module
+
+    small = tmp_path / "small.mcap"
+    _write(small, _messages(np.random.default_rng(1))[:20])
+    assert ingest_module.default_workers([small]) == 1
+    monkeypatch.setattr(ingest_module, "PARALLEL_MIN_BYTES", 0)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert ingest_module.default_workers([small]) == cores
+    assert ingest_module.default_workers([tmp_path / "missing.mcap"]) == 1  # unreadable: ingest_file says why, in-process

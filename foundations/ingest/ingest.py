@@ -142,7 +142,7 @@ PARALLEL_MIN_BYTES = 32 << 20  # below this, starting worker processes costs mor
 def default_workers(paths: Iterable[Path]) -> int:
     """Processes for `ingest_files`: every available core when the files are big enough to pay for them."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if cores <= 1:
+    if cores <= 1 or multiprocessing.current_process().daemon:  # a daemonic process (a pool worker) may not have children
         return 1
     try:
         size = sum(Path(p).stat().st_size for p in paths)
