@@ -448,7 +448,8 @@ def _read_chunks(stream: io.BufferedReader, summary: Any, sinks: dict[str, _Topi
             found = {c: v for c, v in found.items() if len(v[0])}
             for c, v in found.items():
                 counted[c] += len(v[0])
-            for topic in dict.fromkeys(channels[c].topic for c in found):
+            # Topics in the order of their first message here, so the first mismatch reported is the one met first.
+            for topic in dict.fromkeys(channels[c].topic for c in sorted(found, key=lambda c: found[c][0][0])):
                 sink = sinks[topic]
                 ids = [c for c in found if channels[c].topic == topic]
                 for c in ids:
