@@ -238,7 +238,10 @@ def prepare_log(log: McapLog, mapping: SourceMapping) -> list[tuple[str, str]]:
             time = sec * 1_000_000_000 + nsec
         else:
             time = pl.col(LOG_TIME)
-        log.frames[topic] = frame.with_columns(time.cast(pl.Int64).alias(TIME)).sort(TIME, maintain_order=True)
+        frame = frame.with_columns(time.cast(pl.Int64).alias(TIME))
+        # A recorder's log time is usually in order already: a sort would copy every column for nothing.
+        in_order = frame[TIME].is_sorted()
+        log.frames[topic] = frame.with_columns(pl.col(TIME).set_sorted()) if in_order else frame.sort(TIME, maintain_order=True)
     for pieces in mapping.features.values():
         for p in pieces:
             frame = log.frames[p.topic]
