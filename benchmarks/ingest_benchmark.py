@@ -1,161 +1,282 @@
-"""Ingestion throughput: messages/s of `ingest_files` against pyarrow alone.
+"""Ingestion throughput against the bare decoders and forge-robotics, on the same MCAP files in one run.
 
-Writes N synthetic ROS 2 MCAP logs shaped like the fleet's (100 Hz joint states,
-50 Hz odometry, 20 Hz commands, instructions, episode markers), then in the same
-process measures:
-  * ingest: `ingest_files` (MCAP read, CDR decode, alignment, canonical rows);
-  * baseline: writing the same message values to Parquet with pyarrow alone
-    (one table per topic, no MCAP, no CDR, no alignment) - the floor any
-    ingestion from already-decoded data would pay.
+Simulates a fleet (N files of the Ant fleet, no planted faults), then measures, in rounds that
+take turns so machine load hits every contender alike (best round of --repeats reported):
+  * ingest: `ingest_files` with the fleet's mapping, the whole stage: MCAP read, CDR decode,
+    alignment to the control clock, canonical rows;
+  * mcap-ros2: the bare mcap-ros2-support decode of the same topics
+    (`make_reader(...).iter_decoded_messages()` with its DecoderFactory), a Python object per message;
+  * rosbags: rosbags' CDR deserializer on the same message bytes (when rosbags is installed);
+  * raw MCAP: record iteration with mcap's reader, no decoding at all;
+  * forge: forge-robotics' `convert` (MCAP to LeRobot v3, in this process, one call per file
+    as it takes one file); `--forge-cli N` also times its `forge convert` command on N files.
+    forge is installed by the `bench` extra: `pip install -e '.[bench]'`; without it the line
+    says so.
+Every rate is messages of the mapped topics per second. `--workers` (default: the mapping's
+automatic choice) is passed to `ingest_files`; a pool of worker processes is started before the
+rounds (a pool lives as long as the process that uses it).
 
-    python benchmarks/ingest_benchmark.py --files 4 --seconds 30
+`--big-gb 1` also writes one long log of about that size (the fleet's episodes one after another)
+and reports the peak memory (RSS) of ingesting it in a fresh process.
+
+    python benchmarks/ingest_benchmark.py --files 40
+    python benchmarks/ingest_benchmark.py --files 40 --workers 2 --big-gb 1
 """
 from __future__ import annotations
 
 import argparse
-import math
+import json
+import os
+import shutil
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-from mcap_ros2.writer import Writer
+from mcap.reader import make_reader
+from mcap_ros2.decoder import DecoderFactory
 
 from foundations.ingest import ingest_files, load_mapping
-from foundations.ingest.align import Lineage, build_episodes, prepare_log
-from foundations.ingest.mcap_source import read_mcap
+from foundations.ingest.ingest import default_workers
 
-SEP = "=" * 80
-HEADER = ["MSG: std_msgs/Header", "builtin_interfaces/Time stamp", "string frame_id",
-          SEP, "MSG: builtin_interfaces/Time", "int32 sec", "uint32 nanosec"]
-MSGDEFS = {
-    "sensor_msgs/msg/JointState": "\n".join(
-        ["std_msgs/Header header", "string[] name", "float64[] position", "float64[] velocity", "float64[] effort", SEP, *HEADER]),
-    "nav_msgs/msg/Odometry": "\n".join([
-        "std_msgs/Header header", "string child_frame_id", "geometry_msgs/PoseWithCovariance pose",
-        "geometry_msgs/TwistWithCovariance twist", SEP, *HEADER,
-        SEP, "MSG: geometry_msgs/PoseWithCovariance", "Pose pose", "float64[36] covariance",
-        SEP, "MSG: geometry_msgs/Pose", "Point position", "Quaternion orientation",
-        SEP, "MSG: geometry_msgs/Point", "float64 x", "float64 y", "float64 z",
-        SEP, "MSG: geometry_msgs/Quaternion", "float64 x 0", "float64 y 0", "float64 z 0", "float64 w 1",
-        SEP, "MSG: geometry_msgs/TwistWithCovariance", "Twist twist", "float64[36] covariance",
-        SEP, "MSG: geometry_msgs/Twist", "Vector3 linear", "Vector3 angular",
-        SEP, "MSG: geometry_msgs/Vector3", "float64 x", "float64 y", "float64 z"]),
-    "std_msgs/msg/Float64MultiArray": "\n".join([
-        "MultiArrayLayout layout", "float64[] data", SEP, "MSG: std_msgs/MultiArrayLayout",
-        "MultiArrayDimension[] dim", "uint32 data_offset", SEP, "MSG: std_msgs/MultiArrayDimension",
-        "string label", "uint32 size", "uint32 stride"]),
-    "std_msgs/msg/String": "string data",
-}
-JOINTS = [f"{part}_{i}" for i in range(1, 5) for part in ("hip", "ankle")]  # the names the mapping selects
+MAPPING = "ant_fleet_ros2"
 
 
-def write_log(path: Path, seconds: float, rng: np.random.Generator) -> dict[str, list]:
-    """One log of a single episode; returns per-topic message values for the pyarrow baseline."""
-    t0 = 1_700_000_000 * 10**9
-    t_end = t0 + int(seconds * 1e9)
-    rows: dict[str, list] = {"/joint_states": [], "/odom": [], "/cmd_joint": [], "/instruction": [], "/events": []}
-    events = []
-    with open(path, "wb") as fh:
-        w = Writer(fh)
-        schema = {name: w.register_msgdef(name, text) for name, text in MSGDEFS.items()}
-        for t in range(t0 - 10**7, t_end, 10**7):
-            q, dq = rng.normal(size=8).tolist(), rng.normal(size=8).tolist()
-            stamp = {"sec": t // 10**9, "nanosec": t % 10**9}
-            events.append((t, "/joint_states", "sensor_msgs/msg/JointState",
-                           {"header": {"stamp": stamp, "frame_id": "base"}, "name": JOINTS, "position": q, "velocity": dq, "effort": [0.0] * 8}))
-            rows["/joint_states"].append((t, q, dq))
-        for t in range(t0 - 2 * 10**7, t_end, 2 * 10**7):
-            p, yaw, v = rng.normal(size=3).tolist(), float(rng.uniform(-math.pi, math.pi)), rng.normal(size=6).tolist()
-            stamp = {"sec": t // 10**9, "nanosec": t % 10**9}
-            pose = {"position": dict(zip("xyz", p)), "orientation": {"w": math.cos(yaw / 2), "x": 0.0, "y": 0.0, "z": math.sin(yaw / 2)}}
-            twist = {"linear": dict(zip("xyz", v[:3])), "angular": dict(zip("xyz", v[3:]))}
-            events.append((t, "/odom", "nav_msgs/msg/Odometry", {
-                "header": {"stamp": stamp, "frame_id": "odom"}, "child_frame_id": "base",
-                "pose": {"pose": pose, "covariance": [0.0] * 36}, "twist": {"twist": twist, "covariance": [0.0] * 36}}))
-            rows["/odom"].append((t, p, [math.cos(yaw / 2), 0.0, 0.0, math.sin(yaw / 2)], v))
-        for t in range(t0, t_end, 5 * 10**7):
-            a = np.clip(rng.normal(size=8), -1, 1).tolist()
-            events.append((t, "/cmd_joint", "std_msgs/msg/Float64MultiArray", {"layout": {"dim": [], "data_offset": 0}, "data": a}))
-            rows["/cmd_joint"].append((t, a))
-        for t in range(t0, t_end, 10**9):
-            events.append((t, "/instruction", "std_msgs/msg/String", {"data": "walk forward"}))
-            rows["/instruction"].append((t, "walk forward"))
-        last = t0 + ((t_end - 1 - t0) // (5 * 10**7)) * 5 * 10**7
-        for t, text in ((t0, "episode_start"), (last, "episode_end")):
-            events.append((t, "/events", "std_msgs/msg/String", {"data": text}))
-            rows["/events"].append((t, text))
-        events.sort(key=lambda e: e[0])
-        for t, topic, type_name, msg in events:
-            w.write_message(topic, schema[type_name], msg, log_time=t, publish_time=t)
-        w.add_metadata("robot", {"robot_id": "ant-bench"})
-        w.finish()
-    return rows
+def simulate(out: Path, files: int, seed: int) -> list[Path]:
+    from simulator.fleet import simulate_fleet
+
+    simulate_fleet(files, out, seed=seed, fault_rate=0.0, workers=1)
+    return sorted(out.rglob("*.mcap"))
 
 
-def pyarrow_baseline(all_rows: list[dict[str, list]], out: Path) -> tuple[float, int]:
-    """Seconds to write the same message values as Parquet with pyarrow alone, and the message count."""
-    # Warm up pyarrow's Parquet writer so one-off initialisation is not billed to the baseline.
-    pq.write_table(pa.table({"x": [1.0]}), out / "warmup.parquet")
-    start = time.perf_counter()
+def mcap_ros2_decode(paths: list[Path], topics: list[str]) -> int:
     n = 0
-    for i, rows in enumerate(all_rows):
-        for topic, values in rows.items():
-            cols = list(zip(*values))
-            arrays = [pa.array(cols[0], pa.int64())] + [pa.array(c) for c in cols[1:]]
-            table = pa.Table.from_arrays(arrays, names=["log_time"] + [f"f{j}" for j in range(1, len(cols))])
-            pq.write_table(table, out / f"{i}{topic.replace('/', '_')}.parquet", compression="zstd")
-            n += table.num_rows
-    return time.perf_counter() - start, n
+    for p in paths:
+        with open(p, "rb") as fh:
+            for _ in make_reader(fh, decoder_factories=[DecoderFactory()]).iter_decoded_messages(topics=topics, log_time_order=False):
+                n += 1
+    return n
+
+
+def raw_iteration(paths: list[Path], topics: list[str]) -> int:
+    n = 0
+    for p in paths:
+        with open(p, "rb") as fh:
+            for _ in make_reader(fh).iter_messages(topics=topics, log_time_order=False):
+                n += 1
+    return n
+
+
+def rosbags_decoder() -> Callable[[list[Path], list[str]], int] | str:
+    """rosbags' deserializer over the same message bytes, or why it cannot run."""
+    try:
+        from rosbags.typesys import Stores, get_typestore, get_types_from_msg
+    except ImportError:
+        return "rosbags is not installed"
+    import re
+
+    store = get_typestore(Stores.EMPTY)  # one for the run: rosbags generates a deserializer per type once
+    registered: set[tuple[str, bytes]] = set()
+
+    def run(paths: list[Path], topics: list[str]) -> int:
+        n = 0
+        for p in paths:
+            with open(p, "rb") as fh:
+                reader = make_reader(fh)
+                for schema in reader.get_summary().schemas.values():
+                    if (schema.name, schema.data) in registered:
+                        continue
+                    registered.add((schema.name, schema.data))
+                    # A ROS 2 MCAP schema: the type, then "MSG: pkg/Name" blocks of its dependencies.
+                    parts = re.split(r"^={3,}$", schema.data.decode(), flags=re.MULTILINE)
+                    types = get_types_from_msg(parts[0], schema.name)
+                    for part in parts[1:]:
+                        head, _, body = part.strip().partition("\n")
+                        name = head.removeprefix("MSG:").strip()
+                        if "/msg/" not in name:
+                            name = name.replace("/", "/msg/", 1)
+                        types.update(get_types_from_msg(body, name))
+                    store.register(types)
+                for schema, _, message in reader.iter_messages(topics=topics, log_time_order=False):
+                    store.deserialize_cdr(message.data, schema.name)
+                    n += 1
+        return n
+
+    return run
+
+
+def forge_convert(out: Path) -> Callable[[list[Path], list[str]], int] | str:
+    try:
+        from forge.convert import convert
+    except ImportError:
+        return "forge-robotics is not installed (pip install -e '.[bench]')"
+
+    def run(paths: list[Path], topics: list[str]) -> int:
+        shutil.rmtree(out, ignore_errors=True)
+        for i, p in enumerate(paths):
+            result = convert(p, out / str(i), target_format="lerobot-v3")
+            if not result.success:
+                raise RuntimeError(f"forge could not convert {p}: {result.errors}")
+        return -1  # forge counts frames, not messages: the caller's message count is used
+
+    return run
+
+
+def forge_cli(paths: list[Path], out: Path) -> float | str:
+    """Seconds of `forge convert` commands, one per file, as a user runs them."""
+    exe = shutil.which("forge") or str(Path(sys.executable).parent / "forge")
+    if not Path(exe).exists():
+        return "the forge command is not installed (pip install -e '.[bench]')"
+    start = time.perf_counter()
+    for i, p in enumerate(paths):
+        subprocess.run([exe, "convert", str(p), str(out / f"cli{i}"), "--format", "lerobot-v3"], check=True,
+                       capture_output=True)
+    return time.perf_counter() - start
+
+
+def write_big_log(sources: list[Path], path: Path, gigabytes: float) -> int:
+    """One long log: the fleet's episodes one after another (times shifted) until the file has the size asked."""
+    from mcap.writer import CompressionType, Writer
+
+    logs = []
+    schemas: dict[str, tuple[str, str, bytes]] = {}
+    for p in sources:
+        with open(p, "rb") as fh:
+            log = []
+            for schema, channel, message in make_reader(fh).iter_messages(log_time_order=True):
+                schemas[channel.topic] = (schema.name, schema.encoding, schema.data)
+                log.append((channel.topic, message.log_time, message.data))
+            logs.append(log)
+    with open(sources[0], "rb") as fh:
+        metadata = {m.name: dict(m.metadata) for m in make_reader(fh).iter_metadata()}
+    n = messages = 0
+    with open(path, "wb") as fh:
+        writer = Writer(fh, compression=CompressionType.ZSTD)
+        writer.start("ros2", "robocurate-benchmark")
+        channel_ids = {}
+        for topic, (name, encoding, data) in schemas.items():
+            schema_id = writer.register_schema(name, encoding, data)
+            channel_ids[topic] = writer.register_channel(topic, "cdr", schema_id)
+        cursor = logs[0][0][1]
+        while fh.tell() < gigabytes * 1e9:
+            log = logs[n % len(logs)]
+            shift = cursor - log[0][1]
+            for topic, t, data in log:
+                writer.add_message(channel_ids[topic], t + shift, data, t + shift)
+            cursor += log[-1][1] - log[0][1] + 10**9
+            n += 1
+            messages += len(log)
+        for name, values in metadata.items():
+            writer.add_metadata(name, values)
+        writer.finish()
+    return messages
+
+
+_PEAK = """
+import json, resource, sys, time
+from pathlib import Path
+from foundations.ingest import ingest_file, load_mapping
+mapping = load_mapping(sys.argv[2])
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = time.perf_counter()
+result = ingest_file(Path(sys.argv[1]), mapping, sha256="0" * 64)
+seconds = time.perf_counter() - start
+print(json.dumps({"seconds": seconds, "messages": result.messages, "rows": result.episodes.height,
+                  "quarantined": result.quarantine.height, "rss_before_mb": before / 1024,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def peak_memory(path: Path) -> dict:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", _PEAK, str(path), MAPPING], check=True, capture_output=True, text=True, env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--files", type=int, default=4)
-    parser.add_argument("--seconds", type=float, default=30.0, help="log length per file")
-    parser.add_argument("--workers", type=int, default=1, help="processes for ingest_files")
+    parser.add_argument("--files", type=int, default=40, help="simulated fleet files")
+    parser.add_argument("--workers", type=int, default=None, help="ingest_files workers (default: its automatic choice)")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds; the best of each contender is reported")
+    parser.add_argument("--forge-cli", type=int, default=0, help="also time the `forge convert` command on this many files")
+    parser.add_argument("--big-gb", type=float, default=0.0, help="also measure peak RSS ingesting one log of this size")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    mapping = load_mapping("ant_fleet_ros2")
-    rng = np.random.default_rng(args.seed)
+    mapping = load_mapping(MAPPING)
     with tempfile.TemporaryDirectory(prefix="ingest-bench-") as tmp:
         root = Path(tmp)
-        paths = [root / f"ant-{i:03d}.mcap" for i in range(args.files)]
-        all_rows = [write_log(p, args.seconds, rng) for p in paths]
+        t = time.perf_counter()
+        paths = simulate(root / "fleet", args.files, args.seed)
+        sim_s = time.perf_counter() - t
         size_mb = sum(p.stat().st_size for p in paths) / 1e6
+        with open(paths[0], "rb") as fh:
+            topics = [t for t in mapping.topics if t in {c.topic for c in make_reader(fh).get_summary().channels.values()}]
+        workers = args.workers if args.workers is not None else default_workers(paths)
 
-        start = time.perf_counter()
-        result = ingest_files(paths, mapping, progress=False, workers=args.workers)
-        ingest_s = time.perf_counter() - start
-        assert result.quarantine.height == 0, result.quarantine.to_dicts()
+        def ingest(ps: list[Path], _: list[str]) -> int:
+            result = ingest_files(ps, mapping, progress=False, workers=workers)
+            assert result.quarantine.height == 0, result.quarantine.to_dicts()
+            return result.messages
 
-        # Where ingest time goes, on the first file: decode vs alignment.
-        t = time.perf_counter()
-        log = read_mcap(paths[0], mapping)
-        decode_s = time.perf_counter() - t
-        t = time.perf_counter()
-        prepare_log(log, mapping)
-        build_episodes(log, mapping, Lineage(mapping.name, paths[0].name, "0" * 64, "bench-robot"))
-        align_s = time.perf_counter() - t
+        contenders: dict[str, Callable[[list[Path], list[str]], int] | str] = {
+            "ingest_files (whole stage)": ingest,
+            "mcap-ros2 decode": mcap_ros2_decode,
+            "rosbags deserialize": rosbags_decoder(),
+            "raw MCAP iteration": raw_iteration,
+            "forge-robotics convert": forge_convert(root / "forge"),
+        }
+        runnable = {k: v for k, v in contenders.items() if callable(v)}
+        for run in runnable.values():  # warm-up: imports, a started worker pool, forge's first-call set-up
+            run(paths[:2], topics)
+        best: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        for _ in range(args.repeats):
+            for name, run in runnable.items():
+                t = time.perf_counter()
+                counts[name] = run(paths, topics)
+                best[name] = min(best.get(name, float("inf")), time.perf_counter() - t)
+        messages = counts["ingest_files (whole stage)"]
+        for name, n in counts.items():
+            assert n in (-1, messages), (name, n, messages)
+        cli = forge_cli(paths[:args.forge_cli], root / "forge") if args.forge_cli else None
 
-        (root / "baseline").mkdir()
-        base_s, base_n = pyarrow_baseline(all_rows, root / "baseline")
-        t = time.perf_counter()
-        result.episodes.write_parquet(root / "episodes.parquet", compression="zstd")
-        write_s = time.perf_counter() - t
+        print(f"{len(paths)} simulated fleet files ({size_mb:.1f} MB MCAP, simulated in {sim_s:.0f} s), "
+              f"{messages} messages of {len(topics)} mapped topics; ingest workers: {workers}; best of {args.repeats} rounds; "
+              f"machine: {os.cpu_count()} CPUs")
+        rate = {name: messages / s for name, s in best.items()}
+        for name in contenders:
+            if name in rate:
+                print(f"  {name:30s} {best[name]:7.2f} s  {rate[name]:10.0f} messages/s")
+            else:
+                print(f"  {name:30s} not measured: {contenders[name]}")
+        if isinstance(cli, float):
+            cli_rate = messages * args.forge_cli / len(paths) / cli  # the files are alike: their share of the messages
+            rate["forge convert (command)"] = cli_rate
+            print(f"  {'forge convert (command)':30s} {cli:7.2f} s  {cli_rate:10.0f} messages/s  ({args.forge_cli} files, one command each)")
+        elif cli is not None:
+            print(f"  forge convert (command)        not measured: {cli}")
+        ours = rate["ingest_files (whole stage)"]
+        print(f"ratio ingest / mcap-ros2 decode: {ours / rate['mcap-ros2 decode']:.2f}x  (goal >= 1.5x)")
+        for name in ("forge-robotics convert", "forge convert (command)"):
+            if name in rate:
+                print(f"ratio ingest / {name}: {ours / rate[name]:.1f}x  (goal >= 20x)")
+        if "rosbags deserialize" in rate:
+            print(f"ratio ingest / rosbags deserialize: {ours / rate['rosbags deserialize']:.2f}x")
+        print(f"ratio ingest / raw MCAP iteration: {ours / rate['raw MCAP iteration']:.2f}x")
 
-    assert base_n == result.messages, (base_n, result.messages)
-    ingest_rate, base_rate = result.messages / ingest_s, base_n / base_s
-    print(f"files: {args.files} x {args.seconds:g} s ({size_mb:.1f} MB MCAP), messages: {result.messages}, "
-          f"canonical rows: {result.episodes.height}, workers: {args.workers}")
-    print(f"ingest_files:        {ingest_s:7.2f} s  {ingest_rate:10.0f} messages/s")
-    print(f"pyarrow alone:       {base_s:7.2f} s  {base_rate:10.0f} messages/s  (same message values to Parquet)")
-    print(f"ratio ingest/pyarrow: {ingest_rate / base_rate:.3f}  (pyarrow is {base_rate / ingest_rate:.1f}x faster)")
-    print(f"first file split: decode {decode_s:.2f} s ({log.messages / decode_s:.0f} msg/s), align {align_s:.3f} s; "
-          f"writing the canonical rows to Parquet: {write_s:.3f} s")
+        if args.big_gb:
+            big = root / "big.mcap"
+            t = time.perf_counter()
+            n = write_big_log(paths, big, args.big_gb)
+            gen_s = time.perf_counter() - t
+            peak = peak_memory(big)
+            print(f"one log of {big.stat().st_size / 1e9:.2f} GB ({n} messages, written in {gen_s:.0f} s): ingested in "
+                  f"{peak['seconds']:.1f} s ({peak['messages'] / peak['seconds']:.0f} messages/s, {peak['rows']} canonical rows, "
+                  f"{peak['quarantined']} quarantined); peak RSS {peak['peak_rss_mb']:.0f} MB "
+                  f"({peak['rss_before_mb']:.0f} MB after imports)")
 
 
 if __name__ == "__main__":

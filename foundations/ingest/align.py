@@ -167,17 +167,28 @@ def _feature(pieces: tuple[FieldSpec, ...]) -> pl.Expr:
 def _align_topics(steps: pl.DataFrame, log: McapLog, mapping: SourceMapping) -> pl.DataFrame:
     """As-of join every feature/reward topic onto the control steps, each within its stream's tolerance."""
     for topic in _streams(mapping):
+        used = _used_columns(mapping, topic)
         tolerance_ns = int(round(mapping.tolerance_for(topic) * 1e9))
         frame = log.frames[topic].drop(LOG_TIME)
         right = frame.select(
             pl.col(TIME).alias("__key"),
             pl.col(TIME).alias(_seen(topic)),
-            *[pl.col(c).alias(_col(topic, c)) for c in frame.columns if c != TIME],
+            *[pl.col(c).alias(_col(topic, c)) for c in frame.columns if c in used],
         )
         steps = steps.join_asof(
             right, left_on=TIME, right_on="__key", strategy="backward", tolerance=tolerance_ns
         ).drop("__key")
     return steps
+
+
+def _used_columns(mapping: SourceMapping, topic: str) -> set[str]:
+    """The decoded columns of `topic` that rows are built from: the rest (name arrays, whole arrays
+    already picked by name, header stamps) is not carried through the joins."""
+    used = {path for pieces in mapping.features.values() for p in pieces if p.topic == topic
+            for path in ([p.selected] if p.names is not None else p.paths)}
+    if mapping.reward is not None and mapping.reward.topic == topic:
+        used.add(mapping.reward.field)
+    return used
 
 
 def _instruction(steps: pl.DataFrame, log: McapLog, mapping: SourceMapping) -> pl.DataFrame:
@@ -227,7 +238,10 @@ def prepare_log(log: McapLog, mapping: SourceMapping) -> list[tuple[str, str]]:
             time = sec * 1_000_000_000 + nsec
         else:
             time = pl.col(LOG_TIME)
-        log.frames[topic] = frame.with_columns(time.cast(pl.Int64).alias(TIME)).sort(TIME, maintain_order=True)
+        frame = frame.with_columns(time.cast(pl.Int64).alias(TIME))
+        # A recorder's log time is usually in order already: a sort would copy every column for nothing.
+        in_order = frame[TIME].is_sorted()
+        log.frames[topic] = frame.with_columns(pl.col(TIME).set_sorted()) if in_order else frame.sort(TIME, maintain_order=True)
     for pieces in mapping.features.values():
         for p in pieces:
             frame = log.frames[p.topic]
@@ -322,7 +336,7 @@ def build_episodes(log: McapLog, mapping: SourceMapping, lineage: Lineage) -> tu
         control.select(
             TIME,
             pl.col(TIME).alias(_seen(control_topic)),
-            *[pl.col(c).alias(_col(control_topic, c)) for c in control.columns if c not in (TIME, LOG_TIME)],
+            *[pl.col(c).alias(_col(control_topic, c)) for c in control.columns if c in _used_columns(mapping, control_topic)],
         )
         .join_asof(intervals.select("start_ns", _EP), left_on=TIME, right_on="start_ns", strategy="backward")
         .drop("start_ns")

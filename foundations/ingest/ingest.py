@@ -10,8 +10,10 @@ is the one registered for the mapping's `format` (foundations.ingest.formats).
 from __future__ import annotations
 
 import multiprocessing
+import os
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -155,35 +157,65 @@ def _labels(log: McapLog, lineage: Lineage) -> pl.DataFrame:
     )
 
 
+PARALLEL_MIN_BYTES = 32 << 20  # below this, starting worker processes costs more than it saves
+
+
+def default_workers(paths: Iterable[Path]) -> int:
+    """Processes for `ingest_files`: every available core when the files are big enough to pay for them."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if cores <= 1 or multiprocessing.current_process().daemon:  # a daemonic process (a pool worker) may not have children
+        return 1
+    try:
+        size = sum(Path(p).stat().st_size for p in paths)
+    except OSError:
+        return 1
+    return cores if size >= PARALLEL_MIN_BYTES else 1
+
+
+_POOLS: dict[int, ProcessPoolExecutor] = {}
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    """A pool kept for the life of the process: its workers have imported the decoders once."""
+    pool = _POOLS.get(workers)
+    if pool is None:
+        # spawn, not fork: forking a process that has polars' thread pool running can deadlock.
+        pool = _POOLS[workers] = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    return pool
+
+
 def ingest_files(
     paths: Iterable[Path],
     mapping: SourceMapping,
     hashes: Mapping[str | Path, str] | None = None,
     progress: bool = True,
-    workers: int = 1,
+    workers: int | None = None,
     batch_dir: Path | None = None,
 ) -> IngestResult:
     """Ingest many files (a tqdm bar shows progress) and concatenate their results in input order.
 
     `hashes` maps a path (as given, or its string) to its known sha256.
-    `workers` > 1 decodes files in that many processes (CDR decoding is CPU-bound Python).
-    `batch_dir`: the landing batch the files sit in; each file's `source_file` is then its POSIX
-    path relative to it (`robot_07/run_00000.mcap`), else its name. Raises ValueError for a path
-    outside `batch_dir`.
+    `workers` > 1 ingests files in that many processes, each file whole in one of them (the results
+    are merged in input order, whatever order they finish in); None: `default_workers`, every core
+    when the files are big enough. `batch_dir`: the landing batch the files sit in; each file's
+    `source_file` is then its POSIX path relative to it (`robot_07/run_00000.mcap`), else its name.
+    Raises ValueError for a path outside `batch_dir`.
     """
     hashes = hashes or {}
     paths = list(paths)
     jobs = [(Path(p), hashes.get(p) or hashes.get(str(p)), _relative(Path(p), batch_dir)) for p in paths]
+    workers = default_workers(paths) if workers is None else workers
     bar = tqdm(total=len(jobs), desc=f"ingest {mapping.name}", unit="file", disable=not progress)
     parts = [empty_result(mapping)]
     if workers > 1 and len(jobs) > 1:
-        # spawn, not fork: forking a process that has polars' thread pool running can deadlock.
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
-            futures = [pool.submit(ingest_file, path, mapping, sha, rel) for path, sha, rel in jobs]
-            for future in futures:
-                parts.append(future.result())
+        pool = _pool(workers)
+        try:
+            for part in pool.map(ingest_file, *zip(*[(path, mapping, sha, rel) for path, sha, rel in jobs])):
+                parts.append(part)
                 bar.update()
+        except BrokenProcessPool:
+            del _POOLS[workers]  # a worker died (killed, out of memory): the next call starts a new pool
+            raise
     else:
         for path, sha, rel in jobs:
             parts.append(ingest_file(path, mapping, sha, rel))

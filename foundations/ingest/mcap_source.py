@@ -16,6 +16,7 @@ import struct
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 from operator import attrgetter
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ from mcap.stream_reader import StreamReader
 from mcap.writer import MCAP0_MAGIC
 from mcap_ros2.decoder import DecoderFactory
 
+from foundations.ingest.cdr_batch import KINDS as BATCH_KINDS
+from foundations.ingest.cdr_batch import MAX_LAYOUTS, decode_rows, message_definitions
 from foundations.ingest.mapping import HEADER_STAMP, SourceMapping
 
 LOG_TIME = "log_time"
@@ -65,6 +68,7 @@ _KINDS = {  # kind -> (test of a decoded value, what the mapping expected, polar
                 pl.List(pl.String)),
 }
 _STEP = re.compile(r"([A-Za-z_]\w*)|\[(\d+)\]")
+_ROW = "__row"  # a message's place in its topic, in file order
 
 
 @dataclass
@@ -148,6 +152,11 @@ class _TopicSink:
         self.times: list[int] = []
         self.rows: list[tuple] = []
         self.checked = False
+        # Chunk reading (`_read_chunks`) numbers the messages in file order: `row_ids` for the
+        # per-message rows above, a "__row" column in the `batches` decoded at once.
+        self.count = 0
+        self.row_ids: list[int] = []
+        self.batches: list[pl.DataFrame] = []
 
     def check(self, decoded: Any, type_name: str) -> None:
         """Fail with a readable message when the first message lacks a field or has the wrong type."""
@@ -178,6 +187,19 @@ class _TopicSink:
         self.checked = True
 
     def frame(self) -> pl.DataFrame:
+        if not self.batches and not self.row_ids:
+            return self._rows_frame().sort(LOG_TIME, maintain_order=True)
+        # Decoded in batches: file order is the "__row" number (ties in log time keep it, as above).
+        parts = list(self.batches)  # columns: LOG_TIME, the columns, _ROW (as the rows frame below)
+        if self.row_ids:
+            parts.append(self._rows_frame().with_columns(pl.Series(_ROW, self.row_ids, dtype=pl.Int64)))
+        frame = parts[0] if len(parts) == 1 else pl.concat(parts, how="vertical", rechunk=False)
+        if not (frame[_ROW].is_sorted() and frame[LOG_TIME].is_sorted()):  # one layout, in time order: nothing to move
+            frame = frame.sort(LOG_TIME, _ROW)
+        return frame.drop(_ROW)
+
+    def _rows_frame(self) -> pl.DataFrame:
+        """The messages decoded one by one, in the order they came."""
         data: dict[str, pl.Series] = {LOG_TIME: pl.Series(LOG_TIME, self.times, dtype=pl.Int64)}
         values = list(zip(*self.rows)) if self.rows else [[] for _ in self.columns]
         for col, vals in zip(self.columns, values):
@@ -185,7 +207,39 @@ class _TopicSink:
                 data[col.path] = _list_series(col.path, vals)
             else:
                 data[col.path] = pl.Series(col.path, vals, dtype=_KINDS[col.kind][2], strict=False)
-        return pl.DataFrame(data).sort(LOG_TIME, maintain_order=True)
+        return pl.DataFrame(data)
+
+    def add_batch(self, decode: _ChannelDecoder, data: bytes, buf: np.ndarray, starts: np.ndarray,
+                  sizes: np.ndarray, times: np.ndarray, row_ids: np.ndarray) -> None:
+        """Messages of one channel from one chunk (CDR at `starts` in `buf`): every layout that fits
+        decoded at once (foundations.ingest.cdr_batch), the rest one by one with mcap-ros2-support."""
+        paths = [(c.path, c.kind) for c in self.columns]
+        left: list[np.ndarray] = []
+        # Templates for the whole batch, the most common sizes first; none for a kind cdr_batch does not read.
+        tries = MAX_LAYOUTS if all(c.kind in BATCH_KINDS for c in self.columns) else 0
+        found, counts = np.unique(sizes, return_counts=True)
+        for size in found[np.argsort(-counts, kind="stable")]:
+            idx = np.flatnonzero(sizes == size)
+            if decode.msgdefs is None or size < 4 or tries == 0:
+                left.append(idx)
+                continue
+            if size <= 4096:  # a gather of small rows; big messages are copied whole, one slice each
+                block = np.lib.stride_tricks.sliding_window_view(buf, size)[starts[idx]]
+            else:
+                block = np.frombuffer(b"".join(data[s:s + size] for s in starts[idx].tolist()), np.uint8).reshape(-1, size)
+            done, rest, used = decode_rows(decode.msgdefs, decode.root, block, paths, tries)
+            tries -= used
+            for rows, series in done:
+                picked = idx[rows]
+                self.batches.append(pl.DataFrame([
+                    pl.Series(LOG_TIME, times[picked], dtype=pl.Int64), *series,
+                    pl.Series(_ROW, row_ids[picked], dtype=pl.Int64)]))
+            left.append(idx[rest])
+        for i in np.concatenate(left).tolist() if left else []:
+            start = int(starts[i])
+            self.rows.append(self.get(decode.decoder(data[start:start + int(sizes[i])])))
+            self.times.append(int(times[i]))
+            self.row_ids.append(int(row_ids[i]))
 
 
 def _list_series(name: str, rows: Any) -> pl.Series:
@@ -233,7 +287,10 @@ def read_mcap(path: Path, mapping: SourceMapping) -> McapLog:
         needed = [t for t in columns if t in topics_found]
         sinks = {t: _TopicSink(t, columns[t]) for t in needed}
         try:
-            messages = _drain(reader.iter_decoded_messages(topics=needed, log_time_order=False), sinks)
+            if summary is not None and summary.chunk_indexes:
+                messages = _read_chunks(stream, summary, sinks)
+            else:  # no index: mcap's reader walks the file (rare: recorders index their chunks)
+                messages = _drain(reader.iter_decoded_messages(topics=needed, log_time_order=False), sinks)
         except FieldMismatch:
             raise
         except Exception:
@@ -252,6 +309,172 @@ def _has_footer(stream: io.BufferedReader) -> bool:
     intact = size >= 2 * len(MCAP0_MAGIC) and stream.read(len(MCAP0_MAGIC)) == MCAP0_MAGIC
     stream.seek(0, io.SEEK_SET)
     return intact
+
+
+@dataclass
+class _ChannelDecoder:
+    """How one channel's messages decode: all at once (`msgdefs`, `root`) and one at a time (`decoder`)."""
+
+    decoder: Callable[[bytes], Any]
+    type_name: str
+    msgdefs: dict[str, Any] | None  # None: this channel is decoded message by message only
+    root: str
+
+    @classmethod
+    def of(cls, channel: Channel, schema: Schema | None) -> _ChannelDecoder:
+        if schema is None:
+            raise UnreadableLog(f"no ROS 2 decoder for {channel.topic} ({channel.message_encoding})")
+        return _channel_decoder(channel.topic, channel.message_encoding, schema.encoding, schema.name, schema.data)
+
+
+@lru_cache(maxsize=256)
+def _channel_decoder(topic: str, message_encoding: str, schema_encoding: str, name: str, text: bytes) -> _ChannelDecoder:
+    """Built once per schema in a process: parsing a definition costs more than decoding a small file."""
+    decoder = DecoderFactory().decoder_for(message_encoding, Schema(id=0, name=name, encoding=schema_encoding, data=text))
+    if decoder is None:
+        raise UnreadableLog(f"no ROS 2 decoder for {topic} ({message_encoding})")
+    try:
+        msgdefs = message_definitions(name, text.decode())
+    except Exception:  # the per-message decoder parsed it, so a schema read another way here stays with it
+        msgdefs = None
+    return _ChannelDecoder(decoder, name, msgdefs, name)
+
+
+def _chunk_data(data: mmap.mmap, index: Any, zstd: Any) -> bytes:
+    """The records of an indexed chunk, decompressed and checked against its CRC (as mcap's reader does)."""
+    start = index.chunk_start_offset
+    if data[start] != Opcode.CHUNK:
+        raise ValueError(f"no chunk at offset {start}")
+    body = data[start + 9:start + 9 + index.chunk_length - 9]
+    _, _, size, crc = _CHUNK_HEAD.unpack_from(body)
+    pos = _CHUNK_HEAD.size
+    (n,) = struct.unpack_from("<I", body, pos)
+    compression = body[pos + 4:pos + 4 + n].decode()
+    pos += 4 + n
+    (length,) = _U64.unpack_from(body, pos)
+    packed = body[pos + 8:pos + 8 + length]
+    if compression == "zstd":
+        raw = zstd.decompress(packed, max_output_size=size)
+    elif compression == "lz4":
+        import lz4.frame
+        raw = lz4.frame.decompress(packed)
+    elif compression == "":
+        raw = packed
+    else:
+        raise ValueError(f"unsupported chunk compression {compression!r}")
+    if len(raw) != size:
+        raise ValueError(f"a chunk decompressed to {len(raw)} of {size} bytes")
+    if crc and zlib.crc32(raw) != crc:
+        raise ValueError("chunk CRC mismatch")
+    return raw
+
+
+_MESSAGE_HEAD = struct.Struct("<HIQQ")  # channel id, sequence, log time, publish time
+
+
+def _chunk_messages(raw: bytes, wanted: set[int], known: set[int]) -> dict[int, tuple[list[int], list[int], list[int]]]:
+    """(data offsets, data sizes, log times) of the messages of each wanted channel in a chunk, in record order."""
+    found: dict[int, tuple[list[int], list[int], list[int]]] = {c: ([], [], []) for c in wanted}
+    pos, end, head = 0, len(raw), _MESSAGE_HEAD.size
+    unpack, u64 = _MESSAGE_HEAD.unpack_from, _U64.unpack_from
+    while pos < end:
+        (length,) = u64(raw, pos + 1)
+        body = pos + 9
+        if body + length > end:
+            raise ValueError("a record runs past the end of its chunk")
+        if raw[pos] == Opcode.MESSAGE:
+            channel, _, log_time, _ = unpack(raw, body)
+            if channel in wanted:
+                starts, sizes, times = found[channel]
+                starts.append(body + head)
+                sizes.append(length - head)
+                times.append(log_time)
+            elif channel not in known:
+                raise KeyError(f"a message of channel {channel}, which the summary does not list")
+        pos = body + length
+    return found
+
+
+def _indexed_messages(data: mmap.mmap, index: Any, buf: np.ndarray, wanted: set[int]) -> dict[int, tuple] | None:
+    """(data offsets, sizes, log times) of the wanted channels' messages in a chunk, from its message
+    indexes, all at once; None when the indexes are absent or disagree with the records they point at."""
+    found = {}
+    window = np.lib.stride_tricks.sliding_window_view(buf, 8) if len(buf) >= 8 else None
+    for channel, at in index.message_index_offsets.items():
+        if channel not in wanted:
+            continue
+        if window is None or data[at] != Opcode.MESSAGE_INDEX or struct.unpack_from("<H", data, at + 9)[0] != channel:
+            return None
+        (length,) = struct.unpack_from("<I", data, at + 11)
+        entries = np.frombuffer(data, dtype=[("t", "<u8"), ("o", "<u8")], count=length // 16, offset=at + 15)
+        offsets = np.sort(entries["o"].astype(np.int64))
+        if len(offsets) and (offsets[0] < 0 or offsets[-1] + 31 > len(buf)):
+            return None
+        record = window[np.minimum(offsets + 1, len(window) - 1)].view("<u8").ravel().astype(np.int64)
+        channels = window[np.minimum(offsets + 9, len(window) - 1)][:, :2].copy().view("<u2").ravel()
+        times = window[np.minimum(offsets + 15, len(window) - 1)].view("<u8").ravel().astype(np.int64)
+        if not ((buf[offsets] == Opcode.MESSAGE).all() and (channels == channel).all() and (record >= 22).all()
+                and (offsets + 9 + record <= len(buf)).all()):
+            return None
+        found[channel] = (offsets + 9 + _MESSAGE_HEAD.size, record - _MESSAGE_HEAD.size, times)
+    return found
+
+
+def _read_chunks(stream: io.BufferedReader, summary: Any, sinks: dict[str, _TopicSink]) -> int:
+    """Read the needed topics of an indexed file chunk by chunk, in file order; the messages read.
+
+    A chunk's messages are found through its message indexes (checked against the records they
+    point at, and their counts against the file's statistics), else by walking its records; then
+    every channel's messages are decoded together (`_TopicSink.add_batch`). Any damage raises (the
+    caller recovers).
+    """
+    import zstandard
+
+    channels = {cid: ch for cid, ch in summary.channels.items() if ch.topic in sinks}
+    decoders: dict[int, _ChannelDecoder] = {}
+    zstd = zstandard.ZstdDecompressor()
+    messages = 0
+    counted: dict[int, int] = dict.fromkeys(channels, 0)
+    with mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        for index in summary.chunk_indexes:
+            if index.message_index_offsets and not index.message_index_offsets.keys() & channels.keys():
+                continue  # no needed channel in it (as mcap's reader skips it)
+            raw = _chunk_data(data, index, zstd)
+            buf = np.frombuffer(raw, np.uint8)
+            found = _indexed_messages(data, index, buf, set(channels)) if index.message_index_offsets else None
+            if found is None:
+                walked = _chunk_messages(raw, set(channels), set(summary.channels))
+                found = {c: tuple(np.asarray(v, np.int64) for v in walked[c]) for c in walked}
+            found = {c: v for c, v in found.items() if len(v[0])}
+            for c, v in found.items():
+                counted[c] += len(v[0])
+            # Topics in the order of their first message here, so the first mismatch reported is the one met first.
+            for topic in dict.fromkeys(channels[c].topic for c in sorted(found, key=lambda c: found[c][0][0])):
+                sink = sinks[topic]
+                ids = [c for c in found if channels[c].topic == topic]
+                for c in ids:
+                    if c not in decoders:
+                        decoders[c] = _ChannelDecoder.of(channels[c], summary.schemas.get(channels[c].schema_id))
+                # File order of the topic's messages across its channels: by offset in the chunk.
+                starts = np.concatenate([found[c][0] for c in ids])
+                sizes = np.concatenate([found[c][1] for c in ids])
+                owner = np.concatenate([np.full(len(found[c][0]), k) for k, c in enumerate(ids)])
+                order = np.argsort(starts, kind="stable")
+                rank = np.empty_like(order)
+                rank[order] = np.arange(len(order))
+                if not sink.checked:
+                    first = int(order[0])
+                    decode = decoders[ids[int(owner[first])]]
+                    at = int(starts[first])
+                    sink.check(decode.decoder(raw[at:at + int(sizes[first])]), decode.type_name)
+                for k, c in enumerate(ids):
+                    sink.add_batch(decoders[c], raw, buf, *found[c], sink.count + rank[owner == k])
+                sink.count += len(starts)
+                messages += len(starts)
+    stats = summary.statistics
+    if stats is not None and any(stats.channel_message_counts.get(c, n) != n for c, n in counted.items()):
+        raise ValueError("the message indexes do not account for every message the statistics count")
+    return messages
 
 
 def _drain(decoded: Iterator[tuple[Schema | None, Channel, Message, Any]], sinks: dict[str, _TopicSink]) -> int:
