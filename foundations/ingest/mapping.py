@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat
 from foundations.catalog import config_error, config_path, list_configs
 from foundations.ingest.formats import FORMATS
 from foundations.profile import ProfileError, RobotProfile, Slice, load_profile
-from foundations.schema import ACTION, STATE
+from foundations.schema import ACTION, IMAGE_PREFIX, STATE
 
 # Transforms a field spec may name: each reads these sub-fields of the field and yields one value.
 TRANSFORMS = {"yaw_from_quaternion": ("w", "x", "y", "z")}
@@ -27,7 +27,6 @@ HEADER_STAMP = ("header.stamp.sec", "header.stamp.nanosec")  # ROS 2 std_msgs/He
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Dotted attribute path whose parts may index arrays: pose.covariance[0], markers[2].pose.position
 _PATH = re.compile(r"^[A-Za-z_]\w*(\[\d+\])*(\.[A-Za-z_]\w*(\[\d+\])*)*$")
-IMAGE_PREFIX = "observation.images."  # camera features: one encoded frame (PNG or JPEG) per step
 # sensor_msgs/Image fields read beside `data` (a raw frame is encoded to PNG at ingest)
 RAW_IMAGE_FIELDS = ("height", "width", "encoding", "step")
 # Keys that moved to the robot profile, and what they became there.
