@@ -26,6 +26,7 @@ turn) in that share of the episodes that have no other fault; ground truth recor
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -178,7 +179,8 @@ def simulate(spec: FleetSpec, n_episodes: int, out_dir: Path, seed: int = 0, fau
             records[job["i"]] = run_job(spec.episode, job)
     else:
         # Each episode depends only on its own job, so the files match a serial run byte for byte.
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        # spawn, not fork: a GL context (the camera's renderer) does not survive a fork.
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = [pool.submit(run_job, spec.episode, job) for job in jobs]
             for fut in tqdm(as_completed(futures), **bar):
                 rec = fut.result()

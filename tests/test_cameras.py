@@ -192,7 +192,7 @@ def test_without_gl_the_camera_is_left_out_with_one_warning(monkeypatch):
     from simulator.camera import CameraSpec, add_camera
     from simulator.mcap_log import EpisodeLog
 
-    monkeypatch.setattr(camera, "_WARNED", False)
+    monkeypatch.setattr(camera, "_NO_GL", [])
 
     def no_gl():
         raise ImportError("no EGL here")
