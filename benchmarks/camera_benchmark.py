@@ -81,7 +81,7 @@ def main() -> None:
     args = parser.parse_args()
     mapping = load_mapping("ant_fleet_ros2")
     camera = next(iter(mapping.image_features))
-    no_camera = mapping.model_copy(update={"features": {k: v for k, v in mapping.features.items() if k != camera}})
+    no_camera = mapping.without_images()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         simulate_fleet(1, root / "warm", seed=4, fault_rate=0.0, camera=False)  # imports and MuJoCo set-up, once

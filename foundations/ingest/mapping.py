@@ -312,6 +312,10 @@ class SourceMapping(_Strict):
         """Camera features (`observation.images.<camera>`) and their one field spec each, in mapping order."""
         return {n: pieces[0] for n, pieces in self.features.items() if pieces[0].image is not None}
 
+    def without_images(self) -> "SourceMapping":
+        """This mapping with its camera features left out (for logs recorded without the cameras)."""
+        return self.model_copy(update={"features": {n: p for n, p in self.features.items() if n not in self.image_features}})
+
     @property
     def image_shapes(self) -> dict[str, tuple[int, int, int]]:
         """Declared frame shapes [height, width, channels] of the camera features that declare one."""
