@@ -144,6 +144,7 @@ def render_card(
         *_lowest_table(episode_scores),
         *_trim_summary(episode_scores, recipe),
         "## Features", "",
+        *_camera_lines(specs),
         "Per-feature summary over all published steps; for vectors, the mean and std columns average the "
         "per-element values and min/max span all elements (element-wise statistics are in `meta/info.json`).", "",
         "| feature | dtype | shape | mean | std | min | max |", "|---|---|---|---:|---:|---:|---:|",
@@ -217,6 +218,17 @@ def _trim_summary(episode_scores: pl.DataFrame, recipe: Recipe) -> list[str]:
             f"({t['idle_start_steps']} steps, {t['idle_start_s']:.1f} s at the starts; {t['idle_end_steps']} steps, "
             f"{t['idle_end_s']:.1f} s at the ends); they {verb}. Per episode: idle_start_steps, idle_start_s, "
             "idle_end_steps, idle_end_s in `meta/episodes.parquet`.", ""]
+
+
+def _camera_lines(specs: dict[str, dict[str, Any]]) -> list[str]:
+    """One line naming the camera features (encoded frames, `datasets.Image`) and their frame shapes."""
+    cams = [f"`{col}` ({'×'.join(map(str, spec['shape'])) if spec.get('shape') else 'shape unknown'})"
+            for col, spec in specs.items() if spec.get("dtype") == "image"]
+    if not cams:
+        return []
+    return [f"Cameras: {', '.join(cams)}: one encoded frame (JPEG or PNG, as logged) per step, declared as "
+            "`datasets.Image()`, so indexing a row decodes it to a PIL image; frames have no normalisation "
+            "statistics.", ""]
 
 
 def _feature_row(col: str, spec: dict[str, Any], stat: dict[str, Any] | None) -> str:

@@ -17,10 +17,11 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from foundations.schema import IMAGE_PREFIX
+
 if TYPE_CHECKING:
     import datasets
 
-IMAGE_PREFIX = "observation.images."
 QUANTILES = (0.01, 0.99)
 
 

@@ -12,6 +12,7 @@ import pyarrow as pa
 STATE = "observation.state"
 POSE = "observation.pose"  # [x, y, yaw] of the base in the odometry frame
 ACTION = "action"
+IMAGE_PREFIX = "observation.images."  # camera features: one encoded frame (PNG or JPEG) per step, binary
 
 EPISODE_SCHEMA = pa.schema(
     [

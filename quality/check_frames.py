@@ -9,9 +9,11 @@ to the input.
 """
 from __future__ import annotations
 
+import io
 import re
 from dataclasses import dataclass
 
+import numpy as np
 import polars as pl
 
 from foundations.schema import ACTION, LINEAGE, POLARS_SCHEMA, POSE
@@ -46,6 +48,10 @@ class Feature:
     def present_column(self) -> str:
         """Null exactly where the feature is missing at a step."""
         return self.dim_column if self.kind == "list" else f"{self.slug}_bytes"
+
+    def frame_column(self, fact: str) -> str:
+        """A camera feature's per-step frame fact: decodes, shape, brightness, still_s (see `frame_facts`)."""
+        return f"{self.slug}_{fact}"
 
 
 def expected_schema(df: pl.DataFrame) -> dict[str, pl.DataType]:
@@ -95,6 +101,59 @@ def _feature_columns(feature: Feature) -> list[pl.Expr]:
     return [dim.cast(pl.Int32).alias(feature.dim_column), finite.alias(feature.finite_column)]
 
 
+def frame_facts(frames: pl.Series) -> pl.DataFrame:
+    """Per distinct encoded frame: whether it decodes, its shape `HxWxC` and mean brightness (0-255).
+
+    Frames repeat across steps (a camera slower than the control rate, as-of aligned), so each
+    distinct frame is decoded once; decoding is Pillow's C work per frame.
+    """
+    from PIL import Image
+
+    unique = frames.drop_nulls().unique()
+    decodes, shapes, brightness = [], [], []
+    for data in unique.to_list():
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                pixels = np.asarray(img)
+            channels = 1 if pixels.ndim == 2 else pixels.shape[2]
+            decodes.append(True)
+            shapes.append(f"{pixels.shape[0]}x{pixels.shape[1]}x{channels}")
+            scale = 255.0 / 65535.0 if pixels.dtype == np.uint16 else 1.0
+            brightness.append(float(pixels[..., :3].mean()) * scale if channels >= 3 else float(pixels.mean()) * scale)
+        except Exception:  # Pillow raises several types for bad bytes (UnidentifiedImageError, OSError, ...)
+            decodes.append(False)
+            shapes.append(None)
+            brightness.append(None)
+    return pl.DataFrame({"__frame": unique, "decodes": decodes, "shape": shapes, "brightness": brightness},
+                        schema={"__frame": pl.Binary, "decodes": pl.Boolean, "shape": pl.String, "brightness": pl.Float64})
+
+
+def _image_facts(df: pl.DataFrame, feature: Feature) -> pl.DataFrame:
+    """Per row of `df` (same order): the frame facts of `feature` and how long its frame has not changed.
+
+    `still_s` is the time since the episode's frame last changed (identical bytes): a camera stuck
+    on one frame keeps growing it, a live one (sensor noise changes every frame) resets it at
+    each new frame. Null frames count as changes, so a gap is the not-null check's business.
+    """
+    col = pl.col(feature.column)
+    same = (col.hash() == col.hash().shift(1)).over(**_EPISODE_WINDOW).fill_null(False) & col.is_not_null()
+    run = (~same).cum_sum().over(**_EPISODE_WINDOW)
+    facts = frame_facts(df.get_column(feature.column))
+    return (
+        df.lazy().select("episode_id", "step", "timestamp", feature.column)
+        .with_columns(run.alias("__run"))
+        .with_columns((pl.col("timestamp") - pl.col("timestamp").min().over("episode_id", "__run")).alias("still_s"))
+        .join(facts.lazy(), left_on=feature.column, right_on="__frame", how="left", maintain_order="left")
+        .select(
+            pl.col("decodes").fill_null(True).alias(feature.frame_column("decodes")),  # a missing frame: not_null's
+            pl.col("shape").alias(feature.frame_column("shape")),
+            pl.col("brightness").alias(feature.frame_column("brightness")),
+            pl.when(col.is_not_null()).then(pl.col("still_s")).alias(feature.frame_column("still_s")),
+        )
+        .collect()
+    )
+
+
 def step_frame(df: pl.DataFrame, feats: list[Feature]) -> pl.DataFrame:
     """Per-step check columns, in input row order (see module docstring)."""
     ts = pl.col("timestamp")
@@ -124,7 +183,9 @@ def step_frame(df: pl.DataFrame, feats: list[Feature]) -> pl.DataFrame:
         finite_only = pl.element().filter(pl.element().is_finite())
         exprs.append(pl.col(ACTION).list.eval(finite_only).list.min().cast(pl.Float64).alias("action_min"))
         exprs.append(pl.col(ACTION).list.eval(finite_only).list.max().cast(pl.Float64).alias("action_max"))
-    return df.lazy().with_row_index(ROW).select(pl.col(ROW).cast(pl.Int64), *exprs).collect()
+    steps = df.lazy().with_row_index(ROW).select(pl.col(ROW).cast(pl.Int64), *exprs).collect()
+    images = [_image_facts(df, f) for f in feats if f.kind == "image"]
+    return pl.concat([steps, *images], how="horizontal") if images else steps
 
 
 def episode_frame(df: pl.DataFrame) -> pl.DataFrame:
@@ -145,6 +206,18 @@ def episode_frame(df: pl.DataFrame) -> pl.DataFrame:
         .with_columns((pl.col("episode_id").rank("dense") - 1).cast(pl.Int64).alias(EPISODE))
         .collect()
     )
+
+
+def modal_shapes(steps: pl.DataFrame, feats: list[Feature]) -> dict[str, str]:
+    """The most common decoded frame shape (`HxWxC`) of each camera feature across the table."""
+    shapes: dict[str, str] = {}
+    for feature in feats:
+        if feature.kind != "image":
+            continue
+        counts = steps.get_column(feature.frame_column("shape")).drop_nulls().value_counts(sort=True)
+        if counts.height:
+            shapes[feature.column] = str(counts.item(0, 0))
+    return shapes
 
 
 def modal_dims(steps: pl.DataFrame, feats: list[Feature]) -> dict[str, int]:

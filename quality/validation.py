@@ -3,8 +3,9 @@
 The suite covers, per step: required columns and features not null (a null feature is a
 gap in its topic), feature lengths, finite values, action bounds, timestamps increasing,
 control-rate jitter (each time step within a tolerance of 1/rate), contiguous step
-indices 0..T-1 and RLDS markers; per episode: length within [min_steps, max_steps] and one
-instruction. The schema (column names and types) is checked first, table-wide; a
+indices 0..T-1, RLDS markers, and camera frames (each decodes, has the declared size, is not
+black, and has not stayed byte-identical for `frozen_s` seconds); per episode: length within
+[min_steps, max_steps] and one instruction. The schema (column names and types) is checked first, table-wide; a
 mismatch refuses the whole table with a `ValidationError` that lists what to fix.
 
 Every failing row is mapped back to its episode, and each (episode, check, subject) with
@@ -14,8 +15,8 @@ episode_id ends up in exactly one of `accepted` and `rejected` (rows whose episo
 null are rejected with a null episode_id and their source file).
 
 Check names in rejections: not_null, feature_dims, finite_values, action_bounds,
-timestamps_monotonic, control_rate, step_contiguous, rlds_markers, episode_length,
-instruction_constant (and schema, which raises instead).
+timestamps_monotonic, control_rate, step_contiguous, rlds_markers, frame_decodable, frame_size,
+frame_black, frame_frozen, episode_length, instruction_constant (and schema, which raises instead).
 """
 from __future__ import annotations
 
@@ -33,6 +34,11 @@ STAGE = "validation"
 # Allowed deviation of a time step from the control period, as a fraction of that period.
 DEFAULT_RATE_TOLERANCE = 0.2
 MIN_TRANSITION_STEPS = 2  # the shortest episode that still holds one transition
+# A frame darker than this mean grey level (of 255) is black: a covered lens or a dead sensor.
+BLACK_LEVEL = 8.0
+# A camera whose frame has not changed (identical bytes) for this long is frozen: real sensors are noisy,
+# so a live camera never repeats a frame; as-of alignment repeats one only until the next arrives.
+DEFAULT_FROZEN_S = 2.0
 
 
 class ValidationError(ValueError):
@@ -81,6 +87,8 @@ class _Params:
     min_steps: int
     max_steps: int
     dims: dict[str, int]
+    shapes: dict[str, str]  # camera feature -> expected frame shape "HxWxC"
+    frozen_s: float
 
 
 def _step_check(check: str, subject: str, kind: str, column: str, value: pl.Expr | None = None,
@@ -97,6 +105,8 @@ def _build_checks(feats: list[cf.Feature], p: _Params, has_action_bounds: bool) 
     checks.append(_step_check("not_null", "language_instruction", "ExpectColumnValuesToNotBeNull", "instruction"))
     for f in feats:
         checks.append(_step_check("not_null", f.column, "ExpectColumnValuesToNotBeNull", f.present_column))
+        if f.kind == "image":
+            checks += _frame_checks(f, p)
         if f.kind != "list":
             continue
         if f.column in p.dims:
@@ -141,6 +151,23 @@ def _build_checks(feats: list[cf.Feature], p: _Params, has_action_bounds: bool) 
     return checks
 
 
+def _frame_checks(f: cf.Feature, p: _Params) -> list[_Check]:
+    """A camera's frames decode, have the expected size, are not black and do not freeze."""
+    bright, still = pl.col(f.frame_column("brightness")), pl.col(f.frame_column("still_s"))
+    checks = [_step_check("frame_decodable", f.column, "ExpectColumnValuesToBeInSet", f.frame_column("decodes"),
+                          value_set=[True])]
+    if f.column in p.shapes:
+        checks.append(_step_check("frame_size", f.column, "ExpectColumnValuesToBeInSet", f.frame_column("shape"),
+                                  value_set=[p.shapes[f.column]]))
+    checks += [
+        _step_check("frame_black", f.column, "ExpectColumnValuesToBeBetween", f.frame_column("brightness"),
+                    value=bright, severity=-bright, min_value=BLACK_LEVEL),
+        _step_check("frame_frozen", f.column, "ExpectColumnValuesToBeBetween", f.frame_column("still_s"),
+                    value=still, severity=still, max_value=p.frozen_s),
+    ]
+    return checks
+
+
 def _reason_templates(p: _Params) -> dict[str, Callable[[], pl.Expr]]:
     """Reason sentence per check, built from the aggregated failure columns:
     subject, n_bad, n_steps, first_step, worst_value, worst_step."""
@@ -181,6 +208,20 @@ def _reason_templates(p: _Params) -> dict[str, Callable[[], pl.Expr]]:
             .when(pl.col("n_steps") < p.min_steps)
             .then(pl.lit(f"at least {p.min_steps} are required unless it ends in a fall (is_terminal)"))
             .otherwise(pl.lit(f"at most {p.max_steps} are allowed"))]),
+        "frame_decodable": lambda: pl.concat_str([
+            subject, pl.lit(" frames do not decode as images (corrupt or not JPEG/PNG)"), where]),
+        "frame_size": lambda: pl.concat_str([
+            subject, pl.lit(" frames are not "), subject.replace_strict(p.shapes, default=None, return_dtype=pl.String)
+            .fill_null("?"), pl.lit(" (height x width x channels)"), where,
+            pl.lit("; fix the camera settings or the declared shape in the source mapping")]),
+        "frame_black": lambda: pl.concat_str([
+            subject, pl.lit(f" is black (mean grey level below {fixed_value(BLACK_LEVEL, 0)} of 255)"), where,
+            pl.lit("; darkest "), fixed(v, 1), pl.lit(" at step "), worst_step,
+            pl.lit(": a covered lens or a dead sensor")]),
+        "frame_frozen": lambda: pl.concat_str([
+            subject, pl.lit(f" is frozen (the same frame for more than {fixed_value(p.frozen_s, 1)} s)"), where,
+            pl.lit("; one frame lasts "), fixed(v, 2), pl.lit(" s up to step "), worst_step,
+            pl.lit(": the camera driver stopped updating")]),
         "instruction_constant": lambda: pl.concat_str([
             pl.lit("language_instruction changes within the episode ("), integer(v), pl.lit(" distinct values)")]),
     }
@@ -258,12 +299,16 @@ def _check_schema(df: pl.DataFrame, batch_rows: int) -> dict[str, Any]:
 
 def _params(steps: pl.DataFrame, feats: list[cf.Feature], rate_hz: float,
             action_bounds: tuple[float, float], min_steps: int, max_steps: int,
-            dt_tolerance_s: float | None, feature_dims: dict[str, int] | None) -> _Params:
+            dt_tolerance_s: float | None, feature_dims: dict[str, int] | None,
+            image_shapes: dict[str, tuple[int, int, int]] | None, frozen_s: float) -> _Params:
     dims = cf.modal_dims(steps, feats)
     dims.update(feature_dims or {})
+    shapes = cf.modal_shapes(steps, feats)
+    shapes.update({name: "x".join(map(str, shape)) for name, shape in (image_shapes or {}).items()})
     period = 1.0 / rate_hz
     tol = DEFAULT_RATE_TOLERANCE * period if dt_tolerance_s is None else float(dt_tolerance_s)
-    return _Params(rate_hz, period, tol, float(action_bounds[0]), float(action_bounds[1]), min_steps, max_steps, dims)
+    return _Params(rate_hz, period, tol, float(action_bounds[0]), float(action_bounds[1]), min_steps, max_steps, dims,
+                   shapes, float(frozen_s))
 
 
 def _check_arguments(rate_hz: float, action_bounds: tuple[float, float], min_steps: int, max_steps: int,
@@ -290,6 +335,8 @@ def validate_episodes(
     *,
     dt_tolerance_s: float | None = None,
     feature_dims: dict[str, int] | None = None,
+    image_shapes: dict[str, tuple[int, int, int]] | None = None,
+    frozen_s: float = DEFAULT_FROZEN_S,
     batch_rows: int = DEFAULT_BATCH_ROWS,
 ) -> ValidationReport:
     """Run the validation suite over an episode table and split it into accepted rows and rejections.
@@ -300,6 +347,9 @@ def validate_episodes(
     min_steps, max_steps: allowed episode length in steps.
     feature_dims: expected length per list feature (e.g. {"observation.state": 27}); a
         feature not named here must have the length most common in the table.
+    image_shapes: declared frame shape (height, width, channels) per camera feature (the source
+        mapping's `shape:`); a camera not named here must have the shape most common in the table.
+    frozen_s: a camera whose frame stays byte-identical longer than this (seconds) is frozen.
     batch_rows: rows per pandas batch handed to GX (bounds memory).
 
     Raises ValidationError when the table's schema does not match the canonical one or an
@@ -310,7 +360,8 @@ def validate_episodes(
     feats = cf.features(df)
     steps = cf.step_frame(df, feats)
     episodes = cf.episode_frame(df)
-    p = _params(steps, feats, rate_hz, action_bounds, min_steps, max_steps, dt_tolerance_s, feature_dims)
+    p = _params(steps, feats, rate_hz, action_bounds, min_steps, max_steps, dt_tolerance_s, feature_dims,
+                image_shapes, frozen_s)
     checks = _build_checks(feats, p, has_action_bounds="action_min" in steps.columns)
 
     outcomes: dict[str, ExpectationOutcome] = {}
@@ -363,6 +414,7 @@ def _summary(df: pl.DataFrame, accepted: pl.DataFrame, rejected: pl.DataFrame, c
         "min_steps": p.min_steps,
         "max_steps": p.max_steps,
         "feature_dims": dict(p.dims),
+        "image_shapes": dict(p.shapes),
         "batch_rows": batch_rows,
         "expectations": expectations,
     }

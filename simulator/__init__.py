@@ -11,3 +11,11 @@ sensor noise, drift and stamp jitter), ros_msgs.py (ROS 2 message definitions).
 
     get_embodiment("ant").simulate_fleet(60, out, seed=3, operators="hard", noise="realistic")
 """
+import os as _os
+
+# Headless MuJoCo rendering (simulator.camera): EGL unless the environment chose a backend. Set before
+# anything imports mujoco, which reads it once.
+_os.environ.setdefault("MUJOCO_GL", "egl")
+# Mesa's software rasteriser draws 64x64 frames in the calling thread: its worker threads only add contention,
+# and a process forked while they exist can deadlock.
+_os.environ.setdefault("LP_NUM_THREADS", "0")

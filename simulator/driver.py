@@ -17,10 +17,16 @@ Operator mixes (`operators=`, a name -> share mapping or a preset's name, OPERAT
            move as smoothly as the expert
 Sensor noise (`noise=`, a simulator.noise.SensorNoise or a preset's name of the embodiment, e.g.
 "realistic"; off by default) is described in simulator/noise.py.
+Camera (`camera=True`, the default): each fleet logs a small camera topic rendered by MuJoCo
+(simulator.camera); `camera=False` leaves it out (as does a machine without an OpenGL backend, with a
+warning). `camera_fault_rate` (default 0) plants a frozen or black camera (CAMERA_FAULT_KINDS, taken in
+turn) in that share of the episodes that have no other fault; ground truth records it as
+`camera_fault` and `camera_fault_detail` (null when none).
 """
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -33,7 +39,8 @@ from tqdm import tqdm
 
 from foundations.storage import sha256_file
 
-from .faults import FAULT_KINDS, effective_kind, plant_in_log, truncate_file
+from .camera import CAMERA_SEED
+from .faults import CAMERA_FAULT_KINDS, FAULT_KINDS, effective_kind, plant_camera_fault, plant_in_log, truncate_file
 from .layout import SiteLayout, apply_layout, relative_paths, resolve
 from .mcap_log import NS, EpisodeLog, write_mcap
 from .noise import NOISE_SEED, SensorNoise, jitter_stamps, perturb_pose, resolve_noise
@@ -111,9 +118,16 @@ def operator_mix(operators: Mapping[str, float] | str | None) -> dict[str, float
     return dict(operators)
 
 
+def camera_rng(job: dict) -> np.random.Generator | None:
+    """The camera's own random stream for a job (None when the job logs no camera): the other topics,
+    the layout and the faults draw from theirs exactly as they would without a camera."""
+    return np.random.default_rng([job["seed"], CAMERA_SEED]) if job.get("camera", True) else None
+
+
 def simulate(spec: FleetSpec, n_episodes: int, out_dir: Path, seed: int = 0, fault_rate: float = 0.15,
              episode_steps: int | None = None, operators: Mapping[str, float] | str | None = None, workers: int = 1,
-             layout: SiteLayout | str | None = None, noise: SensorNoise | str | None = None) -> Path:
+             layout: SiteLayout | str | None = None, noise: SensorNoise | str | None = None,
+             camera: bool = True, camera_fault_rate: float = 0.0) -> Path:
     """Simulate `n_episodes` episodes of `spec`'s fleet into `out_dir` (one MCAP file each);
     returns the ground-truth JSONL path.
 
@@ -121,7 +135,8 @@ def simulate(spec: FleetSpec, n_episodes: int, out_dir: Path, seed: int = 0, fau
     expert 30 %, medium 25 %, poor 25 %, random 20 %; "hard", see the module docstring);
     round(fault_rate * n_episodes) files get one planted fault each, the kinds taken in turn.
     `layout` (a SiteLayout or a preset's name) says how the site records the logs; `noise` (a
-    SensorNoise or a preset's name, default none) how noisy its sensors are. The same arguments give
+    SensorNoise or a preset's name, default none) how noisy its sensors are. `camera` logs the fleet's
+    camera; `camera_fault_rate` plants camera faults (module docstring). The same arguments give
     byte-identical files, whatever `workers` is.
     """
     episode_steps = spec.episode_steps if episode_steps is None else int(episode_steps)
@@ -143,6 +158,7 @@ def simulate(spec: FleetSpec, n_episodes: int, out_dir: Path, seed: int = 0, fau
     kinds = rng.permutation(np.resize(np.array(FAULT_KINDS, dtype=object), n_faulty)) if n_faulty else []
     for i, kind in zip(rng.choice(n_episodes, size=n_faulty, replace=False), kinds):
         faults[int(i)] = str(kind)
+    camera_faults = _camera_faults(faults, camera_fault_rate if camera else 0.0, seed)
     base_ns = int((BASE_DATE.timestamp() + 86_400 * (seed % 1000)) * NS)
     starts = start_times(n_episodes, episode_steps / spec.control_hz, base_ns, rng)
     paths = relative_paths(site, robots, [int(k) + 1 for k in robot_pos], starts)
@@ -152,7 +168,8 @@ def simulate(spec: FleetSpec, n_episodes: int, out_dir: Path, seed: int = 0, fau
     jobs = [
         {"i": i, "out_dir": str(out_dir), "file": paths[i], "seed": int(episode_seeds[i]), "skill": skills[i],
          "operator": who[i], "robot_id": robots[i], "joint_order": orders[int(robot_pos[i])], "fault": faults[i],
-         "start_ns": int(starts[i]), "steps": episode_steps, "layout": site, "noise": sensor_noise}
+         "start_ns": int(starts[i]), "steps": episode_steps, "layout": site, "noise": sensor_noise,
+         "camera": camera, "camera_fault": camera_faults[i]}
         for i in range(n_episodes)
     ]
     records: list[dict] = [{}] * n_episodes
@@ -162,7 +179,8 @@ def simulate(spec: FleetSpec, n_episodes: int, out_dir: Path, seed: int = 0, fau
             records[job["i"]] = run_job(spec.episode, job)
     else:
         # Each episode depends only on its own job, so the files match a serial run byte for byte.
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        # spawn, not fork: a GL context (the camera's renderer) does not survive a fork.
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = [pool.submit(run_job, spec.episode, job) for job in jobs]
             for fut in tqdm(as_completed(futures), **bar):
                 rec = fut.result()
@@ -175,14 +193,29 @@ def simulate(spec: FleetSpec, n_episodes: int, out_dir: Path, seed: int = 0, fau
     return truth_path
 
 
+def _camera_faults(faults: list[str | None], rate: float, seed: int) -> list[str | None]:
+    """Camera faults for episodes without another fault (their own random stream: the others stay put)."""
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"camera_fault_rate must lie in [0, 1], got {rate}")
+    free = [i for i, f in enumerate(faults) if f is None]
+    n = min(len(free), int(round(rate * len(faults))))
+    out: list[str | None] = [None] * len(faults)
+    rng = np.random.default_rng([seed, CAMERA_SEED])
+    for k, i in enumerate(sorted(rng.choice(free, size=n, replace=False).tolist()) if n else []):
+        out[i] = CAMERA_FAULT_KINDS[k % len(CAMERA_FAULT_KINDS)]
+    return out
+
+
 def fleet_simulator(spec: FleetSpec) -> Callable[..., Path]:
     """`simulate_fleet` of one embodiment: `simulate` with `spec` bound (see there for the arguments)."""
 
     def simulate_fleet(n_episodes: int, out_dir: Path, seed: int = 0, fault_rate: float = 0.15,
                        episode_steps: int | None = None, operators: Mapping[str, float] | str | None = None,
                        workers: int = 1, layout: SiteLayout | str | None = None,
-                       noise: SensorNoise | str | None = None) -> Path:
-        return simulate(spec, n_episodes, out_dir, seed, fault_rate, episode_steps, operators, workers, layout, noise)
+                       noise: SensorNoise | str | None = None, camera: bool = True,
+                       camera_fault_rate: float = 0.0) -> Path:
+        return simulate(spec, n_episodes, out_dir, seed, fault_rate, episode_steps, operators, workers, layout, noise,
+                        camera, camera_fault_rate)
 
     simulate_fleet.__doc__ = (
         f"Simulate `n_episodes` {spec.name} episodes (default {spec.episode_steps} control steps at "
@@ -209,6 +242,9 @@ def run_job(episode: Callable[[dict, np.random.Generator], tuple[EpisodeLog, dic
         jitter_stamps(log, noise, noise_rng)
     fault = job["fault"] and effective_kind(job["fault"], (log.end_ns - log.start_ns) / NS)
     detail = plant_in_log(log, fault, ep_rng) if fault not in (None, "truncated") else None
+    camera_fault = job.get("camera_fault") if log.camera else None
+    camera_detail = plant_camera_fault(log, camera_fault, np.random.default_rng([job["seed"], CAMERA_SEED, 1])) \
+        if camera_fault else None
 
     out_dir, rel = Path(job["out_dir"]), job["file"]
     final = out_dir / rel
@@ -231,6 +267,8 @@ def run_job(episode: Callable[[dict, np.random.Generator], tuple[EpisodeLog, dic
         **facts,  # measure, n_steps, fell, progress, env_return, and the embodiment's own facts
         "fault": fault,
         "fault_detail": detail,
+        "camera_fault": camera_fault,
+        "camera_fault_detail": camera_detail,
         "seed": job["seed"],
         "start_time_ns": job["start_ns"],
         **placed,

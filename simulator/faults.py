@@ -9,6 +9,10 @@ truncated    the written file is cut to a fraction of its bytes (as by a full di
 wrong_topic  the JointState topic recorded under a misspelt name (its last letter dropped:
              /joint_states becomes /joint_state)
 
+Camera faults (planted only when asked, simulator.driver `camera_fault_rate`, in episodes without another fault):
+camera_frozen  the camera driver hangs: from 30-60 % of the episode on, it republishes its last frame
+camera_black   the sensor goes dark (a covered lens, a dead sensor): from 30-60 % on, frames are black noise
+
 Faults find their topics by role (EpisodeLog.joints, .states), so they work for every fleet and
 site layout. Falls are not faults: they are real outcomes of the physics.
 """
@@ -19,9 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .camera import black_like
 from .mcap_log import NS, EpisodeLog
 
 FAULT_KINDS = ("nan", "dropped", "time_jump", "truncated", "wrong_topic")
+CAMERA_FAULT_KINDS = ("camera_frozen", "camera_black")
 # Faults placed inside the episode need room around them; shorter episodes (early
 # falls) get a truncation instead.
 MIN_SECONDS_FOR_MID_EPISODE = 2.0
@@ -75,6 +81,21 @@ def plant_in_log(log: EpisodeLog, kind: str, rng: np.random.Generator) -> str:
         log.rename(right, right[:-1])
         return f"{right} recorded as {right[:-1]}"
     raise ValueError(f"fault {kind!r} is not planted in messages")
+
+
+def plant_camera_fault(log: EpisodeLog, kind: str, rng: np.random.Generator) -> str:
+    """A frozen or black camera (CAMERA_FAULT_KINDS) on `log.camera`, in place; returns a readable description."""
+    cam = log.topic(log.camera or "")
+    frames = cam.payload["data"]
+    first = int(rng.uniform(0.3, 0.6) * len(frames))
+    at_s = (int(cam.stamp[first]) - log.start_ns) / NS
+    if kind == "camera_frozen":
+        frames[first:] = [frames[first]] * (len(frames) - first)
+        return f"{log.camera} repeats the frame of {at_s:.2f} s for its last {len(frames) - first} frames"
+    if kind == "camera_black":
+        frames[first:] = [black_like(frames[0], rng) for _ in range(len(frames) - first)]
+        return f"{log.camera} black from {at_s:.2f} s ({len(frames) - first} frames)"
+    raise ValueError(f"unknown camera fault {kind!r}; known: {list(CAMERA_FAULT_KINDS)}")
 
 
 def truncate_file(path: Path, rng: np.random.Generator) -> str:

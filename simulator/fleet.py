@@ -71,7 +71,7 @@ def ant_episode(job: dict, rng: np.random.Generator) -> tuple[EpisodeLog, dict]:
     ep = simulate_episode(operator_policy(job["operator"], skill, ep_seed), skill, ep_seed, job["steps"])
     facts = {"measure": SKILLS[skill]["measure"], "n_steps": ep.n_steps, "fell": bool(ep.fell),
              "progress": round(ep.progress, 6), "env_return": round(ep.env_return, 6)}
-    return build_log(ep, skill, job["start_ns"], rng), facts
+    return build_log(ep, skill, job["start_ns"], rng, driver.camera_rng(job)), facts
 
 
 SPEC = driver.FleetSpec(name="ant", skills=SKILLS, robots=ROBOTS, control_hz=CONTROL_HZ, episode_steps=EPISODE_STEPS,

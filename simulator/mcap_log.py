@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 from mcap_ros2.writer import Writer
 
-from .ros_msgs import FLOAT64_MULTI_ARRAY, JOINT_STATE, ODOMETRY, POSE_STAMPED, STRING, TWIST_STAMPED, msgdef
+from .ros_msgs import (COMPRESSED_IMAGE, FLOAT64_MULTI_ARRAY, IMAGE, JOINT_STATE, ODOMETRY, POSE_STAMPED, STRING,
+                       TWIST_STAMPED, msgdef)
 
 NS = 1_000_000_000
 POSE_COVARIANCE = list(np.diag([1e-3, 1e-3, 1e-3, 1e-2, 1e-2, 1e-2]).ravel())
@@ -26,7 +27,8 @@ class Topic:
 
     Payload keys by type: JointState position/velocity/effort (columns in `joint_names` order);
     Odometry position, orientation_wxyz, linear, angular; PoseStamped position, orientation_wxyz;
-    TwistStamped linear, angular; Float64MultiArray and String data.
+    TwistStamped linear, angular; Float64MultiArray and String data; CompressedImage data (encoded
+    frames, bytes) and format; Image pixels (uint8 arrays, height x width x 3, written as rgb8).
     """
 
     name: str
@@ -71,6 +73,7 @@ class EpisodeLog:
     joints: str
     states: tuple[str, ...]
     pose: str | None = None  # the measured pose the skills' progress is read from (sensor noise applies here)
+    camera: str | None = None  # the camera topic, when the fleet logs one (camera faults apply here)
 
     def topic(self, name: str) -> Topic:
         return self.topics[name]
@@ -85,6 +88,7 @@ class EpisodeLog:
         self.command, self.joints = swap.get(self.command, self.command), swap.get(self.joints, self.joints)
         self.states = tuple(swap.get(s, s) for s in self.states)
         self.pose = swap.get(self.pose, self.pose) if self.pose else self.pose
+        self.camera = swap.get(self.camera, self.camera) if self.camera else self.camera
 
 
 def jittered(rng: np.random.Generator, stamp: np.ndarray, publish_after: tuple[float, float],
@@ -126,6 +130,13 @@ def _message(topic: Topic, i: int) -> dict:
         return {"header": _header(stamp, topic.frame_id), "pose": _pose(p, i)}
     if topic.ros_type == TWIST_STAMPED:
         return {"header": _header(stamp, topic.frame_id), "twist": _twist(p, i)}
+    if topic.ros_type == COMPRESSED_IMAGE:
+        return {"header": _header(stamp, topic.frame_id), "format": str(p["format"][i]), "data": p["data"][i]}
+    if topic.ros_type == IMAGE:
+        pixels = p["pixels"][i]
+        height, width, channels = pixels.shape
+        return {"header": _header(stamp, topic.frame_id), "height": height, "width": width, "encoding": "rgb8",
+                "is_bigendian": 0, "step": width * channels, "data": pixels.tobytes()}
     if topic.ros_type == FLOAT64_MULTI_ARRAY:
         row = p["data"][i].tolist()
         return {"layout": {"dim": [{"label": "joints", "size": len(row), "stride": len(row)}], "data_offset": 0},

@@ -31,6 +31,10 @@ _DEFS = {
     ),
     "std_msgs/Float64MultiArray": "MultiArrayLayout  layout\nfloat64[]         data",
     "std_msgs/String": "string data",
+    "sensor_msgs/CompressedImage": "std_msgs/Header header\nstring format\nuint8[] data",
+    "sensor_msgs/Image": (
+        "std_msgs/Header header\nuint32 height\nuint32 width\nstring encoding\nuint8 is_bigendian\nuint32 step\nuint8[] data"
+    ),
 }
 
 # Nested types of each top-level type, in the order rosbag2 lists them (depth first).
@@ -56,6 +60,8 @@ _NESTED = {
     ],
     "std_msgs/Float64MultiArray": ["std_msgs/MultiArrayLayout", "std_msgs/MultiArrayDimension"],
     "std_msgs/String": [],
+    "sensor_msgs/CompressedImage": ["std_msgs/Header", "builtin_interfaces/Time"],
+    "sensor_msgs/Image": ["std_msgs/Header", "builtin_interfaces/Time"],
 }
 
 
@@ -73,3 +79,5 @@ POSE_STAMPED = "geometry_msgs/msg/PoseStamped"
 TWIST_STAMPED = "geometry_msgs/msg/TwistStamped"
 FLOAT64_MULTI_ARRAY = "std_msgs/msg/Float64MultiArray"
 STRING = "std_msgs/msg/String"
+COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
+IMAGE = "sensor_msgs/msg/Image"

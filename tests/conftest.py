@@ -1,9 +1,15 @@
 """Shared fixtures: every test gets its own data root, never the developer's `.robocurate/`."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# Headless MuJoCo rendering for the simulated cameras: mujoco reads MUJOCO_GL once, when first imported, and a
+# test module may import it before the simulator package (which sets the same default).
+os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ.setdefault("LP_NUM_THREADS", "0")
 
 
 @pytest.fixture(autouse=True)

@@ -9,12 +9,15 @@ streams that start and stop at different times, joints listed in another order.
 """
 from __future__ import annotations
 
+import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from mcap_ros2.writer import Writer
+from PIL import Image
 
 from simulator.ros_msgs import SEPARATOR, msgdef
 
@@ -22,7 +25,7 @@ from simulator.ros_msgs import SEPARATOR, msgdef
 MSGDEFS = {
     name: msgdef(name)
     for name in ("sensor_msgs/msg/JointState", "nav_msgs/msg/Odometry", "std_msgs/msg/Float64MultiArray",
-                 "std_msgs/msg/String")
+                 "std_msgs/msg/String", "sensor_msgs/msg/CompressedImage", "sensor_msgs/msg/Image")
 }
 POSE_STAMPED = "geometry_msgs/msg/PoseStamped"
 MSGDEFS[POSE_STAMPED] = "\n".join([
@@ -53,6 +56,23 @@ def action_values(t_ns: int) -> list[float]:
     return [math.sin(base + j) for j in range(8)]
 
 
+CAMERA_TOPICS = {"compressed": "/camera/front/compressed", "raw": "/camera/front/image_raw"}
+CAMERA_PERIOD_MS = 250  # 4 Hz, like the simulated fleets' cameras
+
+
+def camera_pixels(k: int, t_ns: int) -> np.ndarray:
+    """Frame k of the test camera: 64x64 RGB, a grey level that changes per frame plus fixed noise (never black)."""
+    level = 64 + (k * 37) % 128
+    noise = np.random.default_rng(k).integers(-3, 4, size=(64, 64, 3))
+    return np.clip(level + noise, 0, 255).astype(np.uint8)
+
+
+def encode_frame(pixels: np.ndarray, fmt: str = "JPEG") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format=fmt)
+    return buf.getvalue()
+
+
 def header(t_ns: int) -> dict:
     return {"stamp": {"sec": t_ns // 10**9, "nanosec": t_ns % 10**9}, "frame_id": "odom"}
 
@@ -75,6 +95,7 @@ class FleetLog:
     times: dict[str, list[int]] = field(default_factory=dict)
     log_times: dict[str, list[int]] = field(default_factory=dict)
     episode_steps: list[list[int]] = field(default_factory=list)
+    frames: list[bytes] = field(default_factory=list)  # camera payloads (JPEG bytes or raw pixels), in time order
 
 
 def write_fleet_log(
@@ -99,8 +120,11 @@ def write_fleet_log(
     pose_topic: str | None = None,  # also write the odom pose as geometry_msgs/PoseStamped under this name
     pose_hz: int = 50,  # ... at this rate (a divisor of 50)
     unset_stamps: tuple[str, ...] = (),  # topics whose publisher leaves header.stamp at zero
+    camera: str | None = "compressed",  # "compressed" (JPEG CompressedImage), "raw" (rgb8 Image) or None
+    pixels: Callable[[int, int], np.ndarray] = camera_pixels,  # frame k at time t (ns) -> HxWx3 uint8
 ) -> FleetLog:
-    """Write a fleet-like log: 100 Hz joints (3 ms phase), 50 Hz odom (5 ms phase), 20 Hz commands.
+    """Write a fleet-like log: 100 Hz joints (3 ms phase), 50 Hz odom (5 ms phase), 20 Hz commands,
+    a 4 Hz camera (7 ms phase; `camera`, its frames from `pixels`, logged in `FleetLog.frames`).
 
     Topic options are keyed by the original topic names (before `rename`).
     """
@@ -158,6 +182,19 @@ def write_fleet_log(
                 "twist": {"twist": {"linear": {"x": 1.0, "y": 2.0, "z": 3.0}, "angular": {"x": 4.0, "y": 5.0, "z": 6.0}},
                           "covariance": [0.0] * 36},
             })
+        for k, t_ns in enumerate(range(T0 - CAMERA_PERIOD_MS * MS + 7 * MS, t_end, CAMERA_PERIOD_MS * MS)):
+            if camera is None:
+                break
+            img = pixels(k, t_ns)
+            if camera == "raw":
+                h, w, c = img.shape
+                msg = {"header": header(t_ns), "height": h, "width": w, "encoding": "rgb8", "is_bigendian": 0,
+                       "step": w * c, "data": img.tobytes()}
+                add(t_ns, CAMERA_TOPICS["raw"], "sensor_msgs/msg/Image", msg)
+            else:
+                msg = {"header": header(t_ns), "format": "jpeg", "data": encode_frame(img)}
+                add(t_ns, CAMERA_TOPICS["compressed"], "sensor_msgs/msg/CompressedImage", msg)
+            out.frames.append(msg["data"])
         for ep, start in zip(episodes, ep_starts):
             n_steps = int(round(ep.duration_s * 20))
             steps = [start + i * 50 * MS for i in range(n_steps)]

@@ -20,7 +20,7 @@ from foundations.schema import POLARS_SCHEMA, QUARANTINE_SCHEMA, episode_id
 from foundations.storage import sha256_file
 
 MAPPING_PATH = config_dir() / "sources" / "ant_fleet_ros2.yaml"
-EXPECTED_SCHEMA = dict(POLARS_SCHEMA) | {"observation.pose": pl.List(pl.Float32)}
+EXPECTED_SCHEMA = dict(POLARS_SCHEMA) | {"observation.pose": pl.List(pl.Float32), "observation.images.front": pl.Binary}
 
 
 @pytest.fixture(scope="module")
@@ -40,14 +40,15 @@ def test_real_mapping_loads(mapping):
     assert mapping.feature_width("observation.state") == 27  # Ant-v5: qpos[2:] (13) + qvel (14)
     assert mapping.feature_width("action") == 8
     assert mapping.feature_width("observation.pose") == 3
-    assert mapping.extra_features == ["observation.pose"]
-    assert mapping.required_topics == ["/cmd_joint", "/odom", "/joint_states", "/instruction"]
+    assert mapping.extra_features == ["observation.pose", "observation.images.front"]
+    assert mapping.image_shapes == {"observation.images.front": (64, 64, 3)}
+    assert mapping.required_topics == ["/cmd_joint", "/odom", "/joint_states", "/camera/front/compressed", "/instruction"]
     assert mapping.episode_markers.terminal == "fall_detected"
     assert mapping.reward is None
     assert mapping.robot == "ant" and mapping.profile.name == "ant"
     assert mapping.profile.skills["turn right"].target == -3.0
     assert mapping.action_bounds == (-1.0, 1.0) == mapping.profile.action_bounds
-    assert mapping.clock == "log_time" and mapping.streams == {}
+    assert mapping.clock == "log_time" and set(mapping.streams) == {"/camera/front/compressed"}
     assert mapping.feature_names("observation.state")[5] == "/joint_states.position[hip_1]"
     expected = hashlib.sha256(MAPPING_PATH.read_bytes() + b"\0" + (config_dir() / "robots" / "ant.yaml").read_bytes())
     assert load_mapping(MAPPING_PATH).fingerprint == mapping.fingerprint == expected.hexdigest()
@@ -205,7 +206,7 @@ def test_missing_topic_names_topic_and_lists_found(tmp_path, mapping):
     assert result.episodes.height == 0
     row = only(result, "missing_topic")
     assert row["reason"] == (
-        "required topic /joint_states not in file (found: /cmd_joint, /events, /instruction, /joint_state, /odom); "
+        "required topic /joint_states not in file (found: /camera/front/compressed, /cmd_joint, /events, /instruction, /joint_state, /odom); "
         "fix the recording or map the topic in datasets/sources/ant_fleet_ros2.yaml"
     )
 

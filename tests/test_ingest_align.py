@@ -241,7 +241,7 @@ def test_slow_stream_gets_its_own_tolerance(tmp_path):
             {"topic": "/base_pose", "field": "pose.position", "components": ["x", "y"]},
             {"topic": "/base_pose", "field": "pose.orientation", "transform": "yaw_from_quaternion"}]
         if tolerance is not None:
-            d["streams"] = {"/base_pose": {"tolerance_s": tolerance}}
+            d.setdefault("streams", {})["/base_pose"] = {"tolerance_s": tolerance}
 
     log = write_fleet_log(tmp_path / "slow.mcap", [Episode(2.0)], pose_topic="/base_pose", pose_hz=10)
     assert np.diff(log.times["/base_pose"]).tolist() == [100 * MS] * (len(log.times["/base_pose"]) - 1)

@@ -30,6 +30,7 @@ TYPES = {
     "/arm/cmd": "std_msgs/msg/Float64MultiArray",
     "/arm/instruction": "std_msgs/msg/String",
     "/arm/events": "std_msgs/msg/String",
+    "/arm/camera/compressed": "sensor_msgs/msg/CompressedImage",
 }
 
 

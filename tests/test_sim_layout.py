@@ -26,6 +26,7 @@ TYPES = {
     "/ant_b/motor_cmd": "std_msgs/msg/Float64MultiArray",
     "/ant_b/task": "std_msgs/msg/String",
     "/ant_b/episode": "std_msgs/msg/String",
+    "/camera/front/compressed": "sensor_msgs/msg/CompressedImage",  # the fleet's camera, under its own name
 }
 STATES = ("/ant_b/joints", "/ant_b/base/pose", "/ant_b/base/twist")
 

@@ -19,6 +19,7 @@ import polars as pl
 from foundations.geometry import yaw_from_quaternion
 from foundations.ingest.mapping import HEADER_STAMP, FieldSpec, SourceMapping
 from foundations.ingest.mcap_source import LOG_TIME, McapLog
+from foundations.ingest.raw_image import png_column
 from foundations.schema import POLARS_SCHEMA, QUARANTINE_SCHEMA, episode_id
 
 TIME = "__time"  # ns on the topic's clock (log time or header stamp); frames are sorted by it
@@ -164,6 +165,11 @@ def _feature(pieces: tuple[FieldSpec, ...]) -> pl.Expr:
     return pl.when(present).then(values).otherwise(None)
 
 
+def _image(p: FieldSpec) -> pl.Expr:
+    """A camera feature: the encoded frame in force at the step (binary); null when its topic had none in tolerance."""
+    return pl.when(pl.col(_seen(p.topic)).is_not_null()).then(pl.col(_col(p.topic, p.frame_column))).otherwise(None)
+
+
 def _align_topics(steps: pl.DataFrame, log: McapLog, mapping: SourceMapping) -> pl.DataFrame:
     """As-of join every feature/reward topic onto the control steps, each within its stream's tolerance."""
     for topic in _streams(mapping):
@@ -245,7 +251,14 @@ def prepare_log(log: McapLog, mapping: SourceMapping) -> list[tuple[str, str]]:
     for pieces in mapping.features.values():
         for p in pieces:
             frame = log.frames[p.topic]
-            if p.size is not None:
+            if p.image == "raw":
+                pngs, problem = png_column(frame, p.raw_paths, p.field)
+                if problem is not None:
+                    problems.append(("image_encoding", (
+                        f"{p.topic}: {problem}; fix the recording, or map the topic's CompressedImage in {mapping.file_hint}")))
+                # The raw pixels are dropped here: only the PNG is aligned (far fewer bytes to join).
+                log.frames[p.topic] = frame.drop(p.field, *p.raw_paths.values()).with_columns(pngs.alias(p.frame_column))
+            elif p.size is not None:
                 problems += _length_problems(frame, p.topic, p.field, pl.lit(p.size), str(p.size), mapping)
             elif p.names is not None:
                 names_problems = _names_problems(frame, p, mapping)
@@ -431,7 +444,9 @@ def build_episodes(log: McapLog, mapping: SourceMapping, lineage: Lineage) -> tu
         "source_file": pl.lit(lineage.source_file),
         "source_sha256": pl.lit(lineage.source_sha256),
     }
-    extras = {name: _feature(mapping.features[name]) for name in mapping.extra_features}
+    images = mapping.image_features
+    extras = {name: _image(images[name]) if name in images else _feature(mapping.features[name])
+              for name in mapping.extra_features}
     out = steps.select(
         *[expr.cast(POLARS_SCHEMA[name]).alias(name) for name, expr in columns.items()],
         *[expr.alias(name) for name, expr in extras.items()],

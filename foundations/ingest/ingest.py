@@ -55,7 +55,8 @@ class IngestResult:
 
 def empty_result(mapping: SourceMapping) -> IngestResult:
     """An empty result with the exact columns `ingest_file` produces for `mapping`."""
-    schema = dict(POLARS_SCHEMA) | {name: pl.List(pl.Float32) for name in mapping.extra_features}
+    images = mapping.image_features
+    schema = dict(POLARS_SCHEMA) | {name: pl.Binary if name in images else pl.List(pl.Float32) for name in mapping.extra_features}
     return IngestResult(pl.DataFrame(schema=schema), pl.DataFrame(schema=QUARANTINE_SCHEMA), pl.DataFrame(schema=TRIMS_SCHEMA))
 
 

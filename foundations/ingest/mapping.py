@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat
 from foundations.catalog import config_error, config_path, list_configs
 from foundations.ingest.formats import DEFAULT_GLOBS, FORMATS, READER_MARKED
 from foundations.profile import ProfileError, RobotProfile, Slice, load_profile
-from foundations.schema import ACTION, STATE
+from foundations.schema import ACTION, IMAGE_PREFIX, STATE
 
 # Transforms a field spec may name: each reads these sub-fields of the field and yields one value.
 TRANSFORMS = {"yaw_from_quaternion": ("w", "x", "y", "z")}
@@ -27,6 +27,8 @@ HEADER_STAMP = ("header.stamp.sec", "header.stamp.nanosec")  # ROS 2 std_msgs/He
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Dotted attribute path whose parts may index arrays: pose.covariance[0], markers[2].pose.position
 _PATH = re.compile(r"^[A-Za-z_]\w*(\[\d+\])*(\.[A-Za-z_]\w*(\[\d+\])*)*$")
+# sensor_msgs/Image fields read beside `data` (a raw frame is encoded to PNG at ingest)
+RAW_IMAGE_FIELDS = ("height", "width", "encoding", "step")
 # Keys that moved to the robot profile, and what they became there.
 _MOVED = {"bounds": "action_bounds: [low, high]", "skills": "skills: {<instruction>: {measure, target}}"}
 
@@ -63,6 +65,10 @@ class FieldSpec(_Strict):
     transform: Literal["yaw_from_quaternion"] | None = None  # a name in TRANSFORMS
     names: tuple[str, ...] | None = None  # pick array elements by the names in a parallel string array
     name_field: str | None = None  # that string array (default `name`, as in sensor_msgs/JointState)
+    # A camera frame: `compressed` (sensor_msgs/CompressedImage: `field` holds JPEG/PNG bytes, kept as they are)
+    # or `raw` (sensor_msgs/Image: `field` is the pixel data beside height, width, encoding, step; encoded to PNG).
+    image: Literal["raw", "compressed"] | None = None
+    shape: tuple[PositiveInt, PositiveInt, PositiveInt] | None = None  # declared frame [height, width, channels]
 
     topic_ok = field_validator("topic")(_check_topic)
     paths_ok = field_validator("field", "name_field")(_check_path)
@@ -93,7 +99,24 @@ class FieldSpec(_Strict):
             raise ValueError(f"use at most one of size, components, transform, names (got {', '.join(given)})")
         if self.name_field is not None and self.names is None:
             raise ValueError("name_field only goes with names: [...]")
+        if self.image is not None and given:
+            raise ValueError(f"an image field takes none of size, components, transform, names (got {', '.join(given)})")
+        if self.shape is not None and self.image is None:
+            raise ValueError("shape: [height, width, channels] only goes with image: raw or image: compressed")
+        if self.shape is not None and self.shape[2] not in (1, 3, 4):
+            raise ValueError(f"shape: channels must be 1 (mono), 3 (RGB) or 4 (RGBA), got {self.shape[2]}")
         return self
+
+    @property
+    def raw_paths(self) -> dict[str, str]:
+        """With `image: raw`: the sensor_msgs/Image fields beside `field` (height, width, encoding, step) by name."""
+        parent = self.field.rpartition(".")[0]
+        return {f: f"{parent}.{f}" if parent else f for f in RAW_IMAGE_FIELDS}
+
+    @property
+    def frame_column(self) -> str:
+        """Column of the topic's frame holding each message's encoded frame (a raw frame's PNG is built at alignment)."""
+        return f"{self.field}<png>" if self.image == "raw" else self.field
 
     @property
     def width(self) -> int:
@@ -273,6 +296,12 @@ class SourceMapping(_Strict):
                 raise ValueError(f"feature {name!r}: names are '{ACTION}' or 'observation.<name>'")
             if not pieces:
                 raise ValueError(f"feature {name!r}: give a non-empty list of field specs like {{topic: /odom, field: pose.pose.position.z}}")
+            images = [p.image is not None for p in pieces]
+            if name.startswith(IMAGE_PREFIX) and (len(pieces) != 1 or not images[0]):
+                raise ValueError(f"feature {name!r}: a camera feature is one field spec with image: raw or compressed, "
+                                 "like [{topic: /camera/compressed, field: data, image: compressed}]")
+            if any(images) and not name.startswith(IMAGE_PREFIX):
+                raise ValueError(f"feature {name!r}: image fields go in features named '{IMAGE_PREFIX}<camera>'")
         return v
 
     @property
@@ -294,6 +323,20 @@ class SourceMapping(_Strict):
     def extra_features(self) -> list[str]:
         """Features beyond the canonical `action` and `observation.state`, in mapping order."""
         return [n for n in self.features if n not in (ACTION, STATE)]
+
+    @property
+    def image_features(self) -> dict[str, FieldSpec]:
+        """Camera features (`observation.images.<camera>`) and their one field spec each, in mapping order."""
+        return {n: pieces[0] for n, pieces in self.features.items() if pieces[0].image is not None}
+
+    def without_images(self) -> "SourceMapping":
+        """This mapping with its camera features left out (for logs recorded without the cameras)."""
+        return self.model_copy(update={"features": {n: p for n, p in self.features.items() if n not in self.image_features}})
+
+    @property
+    def image_shapes(self) -> dict[str, tuple[int, int, int]]:
+        """Declared frame shapes [height, width, channels] of the camera features that declare one."""
+        return {n: p.shape for n, p in self.image_features.items() if p.shape is not None}
 
     @property
     def aligned_topics(self) -> list[str]:
@@ -333,7 +376,9 @@ class SourceMapping(_Strict):
         return sum(p.width for p in self.features[name])
 
     def feature_names(self, name: str) -> list[str]:
-        """Names of each dimension of a feature, in order."""
+        """Names of each dimension of a feature, in order (a camera's are height, width, channel)."""
+        if name in self.image_features:
+            return ["height", "width", "channel"]
         return [n for p in self.features[name] for n in p.dim_names()]
 
 

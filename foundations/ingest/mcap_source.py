@@ -55,7 +55,7 @@ class Column:
     """One column read from a topic: a field path and its kind."""
 
     path: str
-    kind: str  # "float" (a number), "int" (an integer, e.g. a stamp), "list" (numbers), "text", "strings"
+    kind: str  # "float" (a number), "int" (an integer, e.g. a stamp), "list" (numbers), "text", "strings", "bytes"
     optional: bool = False  # absent from the messages: left out instead of a mismatch (header clock fallback)
 
 
@@ -66,6 +66,9 @@ _KINDS = {  # kind -> (test of a decoded value, what the mapping expected, polar
     "text": (lambda v: isinstance(v, str), "a string", pl.String),
     "strings": (lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v), "an array of strings",
                 pl.List(pl.String)),
+    # uint8[] (an image's data): bytes as decoded, or a numpy uint8 array
+    "bytes": (lambda v: isinstance(v, (bytes, bytearray, memoryview)) or getattr(v, "dtype", None) == np.uint8,
+              "a byte array (uint8[])", pl.Binary),
 }
 _STEP = re.compile(r"([A-Za-z_]\w*)|\[(\d+)\]")
 _ROW = "__row"  # a message's place in its topic, in file order
@@ -98,7 +101,12 @@ def topic_columns(mapping: SourceMapping) -> dict[str, list[Column]]:
                 add(topic, path, "int", optional=not strict)
     for pieces in mapping.features.values():
         for p in pieces:
-            if p.is_list:
+            if p.image is not None:
+                add(p.topic, p.field, "bytes")
+                if p.image == "raw":
+                    for field, path in p.raw_paths.items():
+                        add(p.topic, path, "text" if field == "encoding" else "int")
+            elif p.is_list:
                 add(p.topic, p.field, "list")
                 if p.names is not None:
                     add(p.topic, p.names_from, "strings")
@@ -205,6 +213,8 @@ class _TopicSink:
         for col, vals in zip(self.columns, values):
             if col.kind == "list":
                 data[col.path] = _list_series(col.path, vals)
+            elif col.kind == "bytes":
+                data[col.path] = pl.Series(col.path, [None if v is None else bytes(v) for v in vals], dtype=pl.Binary)
             else:
                 data[col.path] = pl.Series(col.path, vals, dtype=_KINDS[col.kind][2], strict=False)
         return pl.DataFrame(data)

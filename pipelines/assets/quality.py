@@ -21,6 +21,7 @@ from pipelines.metadata import md_table, png_metadata
 from pipelines.partitions import landing_batches
 from pipelines.resources import DataRoot
 from quality.conservation import account_for_files, landed_files
+from quality.thumbnails import camera_columns, thumbnail_strips_png
 from quality.scores import TRIM_COLUMNS, lowest_scores, score_episodes, score_histogram_png
 from quality.validation import check_accepted, validate_episodes
 
@@ -55,6 +56,7 @@ def validate_batch(context: dg.AssetExecutionContext, config: ValidationConfig, 
         action_bounds=mapping.action_bounds,
         min_steps=config.min_steps,
         max_steps=config.max_steps,
+        image_shapes=mapping.image_shapes,
     )
     file_rejects = storage.read_partition("ingest_quarantine", batch)
     quarantined = pl.concat(
@@ -70,6 +72,7 @@ def validate_batch(context: dg.AssetExecutionContext, config: ValidationConfig, 
     context.log.info(f"batch {batch} staged: {counts}")
     return dg.MaterializeResult(
         metadata={
+            **_camera_strips(table, report.rejected, batch),
             **{f"episodes_{k}": v for k, v in counts.items()},
             "dagster/row_count": len(report.accepted),
             "expectations": md_table(pl.DataFrame(report.summary["expectations"])),
@@ -80,6 +83,18 @@ def validate_batch(context: dg.AssetExecutionContext, config: ValidationConfig, 
                 {t: storage.sha256_file(storage.partition_path(storage.staged(t), batch)) for t in GATED}),
         }
     )
+
+
+def _camera_strips(table: pl.DataFrame, rejected: pl.DataFrame, batch: str) -> dict[str, dg.MetadataValue]:
+    """A strip of thumbnails per episode for each camera, quarantined episodes first with their first check."""
+    outcomes = dict(rejected.drop_nulls("episode_id").group_by("episode_id", maintain_order=True)
+                    .agg(pl.col("check").first()).iter_rows())
+    metadata: dict[str, dg.MetadataValue] = {}
+    for column in camera_columns(table):
+        png = thumbnail_strips_png(table, column, outcomes)
+        if png is not None:
+            metadata |= png_metadata(png, f"{column.removeprefix('observation.')}_{batch.replace('/', '_')}")
+    return metadata
 
 
 def _staging_params(context: dg.AssetExecutionContext, batch: str) -> dict:
@@ -97,6 +112,7 @@ def expectations_gate(batch: str, accepted: pl.DataFrame, params: dict) -> dg.As
     mapping = load_mapping(landing.split_key(batch)[0])
     passed, details = check_accepted(
         accepted, rate_hz=mapping.control.rate_hz, action_bounds=mapping.action_bounds, **params,
+        image_shapes=mapping.image_shapes,
         allow_empty=True,  # a batch of re-delivered files has nothing new to accept
     )
     failed = [e["name"] for e in details["expectations"] if not e["success"]]

@@ -40,7 +40,7 @@ def arm_episode(job: dict, rng: np.random.Generator) -> tuple[EpisodeLog, dict]:
     facts = {"measure": SKILLS[skill]["measure"], "n_steps": ep.n_steps, "fell": False,
              "progress": round(ep.progress, 6), "env_return": round(ep.env_return, 6),
              "target_xy": [round(float(v), 6) for v in ep.target]}
-    return build_log(ep, skill, job["start_ns"], rng), facts
+    return build_log(ep, skill, job["start_ns"], rng, driver.camera_rng(job)), facts
 
 
 SPEC = driver.FleetSpec(name="arm", skills=SKILLS, robots=ROBOTS, control_hz=CONTROL_HZ, episode_steps=EPISODE_STEPS,

@@ -7,6 +7,8 @@ Topics (see datasets/sources/arm_fleet_ros2.yaml):
   /arm/cmd           std_msgs/msg/Float64MultiArray    20 Hz  the 2 torque commands in [-1, 1] as applied
   /arm/instruction   std_msgs/msg/String               at the start and every 1 s
   /arm/events        std_msgs/msg/String               episode_start, episode_end
+  /arm/camera/compressed  sensor_msgs/msg/CompressedImage  4 Hz  64x64 JPEG from above the arm's table
+                     (simulator.camera; left out without a GL backend or with camera=False)
 
 Poses are in the arm base's frame ("arm_base", the origin of Reacher's world). At an odd control step
 the newest /arm/ee_pose sample is the one 10 ms before the command's state sample (50 Hz vs 20 Hz).
@@ -15,13 +17,20 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..camera import CameraSpec, add_camera
 from ..mcap_log import NS, EpisodeLog, command_topic, marker_topics, sensor_topic
 from ..ros_msgs import FLOAT64_MULTI_ARRAY, JOINT_STATE, POSE_STAMPED
 from .rollout import Episode
-from .skills import EE_EVERY, GEAR, JOINT_NAMES, PHYSICS_DT, SUBSTEPS, TARGET_EVERY
+from .skills import EE_EVERY, GEAR, JOINT_NAMES, PHYSICS_DT, SUBSTEPS, TARGET_EVERY, make_env
 
 SAMPLE_NS = int(round(PHYSICS_DT * NS))  # 10 ms
 PLANE_Z = 0.01  # height of the arm's plane above the base frame
+CAMERA = CameraSpec("/arm/camera/compressed", distance=0.5, frame_id="top_camera")  # looks straight down
+
+
+def _model() -> tuple:
+    env = make_env(0).unwrapped
+    return env.model, env.data
 
 
 def _poses(xy: np.ndarray, yaw: np.ndarray) -> dict[str, np.ndarray]:
@@ -31,8 +40,10 @@ def _poses(xy: np.ndarray, yaw: np.ndarray) -> dict[str, np.ndarray]:
     return {"position": position, "orientation_wxyz": np.column_stack([np.cos(half), zeros, zeros, np.sin(half)])}
 
 
-def build_log(ep: Episode, instruction: str, start_ns: int, rng: np.random.Generator) -> EpisodeLog:
-    """Lay out every message of `ep` on a timeline starting at `start_ns` (vectorised)."""
+def build_log(ep: Episode, instruction: str, start_ns: int, rng: np.random.Generator,
+              camera_rng: np.random.Generator | None = None) -> EpisodeLog:
+    """Lay out every message of `ep` on a timeline starting at `start_ns` (vectorised); with `camera_rng`,
+    the camera topic too (its own random stream, so the other topics are the same with or without it)."""
     n_samples = len(ep.qpos)
     sample_ns = start_ns + np.arange(n_samples, dtype=np.int64) * SAMPLE_NS
     end_ns = int(sample_ns[-1])
@@ -51,6 +62,9 @@ def build_log(ep: Episode, instruction: str, start_ns: int, rng: np.random.Gener
                           _poses(ep.qpos[tg_idx, 2:4], np.zeros(len(tg_idx))), rng, frame_id="arm_base")
     cmd = command_topic("/arm/cmd", FLOAT64_MULTI_ARRAY, start_ns, SUBSTEPS * SAMPLE_NS, ep.actions, rng)
     instr, ev = marker_topics("/arm/instruction", "/arm/events", instruction, start_ns, end_ns, False, rng)
-    return EpisodeLog({t.name: t for t in (joints, ee, target, cmd, instr, ev)}, start_ns, end_ns,
-                      command="/arm/cmd", joints="/arm/joint_states",
-                      states=("/arm/joint_states", "/arm/ee_pose", "/arm/target"), pose="/arm/ee_pose")
+    log = EpisodeLog({t.name: t for t in (joints, ee, target, cmd, instr, ev)}, start_ns, end_ns,
+                     command="/arm/cmd", joints="/arm/joint_states",
+                     states=("/arm/joint_states", "/arm/ee_pose", "/arm/target"), pose="/arm/ee_pose")
+    if camera_rng is not None:
+        add_camera(log, CAMERA, "arm", _model, ep.qpos, sample_ns, camera_rng)
+    return log
