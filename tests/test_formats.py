@@ -49,9 +49,9 @@ def logs(tmp_path_factory) -> dict:
     made["ros1"] = (root / "ros1", load_mapping(variant(BASE, maps, "bags_ros1", "ros1", {})))
     hdf5 = load_mapping(variant(BASE, maps, "demos", "hdf5", HDF5_TOPICS))
     (root / "hdf5").mkdir()
-    robomimic_from_rows(reference.episodes, base, HDF5_TOPICS, root / "hdf5" / "demos.hdf5", masks=MASKS)
+    robomimic_from_rows(reference.episodes, base.without_images(), HDF5_TOPICS, root / "hdf5" / "demos.hdf5", masks=MASKS)
     made["hdf5"] = (root / "hdf5", hdf5)
-    features = list(base.features)
+    features = list(base.without_images().features)
     lerobot_features = {f: [{"topic": f"/{f}", "field": "data", "size": base.feature_width(f)}] for f in features}
     lerobot = load_mapping(variant(BASE, maps, "lerobot_set", "lerobot",
                                    {"/cmd_joint": "/action", "/instruction": "/task", "/events": "/next.done"},

@@ -191,7 +191,7 @@ def _used_columns(mapping: SourceMapping, topic: str) -> set[str]:
     """The decoded columns of `topic` that rows are built from: the rest (name arrays, whole arrays
     already picked by name, header stamps) is not carried through the joins."""
     used = {path for pieces in mapping.features.values() for p in pieces if p.topic == topic
-            for path in ([p.selected] if p.names is not None else p.paths)}
+            for path in ([p.selected] if p.names is not None else [p.frame_column] if p.image else p.paths)}
     if mapping.reward is not None and mapping.reward.topic == topic:
         used.add(mapping.reward.field)
     return used

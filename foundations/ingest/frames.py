@@ -16,7 +16,7 @@ from foundations.ingest.mcap_source import LOG_TIME, Column, FieldMismatch
 
 _DTYPES = {"float": pl.Float64, "int": pl.Int64, "text": pl.String, "strings": pl.List(pl.String)}
 _WANT = {"float": "a number", "int": "an integer", "list": "an array of numbers", "text": "a string",
-         "strings": "an array of strings"}
+         "strings": "an array of strings", "bytes": "bytes (uint8[], e.g. an image's data)"}
 
 
 def is_kind(value: Any, kind: str) -> bool:
@@ -32,6 +32,8 @@ def is_kind(value: Any, kind: str) -> bool:
         return isinstance(value, (list, tuple)) and all(is_kind(x, "float") for x in value)
     if kind == "text":
         return isinstance(value, str)
+    if kind == "bytes":
+        return isinstance(value, (bytes, bytearray, memoryview)) or getattr(value, "dtype", None) == np.uint8
     return isinstance(value, (list, tuple)) and all(isinstance(x, str) for x in value)
 
 
@@ -60,6 +62,8 @@ def topic_frame(times: Sequence[int] | np.ndarray, columns: Sequence[Column], va
     for col, vals in zip(columns, values):
         if col.kind == "list":
             data[col.path] = list_series(col.path, vals)
+        elif col.kind == "bytes":  # an image's data: rosbags gives numpy uint8 arrays
+            data[col.path] = pl.Series(col.path, [None if v is None else bytes(v) for v in vals], dtype=pl.Binary)
         else:
             if isinstance(vals, np.ndarray) and vals.dtype.kind in "OSU":
                 vals = vals.tolist()
