@@ -46,6 +46,9 @@ TRIMS_SCHEMA: dict[str, pl.DataType] = {
     # ends at its last complete control step, is_last without is_terminal (RLDS), and is kept.
     "truncated": pl.Boolean,
     "truncated_reason": pl.String,  # why, and how much of the file was read; null when not truncated
+    # Optional streams (mapping `streams: {<topic>: {optional: true}}`) the file lacked: the episode has
+    # no values for the features they feed. Empty when every stream was there.
+    "absent_streams": pl.List(pl.String),
 }
 
 
@@ -191,7 +194,7 @@ def _used_columns(mapping: SourceMapping, topic: str) -> set[str]:
     """The decoded columns of `topic` that rows are built from: the rest (name arrays, whole arrays
     already picked by name, header stamps) is not carried through the joins."""
     used = {path for pieces in mapping.features.values() for p in pieces if p.topic == topic
-            for path in ([p.selected] if p.names is not None else p.paths)}
+            for path in ([p.selected] if p.names is not None else [p.frame_column] if p.image else p.paths)}
     if mapping.reward is not None and mapping.reward.topic == topic:
         used.add(mapping.reward.field)
     return used
@@ -419,6 +422,7 @@ def build_episodes(log: McapLog, mapping: SourceMapping, lineage: Lineage) -> tu
         pl.when(pl.col("late") > 0).then(pl.col("end_stream")).alias("end_stream"),
         pl.col("truncated"),
         pl.when(pl.col("truncated")).then(pl.lit(log.truncated, dtype=pl.String)).alias("truncated_reason"),
+        pl.lit([], dtype=TRIMS_SCHEMA["absent_streams"]).alias("absent_streams"),  # set by the caller, which knows
     ).cast(TRIMS_SCHEMA)
 
     step = pl.int_range(pl.len(), dtype=pl.Int32).over(_EP)
