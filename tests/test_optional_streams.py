@@ -13,7 +13,7 @@ import yaml
 from mcap_factory import CAMERA_TOPICS, Episode, write_fleet_log
 from foundations.catalog import config_dir
 from foundations.ingest import MappingError, ingest_file, ingest_files, load_mapping
-from foundations.publish import publish
+from foundations.publish import publish, resolve_version
 from foundations.recipes import load_recipe, select_episodes
 from quality.validation import validate_episodes
 
@@ -82,6 +82,11 @@ def test_batch_mixing_files_with_and_without_the_camera_validates_and_publishes(
         FRONT, datasets.Image(decode=False))[FRONT]]})
     assert dict(rows.group_by("src").agg(pl.col("has").all()).rows()) == {"cam.mcap": True, "nocam.mcap": False}
     assert dict(rows.group_by("src").agg(pl.col("has").any()).rows()) == {"cam.mcap": True, "nocam.mcap": False}
+    # The exports carry a camera only where every step has a frame: this one is left out, with the reason.
+    from foundations.export.published import load_published
+
+    vectors, images, left_out = load_published(resolve_version("mixed", "latest")).columns()
+    assert images == [] and "no frame" in left_out[FRONT] and "action" in vectors
 
 
 def _mapping(tmp_path: Path, edit) -> object:
@@ -104,3 +109,26 @@ def test_a_required_camera_is_still_missing_topic(tmp_path):
 def test_only_a_topic_feeding_cameras_alone_may_be_optional(tmp_path):
     with pytest.raises(MappingError, match=r"streams\./odom\.optional.*camera features alone"):
         _mapping(tmp_path, lambda d: d["streams"].update({"/odom": {"optional": True}}))
+
+
+def test_assets_stage_and_promote_a_mixed_batch_and_status_shows_the_absent_camera(tmp_path, instance):
+    import dagster as dg
+
+    from foundations import landing, storage
+    from pipelines.assets.ingest import episodes, raw_log_files
+    from pipelines.assets.quality import promote_validation, validate_batch
+    from pipelines.resources import DataRoot
+    from pipelines.status import file_status
+
+    logs = [write_fleet_log(tmp_path / "cam.mcap", [Episode(1.5)]).path,
+            write_fleet_log(tmp_path / "nocam.mcap", [Episode(1.5)], camera=None).path]
+    key = landing.land(logs, "ant_fleet_ros2")
+    instance.add_dynamic_partitions("landing_batch", [key])
+    run = dg.materialize([raw_log_files, episodes, validate_batch, promote_validation], instance=instance,
+                         partition_key=key, resources={"data_root": DataRoot()})
+    assert run.success
+    accepted = storage.read_partition("validated_episodes", key)
+    frames = accepted.group_by("source_file").agg(pl.col(FRONT).is_null().all().alias("no_camera"))
+    assert dict(frames.rows()) == {"cam.mcap": False, "nocam.mcap": True}
+    shown = {row["file"]: [ep["absent_streams"] for ep in row["episodes"]] for row in file_status().iter_rows(named=True)}
+    assert shown == {"cam.mcap": [[]], "nocam.mcap": [[CAMERA]]}
