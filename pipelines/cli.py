@@ -139,7 +139,8 @@ def _status(args) -> int:
             trim = (f"  (trimmed {ep['trimmed_start_steps']} steps at the start, {ep['trimmed_end_steps']} at the end)"
                     if ep["trimmed_start_steps"] or ep["trimmed_end_steps"] else "")
             labels = f"  labels {', '.join(ep['labels'])}" if ep.get("labels") else ""
-            print(f"    episode {ep['episode_id']}  {ep['steps']} steps  {ep['outcome']}{score}{labels}{trim}")
+            absent = f"  without {', '.join(ep['absent_streams'])}" if ep.get("absent_streams") else ""
+            print(f"    episode {ep['episode_id']}  {ep['steps']} steps  {ep['outcome']}{score}{labels}{trim}{absent}")
             for reason in ep["reasons"]:
                 print(f"      - {reason}")
         for reason in row["reasons"]:

@@ -22,7 +22,8 @@ def _table(name: str, schema: dict) -> pl.DataFrame:
 def file_status() -> pl.DataFrame:
     """One row per landed file: source, landing_batch, file (path in the batch), sha256, outcome,
     duplicate_of, episodes (list of {episode_id, steps, outcome, quality_score, labels, trimmed_start_steps,
-    trimmed_end_steps, reasons}), reasons (file-level). `labels` are the file's own episode labels
+    trimmed_end_steps, absent_streams, reasons}), reasons (file-level). `absent_streams`: the optional streams
+    (cameras) the episode's file lacked. `labels` are the file's own episode labels
     (robomimic mask/ filter keys such as better, okay, worse)."""
     s = pl.String
     raw = _table("raw_log_files", {"source": s, "landing_batch": s, "file": s, "sha256": s, "status": s,
@@ -32,6 +33,8 @@ def file_status() -> pl.DataFrame:
     quarantine = _table("quarantine", {"episode_id": s, "source_sha256": s, "check": s, "reason": s})
     scores = _table("episode_scores", {"episode_id": s, "quality_score": pl.Float64})
     trims = _table("ingest_trims", {"episode_id": s, "trimmed_start_steps": pl.Int32, "trimmed_end_steps": pl.Int32})
+    if "absent_streams" not in trims.columns:  # lakes written before optional streams existed
+        trims = trims.with_columns(pl.lit([], pl.List(pl.String)).alias("absent_streams"))
     labels = _table("ingest_labels", {"episode_id": s, "label": s}).group_by("episode_id").agg(
         pl.col("label").unique().sort().alias("labels"))  # the file's own labels (robomimic masks), beside the score
 
@@ -42,7 +45,7 @@ def file_status() -> pl.DataFrame:
         .join(accepted.select("episode_id").unique().with_columns(pl.lit(True).alias("ok")), on="episode_id", how="left")
         .join(reasons, on="episode_id", how="left")
         .join(scores.select("episode_id", "quality_score"), on="episode_id", how="left")
-        .join(trims.select("episode_id", "trimmed_start_steps", "trimmed_end_steps").unique("episode_id"),
+        .join(trims.select("episode_id", "trimmed_start_steps", "trimmed_end_steps", "absent_streams").unique("episode_id"),
               on="episode_id", how="left")
         .join(labels, on="episode_id", how="left")
         .with_columns(
@@ -50,6 +53,7 @@ def file_status() -> pl.DataFrame:
             .then(pl.lit("quarantined")).otherwise(pl.lit("pending")).alias("outcome"),
             pl.col("reasons").fill_null([]),
             pl.col("labels").fill_null([]),
+            pl.col("absent_streams").fill_null([]),
         )
     )
     # Episodes rejected at ingest (malformed markers, lost chunks) have no rows: they come from the quarantine.
@@ -59,10 +63,11 @@ def file_status() -> pl.DataFrame:
         .group_by("source_sha256", "episode_id").agg(pl.format("{}: {}", "check", "reason").alias("reasons"))
         .with_columns(pl.lit(0, pl.UInt32).alias("steps"), pl.lit("quarantined").alias("outcome"),
                       pl.lit(None, pl.Float64).alias("quality_score"), pl.lit(None, pl.Int32).alias("trimmed_start_steps"),
-                      pl.lit(None, pl.Int32).alias("trimmed_end_steps"), pl.lit([], pl.List(pl.String)).alias("labels"))
+                      pl.lit(None, pl.Int32).alias("trimmed_end_steps"), pl.lit([], pl.List(pl.String)).alias("labels"),
+                      pl.lit([], pl.List(pl.String)).alias("absent_streams"))
     )
     cols = ["source_sha256", "episode_id", "steps", "outcome", "quality_score", "labels", "trimmed_start_steps",
-            "trimmed_end_steps", "reasons"]
+            "trimmed_end_steps", "absent_streams", "reasons"]
     all_eps = pl.concat([per_episode.select(cols), no_rows.select(cols)], how="vertical_relaxed").sort("episode_id")
     by_file = all_eps.group_by("source_sha256").agg(
         pl.struct(*cols[1:]).alias("episodes"),

@@ -92,7 +92,10 @@ def features(df: pl.DataFrame) -> list[Feature]:
 def _feature_columns(feature: Feature) -> list[pl.Expr]:
     col = pl.col(feature.column)
     if feature.kind == "image":
-        return [col.bin.size().alias(feature.present_column)]
+        # An episode with no frame at all had no camera (its file lacked an optional camera stream): size 0
+        # counts as present, so only frames missing beside others fail the not-null check.
+        no_camera = col.is_null().all().over("episode_id")
+        return [pl.when(no_camera).then(0).otherwise(col.bin.size()).alias(feature.present_column)]
     # A null list or a null element both mean the topic had no value at this step.
     has_null = col.list.eval(pl.element().is_null()).list.any()
     dim = pl.when(col.is_null() | has_null).then(None).otherwise(col.list.len())

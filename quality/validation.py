@@ -4,7 +4,8 @@ The suite covers, per step: required columns and features not null (a null featu
 gap in its topic), feature lengths, finite values, action bounds, timestamps increasing,
 control-rate jitter (each time step within a tolerance of 1/rate), contiguous step
 indices 0..T-1, RLDS markers, and camera frames (each decodes, has the declared size, is not
-black, and has not stayed byte-identical for `frozen_s` seconds); per episode: length within
+black, and has not stayed byte-identical for `frozen_s` seconds; an episode with no frame at all had no
+camera, which is not a failure); per episode: length within
 [min_steps, max_steps] and one instruction. The schema (column names and types) is checked first, table-wide; a
 mismatch refuses the whole table with a `ValidationError` that lists what to fix.
 

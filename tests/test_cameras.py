@@ -184,7 +184,8 @@ def test_simulated_fleet_logs_a_camera_and_plants_camera_faults(tmp_path):
 
     plain = tmp_path / "plain"
     simulate_fleet(1, plain, seed=2, fault_rate=0.0, episode_steps=20, camera=False)
-    assert ingest_file(next(plain.glob("*.mcap")), mapping).quarantine["check"].to_list() == ["missing_topic"]
+    plain_result = ingest_file(next(plain.glob("*.mcap")), mapping)  # the camera stream is optional in the mapping
+    assert plain_result.quarantine.is_empty() and "observation.images.top" not in plain_result.episodes.columns
 
 
 def test_without_gl_the_camera_is_left_out_with_one_warning(monkeypatch):

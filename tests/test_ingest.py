@@ -42,7 +42,8 @@ def test_real_mapping_loads(mapping):
     assert mapping.feature_width("observation.pose") == 3
     assert mapping.extra_features == ["observation.pose", "observation.images.front"]
     assert mapping.image_shapes == {"observation.images.front": (64, 64, 3)}
-    assert mapping.required_topics == ["/cmd_joint", "/odom", "/joint_states", "/camera/front/compressed", "/instruction"]
+    assert mapping.required_topics == ["/cmd_joint", "/odom", "/joint_states", "/instruction"]
+    assert mapping.optional_topics == ["/camera/front/compressed"]  # a robot without a camera is still ingested
     assert mapping.episode_markers.terminal == "fall_detected"
     assert mapping.reward is None
     assert mapping.robot == "ant" and mapping.profile.name == "ant"

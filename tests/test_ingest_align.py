@@ -56,7 +56,7 @@ def test_staggered_streams_are_trimmed_and_recorded(tmp_path, mapping):
         "episode_id": episode_id(sha, 0), "source": "ant_fleet_ros2", "source_file": "late.mcap", "source_sha256": sha,
         "trimmed_start_steps": 3, "trimmed_start_s": pytest.approx(0.15), "start_stream": "/odom",  # first /odom at 0.125 s
         "trimmed_end_steps": 5, "trimmed_end_s": pytest.approx(0.25), "end_stream": "/joint_states",  # last at 1.703 s + 30 ms
-        "truncated": False, "truncated_reason": None,
+        "truncated": False, "truncated_reason": None, "absent_streams": [],
     }]
     ep = result.episodes
     kept = np.array(log.episode_steps[0][3:35])

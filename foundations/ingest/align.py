@@ -46,6 +46,9 @@ TRIMS_SCHEMA: dict[str, pl.DataType] = {
     # ends at its last complete control step, is_last without is_terminal (RLDS), and is kept.
     "truncated": pl.Boolean,
     "truncated_reason": pl.String,  # why, and how much of the file was read; null when not truncated
+    # Optional streams (mapping `streams: {<topic>: {optional: true}}`) the file lacked: the episode has
+    # no values for the features they feed. Empty when every stream was there.
+    "absent_streams": pl.List(pl.String),
 }
 
 
@@ -419,6 +422,7 @@ def build_episodes(log: McapLog, mapping: SourceMapping, lineage: Lineage) -> tu
         pl.when(pl.col("late") > 0).then(pl.col("end_stream")).alias("end_stream"),
         pl.col("truncated"),
         pl.when(pl.col("truncated")).then(pl.lit(log.truncated, dtype=pl.String)).alias("truncated_reason"),
+        pl.lit([], dtype=TRIMS_SCHEMA["absent_streams"]).alias("absent_streams"),  # set by the caller, which knows
     ).cast(TRIMS_SCHEMA)
 
     step = pl.int_range(pl.len(), dtype=pl.Int32).over(_EP)

@@ -42,7 +42,8 @@ class IngestResult:
 
     `trims` (TRIMS_SCHEMA) has one row per ingested episode: the control steps cut at its start
     (before every stream had delivered) and end (after a stream stopped), zeros when none, and
-    whether the episode is truncated (its file was cut short while recording; kept, with the reason).
+    whether the episode is truncated (its file was cut short while recording; kept, with the reason),
+    and the optional streams its file lacked (`absent_streams`: its rows have no column for their features).
     """
 
     episodes: pl.DataFrame
@@ -134,15 +135,19 @@ def ingest_file(path: Path, mapping: SourceMapping, sha256: str | None = None, s
         f"{len(log.lost_chunks)} MCAP chunk(s) unreadable (first: {log.lost_chunks[0][2]}); "
         "episodes overlapping them were quarantined, the rest salvaged; re-export the log",
     )] if log.lost_chunks else []
+    # An optional stream the file lacks (or logged empty): its features are left out of this file's rows.
+    absent = [t for t in mapping.optional_topics if t not in log.topics_found or not log.frames[t].height]
+    full, mapping = mapping, mapping.without_topics(absent) if absent else mapping
     problems = _topic_problems(log, mapping) or prepare_log(log, mapping)
     if problems and log.truncated:
         lost.insert(0, ("truncated_file", f"recovered part of a file cut short: {log.truncated}"))
     if problems:
-        return _file_rejection(mapping, source_file, sha256, lost + problems, log.messages)
+        return _file_rejection(full, source_file, sha256, lost + problems, log.messages)
     lineage = Lineage(mapping.name, source_file, sha256, _robot_id(log, mapping, path, source_file))
     episodes, quarantine, trims = build_episodes(log, mapping, lineage)
+    trims = trims.with_columns(pl.lit(absent, dtype=TRIMS_SCHEMA["absent_streams"]).alias("absent_streams"))
     if lost:
-        quarantine = pl.concat([_file_rejection(mapping, source_file, sha256, lost).quarantine, quarantine])
+        quarantine = pl.concat([_file_rejection(full, source_file, sha256, lost).quarantine, quarantine])
     return IngestResult(episodes, quarantine, trims, log.messages, 1, _labels(log, lineage))
 
 
@@ -223,7 +228,8 @@ def ingest_files(
             bar.update()
     bar.close()
     return IngestResult(
-        episodes=pl.concat([p.episodes for p in parts], how="vertical"),
+        # diagonal: a file without an optional stream has no column for its features (null in its rows)
+        episodes=pl.concat([p.episodes for p in parts], how="diagonal"),
         quarantine=pl.concat([p.quarantine for p in parts], how="vertical"),
         trims=pl.concat([p.trims for p in parts], how="vertical"),
         messages=sum(p.messages for p in parts),

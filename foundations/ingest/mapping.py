@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -225,6 +226,9 @@ class StreamSpec(_Strict):
 
     tolerance_s: PositiveFloat | None = None
     clock: Literal["log_time", "header"] | None = None
+    # A file without this topic is still ingested, without the camera features it feeds (recorded in
+    # the trims' absent_streams); only topics that feed camera features alone may be optional.
+    optional: bool = False
 
 
 class SourceMapping(_Strict):
@@ -331,7 +335,20 @@ class SourceMapping(_Strict):
 
     def without_images(self) -> "SourceMapping":
         """This mapping with its camera features left out (for logs recorded without the cameras)."""
-        return self.model_copy(update={"features": {n: p for n, p in self.features.items() if n not in self.image_features}})
+        return self.without_topics(p.topic for p in self.image_features.values())
+
+    def without_topics(self, topics: Iterable[str]) -> "SourceMapping":
+        """This mapping with the features that read any of `topics` left out, and their stream settings."""
+        gone = set(topics)
+        return self.model_copy(update={
+            "features": {n: ps for n, ps in self.features.items() if not any(p.topic in gone for p in ps)},
+            "streams": {t: s for t, s in self.streams.items() if t not in gone},
+        })
+
+    @property
+    def optional_topics(self) -> list[str]:
+        """Topics declared `optional: true` under streams: a file may lack them (see `without_topics`)."""
+        return [t for t, s in self.streams.items() if s.optional]
 
     @property
     def image_shapes(self) -> dict[str, tuple[int, int, int]]:
@@ -348,14 +365,16 @@ class SourceMapping(_Strict):
 
     @property
     def required_topics(self) -> list[str]:
-        """Topics a file must contain (the episode-marker topic is optional)."""
-        return list(dict.fromkeys([self.control.topic, *self.aligned_topics, self.instruction.topic]))
+        """Topics a file must contain (the episode-marker topic and optional streams may be absent)."""
+        optional = set(self.optional_topics)
+        return [t for t in dict.fromkeys([self.control.topic, *self.aligned_topics, self.instruction.topic])
+                if t not in optional]
 
     @property
     def topics(self) -> list[str]:
         """Every topic ingestion reads."""
         extra = [self.episode_markers.topic] if self.episode_markers else []
-        return list(dict.fromkeys(self.required_topics + extra))
+        return list(dict.fromkeys([self.control.topic, *self.aligned_topics, self.instruction.topic, *extra]))
 
     def clock_for(self, topic: str) -> tuple[str, bool]:
         """(clock, strict) of a topic: a stream override is strict (a message without a header is a
@@ -445,6 +464,16 @@ def _check_streams(mapping: SourceMapping, where: str | Path) -> None:
             raise MappingError(
                 f"{where}: key 'streams.{topic}.tolerance_s': {topic} is not aligned to the steps (only feature and "
                 f"reward topics are: {', '.join(aligned)}); drop tolerance_s")
+    cameras = {p.topic for p in mapping.image_features.values()}
+    others = {p.topic for n, ps in mapping.features.items() if n not in mapping.image_features for p in ps}
+    others |= {mapping.control.topic, mapping.instruction.topic, *([mapping.reward.topic] if mapping.reward else []),
+               *([mapping.episode_markers.topic] if mapping.episode_markers else [])}
+    for topic in mapping.optional_topics:
+        if topic not in cameras or topic in others:
+            raise MappingError(
+                f"{where}: key 'streams.{topic}.optional': only a topic that feeds camera features alone may be "
+                f"optional (camera topics: {', '.join(sorted(cameras)) or 'none'}); the control, instruction, reward "
+                "and vector feature topics are required, so drop optional: true")
 
 
 def _profile_slices(profile: RobotProfile) -> dict[str, Slice]:

@@ -81,8 +81,11 @@ def episodes(context: dg.AssetExecutionContext, data_root: DataRoot) -> dg.Mater
     storage.write_partition(pl.DataFrame({"mapping_fingerprint": [mapping.fingerprint]}), "ingest_fingerprint", key)
     n_episodes = eps["episode_id"].n_unique()
     trimmed = trims.filter((pl.col("trimmed_start_steps") > 0) | (pl.col("trimmed_end_steps") > 0))
+    # Episodes whose file lacked an optional stream (a camera): ingested without its features, never silently.
+    absent = trims.filter(pl.col("absent_streams").list.len() > 0)
     context.log.info(f"batch {key}: {len(todo)} files parsed ({len(new) - len(todo)} kept from earlier runs), "
-                     f"{n_episodes} episodes ({len(trimmed)} trimmed), {len(bad)} quarantine records")
+                     f"{n_episodes} episodes ({len(trimmed)} trimmed, {len(absent)} without an optional stream), "
+                     f"{len(bad)} quarantine records")
     return dg.MaterializeResult(
         metadata={
             "files_parsed": len(todo),
@@ -90,6 +93,8 @@ def episodes(context: dg.AssetExecutionContext, data_root: DataRoot) -> dg.Mater
             "episodes": n_episodes,
             "dagster/row_count": len(eps),
             "episodes_trimmed": len(trimmed),
+            "episodes_without_optional_streams": len(absent),
+            "absent_streams": md_table(absent.select("source_file", pl.col("absent_streams").list.join(", ")).unique(maintain_order=True)),
             "trims": md_table(trimmed.select("source_file", "trimmed_start_steps", "trimmed_start_s", "start_stream",
                                              "trimmed_end_steps", "trimmed_end_s", "end_stream")),
             "files_quarantined": bad.filter(pl.col("episode_id").is_null())["source_file"].n_unique(),
