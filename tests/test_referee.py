@@ -479,3 +479,27 @@ def test_lora_adapter_learns_the_teacher_and_the_merged_model_answers_as_trained
     training, held_out = split_episodes(df["episode_id"].unique().to_list(), small)
     assert first["training_episodes"] == training and first["held_out_episodes"] == held_out and held_out
     assert (Path(first["path"]) / "adapter_model.safetensors").is_file()
+
+
+def test_a_down_server_fails_the_run_clearly_and_publishes_nothing(data_root):
+    import dagster as dg
+
+    from foundations import landing, storage
+    from pipelines.assets.labels import referee_model, referee_rewards
+    from pipelines.resources import DataRoot, RefereeResource
+    from simulator.embodiments import get_embodiment
+
+    key = f"{get_embodiment('ant').source}{landing.SEP}b1"
+    storage.write_partition(mixed_episodes(), "validated_episodes", key)
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("landing_batch", [key])
+    referee = RefereeResource(backend="openai", base_url=f"http://127.0.0.1:{_free_port()}/v1", model="m",
+                              api_key_env=None, retries=1)  # fmt: skip
+    result = dg.materialize([referee_model, referee_rewards], partition_key=key, instance=instance,
+                            resources={"referee": referee, "data_root": DataRoot()}, raise_on_error=False)  # fmt: skip
+    assert not result.success
+    errors = [str(e.event_specific_data.error) for e in result.all_events if e.is_step_failure]
+    assert any("could not reach" in e and "after 2 attempts" in e and "is the server running?" in e for e in errors)
+    # Nothing half-labelled: neither the per-step rewards nor the segments were written.
+    assert storage.read_partition("referee_rewards", key) is None
+    assert storage.read_partition("referee_segments", key) is None
