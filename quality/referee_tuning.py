@@ -51,8 +51,8 @@ class TuningConfig:
 
     rank: int = 8
     alpha: float = 16.0
-    epochs: int = 60
-    learning_rate: float = 3e-3
+    epochs: int = 40
+    learning_rate: float = 2e-3
     batch_size: int = 16
     max_segments: int = 256  # training segments at most (a deterministic subset)
     holdout_share: float = 0.5  # episodes kept out of training, for evaluation
@@ -144,6 +144,9 @@ def train_adapter(
                       target_modules=["q_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
                       layers_to_transform=[last])  # fmt: skip
     model = get_peft_model(base, lora)
+    letters = base.lm_head.weight[label_ids].detach()
+    if getattr(base.lm_head, "bias", None) is not None:
+        raise ValueError("train_adapter expects an output projection without bias (Llama-style models)")
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate)
     generator = torch.Generator().manual_seed(config.seed)
@@ -155,7 +158,7 @@ def train_adapter(
                                                                enable_gqa=heads != kv_heads)  # fmt: skip
         h = resid + attn.o_proj(out.transpose(1, 2).reshape(len(x), heads * dim))
         h = h + layer.mlp(layer.post_attention_layernorm(h))
-        return base.lm_head(inner.norm(h))[:, label_ids]
+        return inner.norm(h) @ letters.T  # the output projection's rows of the letters only (not tuned)
 
     model.train()
     losses = []
