@@ -238,23 +238,25 @@ def tune_referee(
     config: TuningConfig = TuningConfig(),
     store: VersionStore = ADAPTERS,
     question: Question = REFEREE_QUESTION,
-) -> tuple[dict[str, Any], bool]:
+) -> tuple[dict[str, Any] | None, bool | str]:
     """The referee adapter for `df`'s training episodes: (version record, newly trained).
 
     Episodes are split (`split_episodes`); the training ones are labelled by the teacher and
     subsampled, and an adapter is trained and stored as the next version of `name` in
     `store` (safetensors, with the training and held-out episode ids in its record) unless
     the latest version was trained on the same content (base model, question, config,
-    labelled texts): then that one is returned and nothing is trained.
+    labelled texts): then that one is returned and nothing is trained. With nothing to learn
+    from (every episode held out, or no segment the teacher could label) it returns
+    (None, the reason): the base model judges.
     """
     training, held_out = split_episodes(df[_EP].unique().to_list(), config)
     if not training:
-        raise ValueError(f"no training episodes among {df[_EP].n_unique()} (holdout_share {config.holdout_share})")
+        return None, f"all {len(held_out)} episodes are held out for evaluation; nothing to fine-tune on"
     labelled, teacher_name = teacher_labels(df.filter(pl.col(_EP).is_in(training)), profile, teacher,
                                             segment_steps=segment_steps, question=question)  # fmt: skip
     pairs = subsample(labelled, config)
     if pairs.is_empty():
-        raise ValueError("the teacher labelled no training segment; nothing to fine-tune the referee on")
+        return None, f"{teacher_name} labelled no segment of the {len(training)} training episodes"
     content = training_hash(base.model_id, pairs, config, question)
 
     def write(folder: Path, record: dict[str, Any]) -> dict[str, Any]:

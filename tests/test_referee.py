@@ -479,6 +479,10 @@ def test_lora_adapter_learns_the_teacher_and_the_merged_model_answers_as_trained
     training, held_out = split_episodes(df["episode_id"].unique().to_list(), small)
     assert first["training_episodes"] == training and first["held_out_episodes"] == held_out and held_out
     assert (Path(first["path"]) / "adapter_model.safetensors").is_file()
+    # Nothing to learn from: no adapter, and the reason.
+    none, reason = tune_referee(df, ANT, LocalLLMBackend(tiny_model_dir), name="referee-test",
+                                config=TuningConfig(holdout_share=1.0))  # fmt: skip
+    assert none is None and "held out" in reason
 
 
 def test_a_down_server_fails_the_run_clearly_and_publishes_nothing(data_root):

@@ -28,15 +28,18 @@ def referee_model(context: dg.AssetExecutionContext, referee: RefereeResource, d
     mapping = load_mapping(landing.split_key(batch)[0])
     storage = data_root.storage
     accepted = storage.require_partition("validated_episodes", batch)
-    if referee.backend != "local" or not referee.fine_tune:
-        storage.write_partition(pl.DataFrame({"adapter": [None], "training_episodes": [[]]},
-                                             schema={"adapter": pl.String, "training_episodes": pl.List(pl.String)}),
-                                MODEL_TABLE, batch)  # fmt: skip
-        return dg.MaterializeResult(metadata={"fine_tuned": False})
-    record, created = tune_referee(accepted, mapping.profile, referee.make_backend(), name=f"referee-{mapping.robot}",
-                                   teacher=referee.make_teacher(), segment_steps=referee.segment_steps)  # fmt: skip
-    storage.write_partition(pl.DataFrame({"adapter": [record["path"]], "training_episodes": [record["training_episodes"]]}),
-                            MODEL_TABLE, batch)  # fmt: skip
+    record, created = None, "the referee is not the embedded model, or fine_tune is off"
+    if referee.backend == "local" and referee.fine_tune:
+        record, created = tune_referee(accepted, mapping.profile, referee.make_backend(), name=f"referee-{mapping.robot}",
+                                       teacher=referee.make_teacher(), segment_steps=referee.segment_steps)  # fmt: skip
+    storage.write_partition(
+        pl.DataFrame({"adapter": [record and record["path"]], "training_episodes": [record and record["training_episodes"]]},
+                     schema={"adapter": pl.String, "training_episodes": pl.List(pl.String)}),
+        MODEL_TABLE, batch,
+    )  # fmt: skip
+    if record is None:
+        context.log.info(f"referee not fine-tuned: {created}")
+        return dg.MaterializeResult(metadata={"fine_tuned": False, "reason": created})
     training = record.get("training", {})
     context.log.info(f"referee adapter v{record['version']} ({'trained' if created else 'unchanged, reused'}): "
                      f"{training.get('segments')} segments from {record['teacher']}")
@@ -71,7 +74,8 @@ def referee_rewards(context: dg.AssetExecutionContext, referee: RefereeResource,
     labels = label_episodes(accepted, referee.make_backend(tuned["adapter"]), profile,
                             segment_steps=referee.segment_steps, batch_size=referee.batch_size)  # fmt: skip
     # Which episodes the referee learnt from: agreement is reported on the others (held out).
-    segments = labels.segments.with_columns(pl.col("episode_id").is_in(tuned["training_episodes"]).alias("referee_trained_on"))
+    trained_on = tuned["training_episodes"] or []
+    segments = labels.segments.with_columns(pl.col("episode_id").is_in(trained_on).alias("referee_trained_on"))
     storage.write_partition(labels.steps, "referee_rewards", batch)
     storage.write_partition(segments.drop("probs"), "referee_segments", batch)
     # Truth here is the robot's own measured motion, so the agreement is computed in production too.
