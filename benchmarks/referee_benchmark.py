@@ -101,6 +101,28 @@ def kinematic_episodes(n: int, seed: int, steps: int) -> pl.DataFrame:
     return pl.concat(frames)
 
 
+def raw_forward_rate(backend: LocalLLMBackend, texts: list[str], batch_size: int) -> float:
+    """Prompts/s of the bare model on the same full prompts: left-padded batches of token ids built
+    beforehand, one forward pass each, nothing else (no prefix reuse, no tokenising, no bookkeeping)."""
+    import torch
+
+    seqs = backend.encode(texts)
+    batches = []
+    for i in range(0, len(seqs), batch_size):
+        chunk = sorted(seqs, key=len)[i : i + batch_size]
+        width = max(len(s) for s in chunk)
+        ids = torch.full((len(chunk), width), backend._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, s in enumerate(chunk):
+            ids[row, width - len(s) :], mask[row, width - len(s) :] = torch.tensor(s), 1
+        batches.append((ids, mask))
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for ids, mask in batches:
+            backend._model(input_ids=ids, attention_mask=mask, logits_to_keep=1)
+    return len(texts) / (time.perf_counter() - start)
+
+
 def timed(fn):
     start = time.perf_counter()
     out = fn()
@@ -119,6 +141,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--model-dir", type=Path, help="transformers folder (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--segment-steps", type=int, default=40, help="control steps per segment (the pipeline's 40)")
+    parser.add_argument("--fine-tune", action="store_true",
+                        help="also fine-tune the referee (LoRA) on half the episodes and compare on the other half")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
@@ -135,7 +160,7 @@ def main() -> None:
     print(f"episodes: {df['episode_id'].n_unique()} from {source}, {df.height} steps; robot profile {profile.name}")
 
     backend = LocalLLMBackend(args.model_dir, batch_size=args.batch_size, num_threads=args.threads)
-    _, seg = segment_table(df, profile)
+    _, seg = segment_table(df, profile, args.segment_steps)
     texts = seg["text"].drop_nulls().to_list()[: args.prompts]
     _, load_s = timed(lambda: backend.judge(texts[:1]))  # loads the model, computes the shared prefix
     print(f"model {backend.model_id}: loaded and first prompt in {load_s:.1f} s")
@@ -151,29 +176,64 @@ def main() -> None:
         print(f"  {name:28s} {len(texts)} prompts in {seconds:6.1f} s = {rates[name]:6.2f} prompts/s, "
               f"{computed} tokens through the model")
     backend.batch_size, backend.share_prefix = args.batch_size, True
+    rates["raw forward"] = raw_forward_rate(backend, texts, args.batch_size)
+    tokens = [len(s) for s in backend.encode(texts)]
+    print(f"  {'raw batched forward pass':28s} {len(texts)} prompts = {rates['raw forward']:6.2f} prompts/s "
+          f"(the bare model on the same full prompts, {np.mean(tokens):.0f} tokens each)")
     print(f"throughput: batched / unbatched = {rates['batched'] / rates['unbatched']:.2f}x; "
-          f"shared prefix gains {rates['batched'] / rates['batched, no shared prefix']:.2f}x")  # fmt: skip
+          f"shared prefix gains {rates['batched'] / rates['batched, no shared prefix']:.2f}x; "
+          f"referee / raw forward pass = {rates['batched'] / rates['raw forward']:.0%}")  # fmt: skip
 
+    k = args.segment_steps
     with tempfile.TemporaryDirectory() as tmp:
         cache = JudgementCache(Path(tmp) / "judgements.sqlite")
-        (labels_cold, cold_s) = timed(lambda: label_episodes(df, backend, profile, batch_size=args.batch_size,
-                                                            cache=cache))
-        (labels_warm, warm_s) = timed(lambda: label_episodes(df, backend, profile, batch_size=args.batch_size,
-                                                             cache=cache, progress_bar=False))  # fmt: skip
+        (labels_cold, cold_s) = timed(lambda: label_episodes(df, backend, profile, segment_steps=k,
+                                                            batch_size=args.batch_size, cache=cache))
+        (labels_warm, warm_s) = timed(lambda: label_episodes(df, backend, profile, segment_steps=k,
+                                                             batch_size=args.batch_size, cache=cache,
+                                                             progress_bar=False))  # fmt: skip
     cold, warm = labels_cold.stats, labels_warm.stats
-    print(f"cache: cold run {cold_s:.1f} s ({cold['calls']} prompts, {cold['prompt_tokens']} tokens), "
-          f"rerun {warm_s:.3f} s ({warm['calls']} prompts, {warm['cache_hits']} hits) = {cold_s / warm_s:.0f}x faster")  # fmt: skip
+    print(f"cache: cold run {cold_s:.1f} s ({cold['calls']} prompts = {cold['calls'] / cold_s:.2f} prompts/s, "
+          f"{cold['prompt_tokens']} tokens), rerun {warm_s:.3f} s ({warm['calls']} prompts, {warm['cache_hits']} hits)")
 
-    agreement = referee_agreement(labels_cold.segments, df, profile)
-    print(f"labels: {cold['label_counts']}; true labels: {agreement.get('true_label_counts')}")
-    print(f"agreement over {agreement['segments']} segments of {agreement['episodes']} episodes:")
-    print(f"  value-order correlation {agreement['voc']}  (time baseline {agreement['voc_time_baseline']})")
-    print(f"  per-segment Spearman    {agreement['spearman_segment']}  (no signal: 0)")
-    print(f"  label accuracy          {agreement['accuracy']}  (majority label {agreement['majority_accuracy']}); "
-          f"balanced {agreement['balanced_accuracy']} (chance 0.25)")  # fmt: skip
+    def report(name: str, segments: pl.DataFrame, episodes: pl.DataFrame) -> dict:
+        a = referee_agreement(segments, episodes, profile, segment_steps=k)
+        print(f"{name}: {a['segments']} segments of {a['episodes']} episodes; labels "
+              f"{dict(segments['label'].drop_nulls().value_counts().sort('label').iter_rows())}, true "
+              f"{a.get('true_label_counts')}")
+        print(f"  value-order correlation {a['voc']}  (constant per segment {a['voc_time_baseline']})")
+        print(f"  per-segment Spearman    {a['spearman_segment']}  (no signal: 0)")
+        print(f"  label accuracy          {a['accuracy']}  (majority label {a['majority_accuracy']}); "
+              f"balanced {a['balanced_accuracy']} (chance 0.25)")  # fmt: skip
+        return a
+
+    results: dict = {"source": source, "model_id": backend.model_id, "prompts_per_s": rates, "cold_s": cold_s,
+                     "rerun_s": warm_s, "cold": cold, "rerun": warm}  # fmt: skip
+    if not args.fine_tune:
+        results["agreement"] = report("base model, all episodes", labels_cold.segments, df)
+    else:
+        from foundations.versions import VersionStore
+        from quality.referee_tuning import TuningConfig, tune_referee
+
+        config = TuningConfig()
+        with tempfile.TemporaryDirectory() as tmp:
+            base = LocalLLMBackend(args.model_dir, batch_size=args.batch_size, num_threads=args.threads)
+            (record, _), tune_s = timed(lambda: tune_referee(df, profile, base, name="referee-bench", segment_steps=k,
+                                                             config=config, store=VersionStore("x", root=Path(tmp))))
+            tuned = LocalLLMBackend(args.model_dir, batch_size=args.batch_size, num_threads=args.threads,
+                                    adapter_dir=Path(record["path"]))  # fmt: skip
+            held = df.filter(pl.col("episode_id").is_in(record["held_out_episodes"]))
+            tuned_labels, tuned_s = timed(lambda: label_episodes(held, tuned, profile, segment_steps=k, cache=False,
+                                                                 batch_size=args.batch_size, progress_bar=False))
+        print(f"fine-tune: {record['training']['segments']} segments from {record['teacher']}, {tune_s:.1f} s "
+              f"(epoch loss {record['training']['epoch_loss'][0]} -> {record['training']['epoch_loss'][-1]}, "
+              f"train accuracy {record['training']['train_accuracy']}); tuned referee "
+              f"{tuned_labels.segments.height / tuned_s:.2f} prompts/s")  # fmt: skip
+        held_base = labels_cold.segments.filter(pl.col("episode_id").is_in(record["held_out_episodes"]))
+        results["agreement_base"] = report("base model, held-out episodes", held_base, held)
+        results["agreement"] = report("fine-tuned, held-out episodes", tuned_labels.segments, held)
+        results["fine_tune"] = {"seconds": tune_s, **record["training"]}
     if args.json:
-        results = {"source": source, "model_id": backend.model_id, "prompts_per_s": rates, "cold_s": cold_s,
-                   "rerun_s": warm_s, "cold": cold, "rerun": warm, "agreement": agreement}  # fmt: skip
         args.json.write_text(json.dumps(results, indent=2, default=str))
 
 

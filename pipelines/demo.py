@@ -114,13 +114,16 @@ def _referee_figures() -> dict:
         mapping = load_mapping(source)
         acc = accepted.filter(pl.col("source") == source)
         segs = segments.join(acc.select("episode_id").unique(), on="episode_id", how="semi")
+        if "referee_trained_on" in segs.columns:  # judged on episodes the referee did not learn from
+            segs = segs.filter(~pl.col("referee_trained_on"))
         if segs.is_empty():
             continue
         a = referee_agreement(segs, acc, mapping.profile, segment_steps=int(segs["n_steps"].max()))
         key = f"referee.{mapping.robot}"
         out |= {f"{key}.voc": a.get("voc"), f"{key}.voc_constant": a.get("voc_time_baseline"),
                 f"{key}.spearman": a.get("spearman_segment"), f"{key}.accuracy": a.get("accuracy"),
-                f"{key}.majority_accuracy": a.get("majority_accuracy"), f"{key}.segments": a.get("segments")}
+                f"{key}.majority_accuracy": a.get("majority_accuracy"), f"{key}.segments": a.get("segments"),
+                f"{key}.episodes": a.get("episodes")}
     return out
 
 
@@ -168,12 +171,13 @@ def print_report(report: dict) -> None:
     for name in keys("dataset."):
         d = f"dataset.{name}."
         print(f"    {name:<24} {report[d + 'version']} (content {report[d + 'content_hash']}) at {report[d + 'path']}")
-    print("referee agreement with true progress [baseline]:")
+    print("referee agreement with true progress on episodes held out from its fine-tuning [baseline]:")
     for robot in keys("referee."):
         r = f"referee.{robot}."
         print(f"    {robot:<8} value-order corr. {num(r + 'voc')} [constant per segment {num(r + 'voc_constant')}], "
               f"Spearman {num(r + 'spearman')} [0], label accuracy {num(r + 'accuracy')} "
-              f"[majority label {num(r + 'majority_accuracy')}], {report.get(r + 'segments')} segments")
+              f"[majority label {num(r + 'majority_accuracy')}], {report.get(r + 'segments')} segments "
+              f"of {report.get(r + 'episodes')} episodes")
     robots = keys("policy.")
     if robots:
         print("normalized score (0 = random operator, 100 = expert operator, same seeds for all):")

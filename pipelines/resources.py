@@ -55,8 +55,14 @@ class RefereeResource(dg.ConfigurableResource):
     # Control steps per judged segment: 2 s at 20 Hz keeps the CPU default to minutes for a fleet;
     # a served large model can afford 20 (1 s).
     segment_steps: int = 40
+    # local: fine-tune the embedded model with LoRA (the `referee_model` asset) before it labels.
+    # Its teacher is the served model at teacher_base_url when set, else the robot's measured progress.
+    fine_tune: bool = True
+    teacher_base_url: Optional[str] = None
+    teacher_model: Optional[str] = None
+    teacher_api: Literal["chat", "completions", "systemone"] = "completions"
 
-    def make_backend(self):
+    def make_backend(self, adapter_dir: Optional[str] = None):
         from quality.llm_backends import LocalLLMBackend, OpenAICompatibleBackend
 
         if self.backend == "openai":
@@ -66,4 +72,15 @@ class RefereeResource(dg.ConfigurableResource):
                 self.base_url, self.model, api=self.api, api_key_env=self.api_key_env, batch_size=self.batch_size,
                 retries=self.retries,
             )
-        return LocalLLMBackend(self.model_dir, batch_size=self.batch_size)
+        return LocalLLMBackend(self.model_dir, batch_size=self.batch_size, adapter_dir=adapter_dir)
+
+    def make_teacher(self):
+        """The served model that labels the fine-tuning data, or None (weak labels from measured progress)."""
+        from quality.llm_backends import OpenAICompatibleBackend
+
+        if not self.teacher_base_url:
+            return None
+        if not self.teacher_model:
+            raise ValueError("referee teacher_base_url needs teacher_model, the served model's name")
+        return OpenAICompatibleBackend(self.teacher_base_url, self.teacher_model, api=self.teacher_api,
+                                       api_key_env=self.api_key_env, batch_size=self.batch_size, retries=self.retries)

@@ -186,17 +186,25 @@ class LocalLLMBackend:
         batch_size: int = 16,
         num_threads: int | None = None,
         share_prefix: bool = True,
+        adapter_dir: str | Path | None = None,
     ):
         """`model_dir`: a transformers folder; None means SmolLM2-135M-Instruct, converted on
         first use. `device` "cpu", "cuda", "auto"; `dtype` defaults to float32 on CPU and
         bfloat16 on GPU. `num_threads` sets torch's (process-wide) CPU thread count.
-        `share_prefix=False` runs every prompt whole (plain left padding), for comparison."""
+        `share_prefix=False` runs every prompt whole (plain left padding), for comparison.
+        `adapter_dir`: a peft LoRA adapter (`quality.referee_tuning`) merged into the model at
+        load; it is part of the model id, so judgements of the tuned and the base model never mix."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model_dir = Path(model_dir) if model_dir is not None else None
         if self.model_dir is not None and not (self.model_dir / "config.json").is_file():
             raise RefereeBackendError(f"{self.model_dir} is not a transformers model folder (no config.json)")
+        self.adapter_dir = Path(adapter_dir) if adapter_dir is not None else None
+        if self.adapter_dir is not None and not (self.adapter_dir / "adapter_config.json").is_file():
+            raise RefereeBackendError(f"{self.adapter_dir} is not a peft adapter folder (no adapter_config.json)")
         self.model_id = model_id or (model_dir_id(self.model_dir) if self.model_dir else smollm2_model_id())
+        if self.adapter_dir is not None and model_id is None:
+            self.model_id += f"+lora:{sha256_file(self.adapter_dir / 'adapter_model.safetensors')[:16]}"
         self.device, self.dtype, self.batch_size, self.num_threads = device, dtype, batch_size, num_threads
         self.share_prefix = share_prefix
         self.prompt_tokens = 0  # tokens of the prompts judged (prefix included)
@@ -220,7 +228,13 @@ class LocalLLMBackend:
         device = ("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device
         dtype = getattr(torch, self.dtype) if self.dtype else (torch.float32 if device == "cpu" else torch.bfloat16)
         self._tokenizer = AutoTokenizer.from_pretrained(folder)
-        self._model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+        if self.adapter_dir is not None:
+            from peft import PeftModel
+
+            # Merged: the tuned model runs exactly as fast as the base one.
+            model = PeftModel.from_pretrained(model, str(self.adapter_dir)).merge_and_unload()
+        self._model = model.to(device).eval()
         self._device = torch.device(device)
         self._pad_id = self._tokenizer.pad_token_id if self._tokenizer.pad_token_id is not None else 0
 
@@ -250,18 +264,8 @@ class LocalLLMBackend:
             return []
         self._load()
         label_ids = self._label_ids(question.labels)
-        seqs = self.encode(prompts, question)
-        if min(len(s) for s in seqs) == 0:
-            raise RefereeBackendError("a prompt encoded to no tokens; the tokenizer cannot read the prompts")
-        # The prefix every prompt of this question shares, whatever the state: found against a
-        # reference prompt with another state, so it stays the same from batch to batch.
-        reference = self.encode(["-"], question)[0]
-        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))  # similar lengths share a batch
-        out: list[dict[str, float]] = [{} for _ in seqs]
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            batch = [seqs[i] for i in idx]
-            n_prefix = min(_common_prefix(batch + [reference]), min(len(s) for s in batch) - 1) if self.share_prefix else 0
+        out: list[dict[str, float]] = [{} for _ in prompts]
+        for idx, batch, n_prefix in self.batches(prompts, question):
             probs = self._forward(batch, n_prefix, label_ids)
             for i, row in zip(idx, probs):
                 out[i] = dict(zip(question.labels, row))
@@ -281,7 +285,8 @@ class LocalLLMBackend:
             self.computed_tokens += len(prefix)
         return self._prefix[1]
 
-    def _forward(self, batch: list[list[int]], n_prefix: int, label_ids: list[int]) -> list[list[float]]:
+    def _inputs(self, batch: list[list[int]], n_prefix: int) -> dict[str, Any]:
+        """Model inputs of a batch: suffixes after the shared prefix, left padded, with the prefix's cache."""
         import torch
 
         suffixes = [s[n_prefix:] for s in batch]
@@ -296,19 +301,55 @@ class LocalLLMBackend:
         if n_prefix > 0:
             cache = copy.deepcopy(self._prefix_cache(batch[0][:n_prefix]))
             cache.batch_repeat_interleave(len(batch))
-            kwargs["past_key_values"] = cache
+            kwargs["cache"] = cache
             mask = torch.cat([torch.ones((len(batch), n_prefix), dtype=torch.long), mask], dim=1)
-        with torch.inference_mode():
-            logits = self._model(
-                input_ids=ids.to(self._device),
-                attention_mask=mask.to(self._device),
-                position_ids=positions.to(self._device),
-                use_cache=n_prefix > 0,
-                logits_to_keep=1,
-                **kwargs,
-            ).logits[:, -1, :]
         self.computed_tokens += ids.numel()
+        return {"input_ids": ids.to(self._device), "attention_mask": mask.to(self._device),
+                "position_ids": positions.to(self._device), "use_cache": n_prefix > 0, **kwargs}  # fmt: skip
+
+    def _forward(self, batch: list[list[int]], n_prefix: int, label_ids: list[int]) -> list[list[float]]:
+        import torch
+
+        with torch.inference_mode():
+            logits = self._model(**self._inputs(batch, n_prefix), logits_to_keep=1).logits[:, -1, :]
         return torch.softmax(logits[:, label_ids].float(), dim=-1).cpu().tolist()
+
+    def batches(self, prompts: list[str], question: Question = REFEREE_QUESTION) -> list[tuple[list[int], list[list[int]], int]]:
+        """How `judge` groups prompts: (prompt indices, token ids, shared prefix length) per batch."""
+        self._load()
+        seqs = self.encode(prompts, question)
+        if min(len(s) for s in seqs) == 0:
+            raise RefereeBackendError("a prompt encoded to no tokens; the tokenizer cannot read the prompts")
+        # The prefix every prompt of this question shares, whatever the state: found against a
+        # reference prompt with another state, so it stays the same from batch to batch.
+        reference = self.encode(["-"], question)[0]
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))  # similar lengths share a batch
+        out = []
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            batch = [seqs[i] for i in idx]
+            n_prefix = min(_common_prefix(batch + [reference]), min(len(s) for s in batch) - 1) if self.share_prefix else 0
+            out.append((idx, batch, n_prefix))
+        return out
+
+    def hidden_states(self, batch: list[list[int]], n_prefix: int, layer: int) -> tuple[Any, Any, Any]:
+        """The input of decoder layer `layer` for a batch, prefix included: (hidden, mask, positions).
+
+        What fine-tuning the top layers needs: the layers below are frozen, so their output is
+        computed once here (the prefix's once for every batch) instead of at every epoch."""
+        import torch
+
+        inputs = self._inputs(batch, n_prefix)
+        with torch.inference_mode():
+            suffix = self._model(**inputs, output_hidden_states=True, logits_to_keep=1).hidden_states[layer]
+            if n_prefix > 0:
+                ids = torch.tensor([batch[0][:n_prefix]], device=self._device)
+                prefix = self._model(input_ids=ids, output_hidden_states=True, logits_to_keep=1).hidden_states[layer]
+                suffix = torch.cat([prefix.expand(len(batch), -1, -1), suffix], dim=1)
+        n = inputs["attention_mask"].shape[1]
+        positions = torch.cat([torch.arange(n_prefix, device=self._device).expand(len(batch), -1),
+                               inputs["position_ids"]], dim=1)  # fmt: skip
+        return suffix.clone(), inputs["attention_mask"], positions[:, -n:]
 
 
 # ---------------------------------------------------------------------------------------------

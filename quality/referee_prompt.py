@@ -20,7 +20,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
-PROMPT_TEMPLATE_VERSION = "referee-v2"  # v2: any robot (the wording no longer assumes legs)
+PROMPT_TEMPLATE_VERSION = "referee-v3"  # v3: short question, answer format before the state (all prefix)
 
 LABEL_REWARDS: dict[str, float] = {"A": 1.0, "B": 0.3, "C": -0.3, "D": -1.0}
 
@@ -45,12 +45,14 @@ class Question:
             raise ValueError(f"labels must be distinct, got {self.labels}")
 
     def render(self, state: str) -> str:
-        """The full user message: instructions, lettered options, the state, the answer format."""
+        """The full user message: instructions, lettered options, the answer format, then the state.
+
+        The state comes last so that everything before it is a prefix shared by every prompt."""
         lines = [self.instructions] + [f"{label}. {name}: {desc}" for label, (name, desc) in zip(self.labels, self.options)]
-        return "\n".join(lines) + "\n\n" + state + "\n\n" + self.answer_format()
+        return "\n".join(lines) + "\n" + self.answer_format() + "\n\n" + state
 
     def answer_format(self) -> str:
-        return f"Answer with the letter of the option that fits best ({self.labels[0]} to {self.labels[-1]}) only."
+        return f"Answer with one letter, {self.labels[0]} to {self.labels[-1]}."
 
     def to_systemone(self) -> dict:
         """The question as a System One `choice` question (`transformers serve` /v1/systemone)."""
@@ -64,15 +66,12 @@ class Question:
 
 
 REFEREE_QUESTION = Question(
-    instructions=(
-        "You referee a robot. Below are its task and what it did during one short segment, "
-        "ending with how far that took it toward the task. Judge the segment against the task."
-    ),
+    instructions="You referee a robot. Judge what it did in one short segment against its task.",
     options=(
-        ("progress", "right action, good outcome: it clearly moved or turned the way the task asks"),
-        ("no visible outcome", "right action, no visible outcome: it tried the task but barely moved or turned"),
-        ("wrong, no harm", "wrong action, no harm: it did something else but did not fall or move away from the goal"),
-        ("harm", "wrong action with harm: it fell over, or moved or turned away from what the task asks"),
+        ("progress", "clear progress toward the task"),
+        ("no visible outcome", "it tried, but made little progress"),
+        ("wrong, no harm", "it did something else, without falling or losing ground"),
+        ("harm", "it fell, or moved away from the task's goal"),
     ),
 )
 

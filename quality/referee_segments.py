@@ -5,17 +5,13 @@ last one may be shorter. Its "before" state is the last step of the previous seg
 first step of the episode for segment 0), so consecutive segments share their boundary and
 the changes of all segments add up to the episode's total change.
 
-What a segment says comes from the robot profile (`foundations.profile`):
-- base_pose declared: position, heading and speed of the base, and how far it moved forward
-  and left in its own frame and turned;
-- posture declared: base height and upright or fallen (below `min_height`, tilted past
-  `min_upright_cos`, or a terminal step), and whether it fell or got up;
-- end_effector declared: its position and speed, and (target declared) its distance to the
-  target and how much closer it came;
-- always: what changed in the terms of the instruction, the skill's progress measure over
-  the segment (`foundations.progress`), e.g. "moved 0.42 m forward along the starting
-  heading" or "closed 35 % of the starting distance to the target", with its share of the
-  skill's target and the share done since the episode began.
+The columns of a segment come from the robot profile (`foundations.profile`): base pose
+(position, heading, speed, forward/left motion in its own frame, turn), posture (height,
+upright or fallen, fell or got up), end effector (position, speed, distance to a target).
+What the referee reads (`text`) is short: the task, and what changed in its terms, the
+skill's progress measure over the segment (`foundations.progress`), e.g. 'In 2.00 s it moved
+0.42 m forward along the starting heading: 21 % of the goal, 40 % done so far.', plus
+whether it fell.
 
 Everything is computed with polars expressions over all rows at once; the rendering is a
 `concat_str`, so no Python code runs per row or per segment.
@@ -26,7 +22,7 @@ import math
 
 import polars as pl
 
-from foundations.geometry import upright_cosine, wrap_angle
+from foundations.geometry import upright_cosine
 from foundations.profile import RobotProfile
 from foundations.progress import distance_to_target, measure_of_skill, profile_slice, unwrapped, vector_norm, with_skill
 from quality.text import fixed
@@ -216,52 +212,6 @@ def _signed(value: pl.Expr, digits: int, positive: str, negative: str) -> list[p
     return [fixed(value.abs(), digits), word]
 
 
-def _join(parts: list[list[pl.Expr]], sep: str = ", ") -> list[pl.Expr]:
-    out: list[pl.Expr] = []
-    for i, part in enumerate(parts):
-        out += ([pl.lit(sep)] if i else []) + part
-    return out
-
-
-def _state_line(profile: RobotProfile, label: str, side: str) -> list[pl.Expr]:
-    c = lambda name: pl.col(f"{name}_{side}")  # noqa: E731
-    parts = []
-    if profile.base_pose is not None:
-        parts.append([pl.lit("at x "), fixed(c("x")), pl.lit(" m, y "), fixed(c("y")),
-                      pl.lit(" m, heading "), fixed(_degrees(wrap_angle(c("uyaw"))), 0), pl.lit(" deg, speed "),
-                      fixed(c("speed")), pl.lit(" m/s")])  # fmt: skip
-    if profile.posture is not None:
-        posture = pl.when(c("down")).then(pl.lit("fallen")).otherwise(pl.lit("upright"))
-        parts.append([pl.lit("height "), fixed(c("z")), pl.lit(" m, "), posture])
-    if profile.end_effector is not None:
-        position = c("ee").list.eval(fixed(pl.element())).list.join(", ")
-        parts.append([pl.lit("end effector at ("), position, pl.lit(") m")])
-        if profile.target is not None:
-            parts.append([fixed(c("dist")), pl.lit(" m from the target")])
-        parts.append([pl.lit("end effector speed "), fixed(c("ee_speed")), pl.lit(" m/s")])
-    return [pl.lit(f"{label}: "), *_join(parts), pl.lit(".\n")]
-
-
-def _change_line(profile: RobotProfile) -> list[pl.Expr]:
-    parts = []
-    if profile.base_pose is not None:
-        parts.append([pl.lit("moved "), *_signed(pl.col("forward_m"), 2, " m forward", " m backward"),
-                      pl.lit(" and "), *_signed(pl.col("left_m"), 2, " m left", " m right"),
-                      pl.lit(", turned "), *_signed(_degrees(pl.col("turn_rad")), 0, " deg left", " deg right")])  # fmt: skip
-    if profile.end_effector is not None:
-        parts.append([pl.lit("end effector moved "), fixed(pl.col("ee_moved_m")), pl.lit(" m")])
-        if profile.target is not None:
-            parts.append([*_signed(pl.col("closer_m"), 2, " m closer to", " m farther from"), pl.lit(" the target")])
-    if profile.posture is not None:
-        parts.append([
-            pl.when(pl.col("fell")).then(pl.lit("fell over"))
-            .when(pl.col("down_before") & pl.col("down_after")).then(pl.lit("stayed fallen"))
-            .when(pl.col("down_before")).then(pl.lit("got back up"))
-            .otherwise(pl.lit("stayed upright"))
-        ])  # fmt: skip
-    return [pl.lit("Change: "), *_join(parts), pl.lit(".\n")]
-
-
 # The skill's measure over a segment, in words (`value` is the change of the measure).
 _MEASURE_WORDS = {
     "forward_m": lambda v: [pl.lit("moved "), *_signed(v, 2, " m forward", " m backward"),
@@ -278,30 +228,38 @@ _MEASURE_WORDS = {
 }
 
 
-def _task_line(profile: RobotProfile) -> list[pl.Expr]:
+def _task_words(profile: RobotProfile) -> pl.Expr:
+    """What the segment did in the terms of the instruction: the skill's measure over it, in words."""
     value = pl.col("task_change")
-    words = pl.lit("not measured: no skill of this robot matches the task")
+    words = pl.lit("did something no skill of this robot measures")
     for measure in sorted({s.measure for s in profile.skills.values()}):
         words = pl.when(pl.col("measure") == measure).then(pl.concat_str(_MEASURE_WORDS[measure](value))).otherwise(words)
-    share = pl.concat_str([pl.lit(" ("), fixed(value / pl.col("target") * 100, 0), pl.lit(" % of the task's goal; "),
-                           fixed(pl.col("progress_after") / pl.col("target") * 100, 0), pl.lit(" % done so far)")])
-    return [pl.lit("Toward the task: "), words, pl.when(value.is_not_null()).then(share).otherwise(pl.lit("")),
-            pl.lit(".")]
+    share = pl.concat_str([pl.lit(": "), fixed(value / pl.col("target") * 100, 0), pl.lit(" % of the goal, "),
+                           fixed(pl.col("progress_after") / pl.col("target") * 100, 0), pl.lit(" % done so far")])
+    return pl.concat_str([words, pl.when(value.is_not_null()).then(share).otherwise(pl.lit(""))])
+
+
+def _posture_words() -> pl.Expr:
+    return (
+        pl.when(pl.col("fell")).then(pl.lit(" It fell over."))
+        .when(pl.col("down_before") & pl.col("down_after")).then(pl.lit(" It stayed fallen."))
+        .when(pl.col("down_before")).then(pl.lit(" It got back up."))
+        .otherwise(pl.lit(" It stayed upright."))
+    )  # fmt: skip
 
 
 def render_segments(seg: pl.DataFrame, profile: RobotProfile) -> pl.DataFrame:
-    """Add `text`: the compact description the referee reads (task, before, after, change, task terms)."""
-    text = pl.concat_str(
-        [
-            pl.lit('Task: "'), pl.col("instruction"), pl.lit('".\n'),
-            pl.lit("Segment: "), fixed(pl.col("duration_s")), pl.lit(" s.\n"),
-            *_state_line(profile, "Before", "before"),
-            *_state_line(profile, "After", "after"),
-            *_change_line(profile),
-            *_task_line(profile),
-        ]  # fmt: skip
-    )
-    return seg.with_columns(pl.when(pl.col("invalid_reason").is_null()).then(text).alias("text"))
+    """Add `text`: what the referee reads, the task and what changed in its terms (and falls).
+
+    Short on purpose: a small model judges a one-line statement of progress toward the
+    instruction better than before/after poses it would have to compare itself, and every
+    token less is throughput (the poses stay in the segment's columns).
+    """
+    parts = [pl.lit('Task: "'), pl.col("instruction"), pl.lit('". In '), fixed(pl.col("duration_s")),
+             pl.lit(" s it "), _task_words(profile), pl.lit(".")]  # fmt: skip
+    if profile.posture is not None:
+        parts.append(_posture_words())
+    return seg.with_columns(pl.when(pl.col("invalid_reason").is_null()).then(pl.concat_str(parts)).alias("text"))
 
 
 def segment_table(df: pl.DataFrame, profile: RobotProfile, segment_steps: int = 20) -> tuple[pl.DataFrame, pl.DataFrame]:

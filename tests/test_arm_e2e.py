@@ -38,9 +38,11 @@ def test_arm_fleet_through_every_stage(tmp_path, monkeypatch, smollm2_dir):
     ).join(truth.select(pl.col("file").alias("source_file"), "operator"), on="source_file")
     mean = dict(scores.group_by("operator").agg(pl.col("progress").mean()).iter_rows())
     assert mean["expert"] > mean.get("random", 0.0) + 0.3, mean
-    # The referee read the arm's own rendering (end effector and target, not a base pose).
+    # The referee read the arm's own rendering (its skills' measures: the target's distance, the end
+    # effector's bearing; no base pose, no posture).
     segments = storage.read_partition("referee_segments", key)
-    assert segments["text"].str.contains("target").all()
+    assert segments["text"].str.contains("of the starting distance|swept the end effector").all()
+    assert not segments["text"].str.contains("heading|upright").any()
 
     with dg.DagsterInstance.get() as instance:
         run_job(defs, instance, "publish_job")
