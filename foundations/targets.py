@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from foundations.catalog import list_configs, load_model
 from foundations.profile import ProfileError, RobotProfile, load_profile
 
-DEFAULT_SEEDS = [1000, 1001, 1002, 1003, 1004]
+DEFAULT_SEEDS = list(range(1000, 1020))  # 20 rollouts per skill: enough for a 95 % interval
 
 
 class TargetError(ValueError):

@@ -57,7 +57,7 @@ def test_targets_load_with_defaults(catalog):
     assert alpha.path == catalog / "targets" / "alpha.yaml"
     assert (alpha.policy.dataset, alpha.policy.algorithm, alpha.baseline.reward_column) == ("mini_curated", "iql", None)
     assert (alpha.training.preset, alpha.training.n_steps, alpha.training.seed) == ("cpu", None, 0)
-    assert alpha.evaluation.simulator is None and alpha.evaluation.steps is None and len(alpha.evaluation.seeds) == 5
+    assert alpha.evaluation.simulator is None and alpha.evaluation.steps is None and len(alpha.evaluation.seeds) == 20
     assert alpha.profile.action_bounds == (-3.0, 3.0)
     assert alpha.datasets == ["mini_curated", "mini_all"]
     beta = load_target(catalog / "targets" / "beta.yaml")

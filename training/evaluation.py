@@ -93,8 +93,29 @@ def evaluate_policy(
     )
 
 
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def bootstrap_ci(groups: list[np.ndarray], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile-bootstrap interval of the mean over `groups` of per-group means.
+
+    Each group (one skill's rollout scores) is resampled with replacement on its own
+    (a stratified bootstrap: every resample keeps each skill's rollout count), so the
+    interval of an overall score is not widened by differences between skills."""
+    rng = np.random.default_rng(seed)
+    means = np.zeros(resamples)
+    for scores in groups:
+        scores = np.asarray(scores, dtype=np.float64)
+        picks = rng.integers(0, len(scores), size=(resamples, len(scores)))
+        means += scores[picks].mean(axis=1)
+    means /= len(groups)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(low), float(high)
+
+
 def per_skill(rollouts: pl.DataFrame) -> pl.DataFrame:
-    """Mean normalized score, progress and fall rate per policy and skill, plus an 'all skills' row."""
+    """Mean normalized score with its 95 % bootstrap interval, progress and fall rate per policy
+    and instruction, plus an 'all skills' row per policy (mean over skills, stratified interval)."""
     agg = [
         pl.col("normalized_score").mean().alias("normalized_score"),
         pl.col("progress").mean().alias("progress"),
@@ -102,8 +123,54 @@ def per_skill(rollouts: pl.DataFrame) -> pl.DataFrame:
         pl.len().alias("episodes"),
     ]
     by_skill = rollouts.group_by("policy", "instruction").agg(agg)
-    overall = rollouts.group_by("policy").agg(agg).with_columns(pl.lit("all skills").alias("instruction"))
-    return pl.concat([by_skill, overall.select(by_skill.columns)]).sort("policy", "instruction")
+    overall = (
+        by_skill.group_by("policy")
+        .agg(pl.col("normalized_score", "progress", "fall_rate").mean(), pl.col("episodes").sum())
+        .with_columns(pl.lit("all skills").alias("instruction"))
+    )
+    table = pl.concat([by_skill, overall.select(by_skill.columns)])
+    scores = {key: group["normalized_score"].to_numpy()
+              for key, group in rollouts.group_by("policy", "instruction")}
+    intervals = []
+    for policy, instruction in table.select("policy", "instruction").iter_rows():
+        if instruction == "all skills":
+            groups = [v for (p, _), v in scores.items() if p == policy]
+        else:
+            groups = [scores[(policy, instruction)]]
+        intervals.append(bootstrap_ci(groups))
+    return table.with_columns(
+        pl.Series("ci95_low", [lo for lo, _ in intervals]), pl.Series("ci95_high", [hi for _, hi in intervals])
+    ).sort("policy", "instruction")
+
+
+def scores_png(table: pl.DataFrame) -> bytes:
+    """Normalized score per instruction and policy with 95 % bootstrap intervals (a `per_skill` table)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    instructions = sorted(set(table["instruction"]) - {"all skills"}) + ["all skills"]
+    policies = sorted(set(table["policy"]))
+    width = 0.8 / max(1, len(policies))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(instructions)), 3.4))
+    for i, policy in enumerate(policies):
+        rows = {r["instruction"]: r for r in table.filter(pl.col("policy") == policy).iter_rows(named=True)}
+        xs = [j + (i - (len(policies) - 1) / 2) * width for j, ins in enumerate(instructions) if ins in rows]
+        mean = [rows[ins]["normalized_score"] for ins in instructions if ins in rows]
+        err = [[rows[ins]["normalized_score"] - rows[ins]["ci95_low"] for ins in instructions if ins in rows],
+               [rows[ins]["ci95_high"] - rows[ins]["normalized_score"] for ins in instructions if ins in rows]]
+        ax.bar(xs, mean, width, yerr=err, capsize=3, label=policy)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.axhline(100, color="grey", lw=0.8, ls="--")
+    ax.set_xticks(range(len(instructions)), instructions, fontsize=8)
+    ax.set_ylabel("normalized score (95 % CI)", fontsize=8)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return buf.getvalue()
 
 
 def learning_curves_png(curves: dict[str, pl.DataFrame]) -> bytes:

@@ -56,6 +56,7 @@ TARGETS = {
 }
 FROZEN_BUFFERS = tuple(LAYER_TENSORS)
 EXPERT_COMPUTE = ("auto", "dense", "routed")
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
 # "auto" computes only the routed experts when they are at most this share of all experts.
 # Measured on CPU (benchmarks/train_benchmark.py): routed-only loses at top-2 of 4 (1.4-2x
 # slower, gather/scatter costs more than the rank-8 matmuls it saves) and wins at top-1 of 8.
@@ -102,27 +103,25 @@ class LoRAExperts(nn.Module):
                 nn.init.kaiming_uniform_(self.A[e], a=math.sqrt(5))
 
     def forward(self, x: torch.Tensor, gates: torch.Tensor, routed: bool) -> torch.Tensor:
-        """x: (N, T, in), gates: (N, E) with zeros for experts a sample does not use."""
+        """x: (M, in) token rows, gates: (M, E) with zeros for experts a row does not use."""
         if routed:
             return self._routed(x, gates)
-        # Dense mix: all experts in two matmuls; unrouted experts get gate 0.
+        # Dense mix: all experts as one rank-(E*r) adapter in two matmuls; unrouted experts get gate 0.
         n_experts, rank = self.n_experts, self.rank
         a_all = self.A.reshape(n_experts * rank, -1)
         b_all = self.B.permute(1, 0, 2).reshape(self.B.shape[1], n_experts * rank)
-        h = x @ a_all.t()
-        h = h * gates.repeat_interleave(rank, dim=1).unsqueeze(1)
+        h = (x @ a_all.t()) * gates.repeat_interleave(rank, dim=1)
         return (h @ b_all.t()) * self.scaling
 
     def _routed(self, x: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
-        # One batched matmul per expert over only the samples routed to it.
-        out = x.new_zeros(x.shape[0], x.shape[1], self.B.shape[1])
+        # One matmul per expert over only the rows routed to it.
+        out = x.new_zeros(x.shape[0], self.B.shape[1])
         for e in range(self.n_experts):
             rows = gates[:, e].nonzero().squeeze(1)
             if rows.numel() == 0:
                 continue
-            xe = x.index_select(0, rows)
-            delta = (xe @ self.A[e].t()) @ self.B[e].t()
-            out = out.index_add(0, rows, delta * (gates[rows, e] * self.scaling)[:, None, None])
+            delta = (x.index_select(0, rows) @ self.A[e].t()) @ self.B[e].t()
+            out = out.index_add(0, rows, delta * (gates[rows, e] * self.scaling)[:, None])
         return out
 
 
@@ -140,6 +139,29 @@ def _shared_apply(tensor: torch.Tensor, fn: Any) -> torch.Tensor:
     return _MOVED[key][1]
 
 
+def _shared_cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """One cast copy of a frozen tensor per dtype, shared by every encoder."""
+    return _shared_apply(tensor, lambda t: t.to(dtype))
+
+
+def bf16_matmul_is_fast() -> bool:
+    """True where bf16 matmuls run in hardware: CUDA, or a CPU with AMX or AVX512-BF16."""
+    if torch.cuda.is_available():
+        return True
+    try:
+        flags = open("/proc/cpuinfo", encoding="ascii").read()
+    except OSError:
+        return False
+    return " amx_bf16" in flags or " avx512_bf16" in flags
+
+
+def resolve_compute_dtype(name: str) -> torch.dtype:
+    """"auto" = bf16 where `bf16_matmul_is_fast`, else float32."""
+    if name == "auto":
+        return torch.bfloat16 if bf16_matmul_is_fast() else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+
+
 class MoEBertLayer(nn.Module):
     """One frozen BERT layer (post-LN) with routed LoRA experts on chosen linears."""
 
@@ -152,8 +174,10 @@ class MoEBertLayer(nn.Module):
         rank: int,
         alpha: float,
         targets: Sequence[str],
+        compute_dtype: torch.dtype = torch.float32,
     ):
         super().__init__()
+        self.compute_dtype = compute_dtype  # of the frozen matmuls; adapters, norms, attention stay fp32
         for name, tensor in frozen.items():
             # Shared, frozen, outside the state dict: see backbone.frozen_layer.
             self.register_buffer(name, tensor, persistent=False)
@@ -193,27 +217,69 @@ class MoEBertLayer(nn.Module):
 
     def _linear(self, x: torch.Tensor, target: str, gates: torch.Tensor, routed: bool) -> torch.Tensor:
         w_name, b_name = TARGETS[target]
-        y = F.linear(x, getattr(self, w_name), getattr(self, b_name))
+        weight, bias = getattr(self, w_name), getattr(self, b_name)
+        if self.compute_dtype != x.dtype:
+            # The frozen matmul in bf16 (AMX/AVX512-BF16: ~5x fp32 on this CPU), the adapters in fp32.
+            weight, bias = _shared_cast(weight, self.compute_dtype), _shared_cast(bias, self.compute_dtype)
+            y = F.linear(x.to(self.compute_dtype), weight, bias).to(x.dtype)
+        else:
+            y = F.linear(x, weight, bias)
         if target in self.experts:
             y = y + self.experts[target](x, gates, routed)
         return y
 
-    def forward(self, x: torch.Tensor, gates: torch.Tensor, routed: bool) -> torch.Tensor:
-        n, t, h = x.shape
-        d = h // self.num_heads
-
-        def heads(y: torch.Tensor) -> torch.Tensor:
-            return y.view(n, t, self.num_heads, d).transpose(1, 2)
-
-        q = heads(self._linear(x, "query", gates, routed))
-        k = heads(self._linear(x, "key", gates, routed))
-        v = heads(self._linear(x, "value", gates, routed))
-        attn = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, t, h)
-        attn = self._linear(attn, "attention_output", gates, routed)
+    def _block(self, x: torch.Tensor, gates: torch.Tensor, routed: bool, attend: Any) -> torch.Tensor:
+        """The layer on token rows x (M, hidden) with per-row gates (M, E); every linear and norm
+        is row-wise, so `attend(q, k, v) -> (M, hidden)` alone says which rows see which."""
+        q = self._linear(x, "query", gates, routed)
+        k = self._linear(x, "key", gates, routed)
+        v = self._linear(x, "value", gates, routed)
+        attn = self._linear(attend(q, k, v), "attention_output", gates, routed)
+        h = x.shape[-1]
         x = F.layer_norm(attn + x, (h,), self.ln1_w, self.ln1_b, self.eps)
         inner = self.act(self._linear(x, "intermediate", gates, routed))
         out = self._linear(inner, "output", gates, routed)
         return F.layer_norm(out + x, (h,), self.ln2_w, self.ln2_b, self.eps)
+
+    def _heads(self, y: torch.Tensor, n: int) -> torch.Tensor:
+        """(n * T, hidden) rows -> (n, heads, T, head_dim)."""
+        return y.view(n, -1, self.num_heads, y.shape[-1] // self.num_heads).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, gates: torch.Tensor, routed: bool) -> torch.Tensor:
+        """The BERT layer on sequences x (N, T, hidden), per-sample gates (N, E)."""
+        n, t, h = x.shape
+
+        def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            out = F.scaled_dot_product_attention(self._heads(q, n), self._heads(k, n), self._heads(v, n))
+            return out.transpose(1, 2).reshape(n * t, h)
+
+        return self._block(x.reshape(n * t, h), gates.repeat_interleave(t, dim=0), routed, attend).view(n, t, h)
+
+    def forward_prefixed(
+        self, prefix: torch.Tensor, tokens: torch.Tensor, prefix_gates: torch.Tensor, gates: torch.Tensor,
+        inv: torch.Tensor, routed: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer on prefix rows (U, hidden), one per distinct instruction, each attending only
+        to itself, and sample tokens (N, T, hidden), each attending to its sample's prefix row
+        (`inv`: N indices into the U) and to its sample's tokens. Both go through every linear
+        together, in one matmul each."""
+        u, (n, t, h) = prefix.shape[0], tokens.shape
+        rows = torch.cat([prefix, tokens.reshape(n * t, h)])
+        row_gates = torch.cat([prefix_gates, gates.repeat_interleave(t, dim=0)])
+
+        def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            keys = torch.cat([self._heads(k[:u], u)[inv], self._heads(k[u:], n)], dim=2)
+            values = torch.cat([self._heads(v[:u], u)[inv], self._heads(v[u:], n)], dim=2)
+            out = F.scaled_dot_product_attention(self._heads(q[u:], n), keys, values)
+            # A token attending only to itself gets its own value (softmax over one key is 1).
+            return torch.cat([v[:u], out.transpose(1, 2).reshape(n * t, h)])
+
+        out = self._block(rows, row_gates, routed, attend)
+        return out[:u], out[u:].view(n, t, h)
+
+
+def _versions(*tensors: Optional[torch.Tensor]) -> tuple[int, ...]:
+    return tuple(-1 if t is None else t._version for t in tensors)
 
 
 def instruction_indices(column: torch.Tensor, n_instructions: int) -> torch.Tensor:
@@ -223,7 +289,12 @@ def instruction_indices(column: torch.Tensor, n_instructions: int) -> torch.Tens
 
 
 class LoRAMoEBody(nn.Module):
-    """Shared body of the state encoder and the state-action encoder."""
+    """Shared body of the state encoder and the state-action encoder.
+
+    The instruction is a prefix token: it attends only to itself, so its path through the
+    layers (frozen weights, its experts) is computed once per distinct instruction in the
+    batch, not once per sample; each sample's tokens attend to it and to each other.
+    """
 
     def __init__(self, factory: "LoRAMoEEncoderFactory", observation_dim: int, action_size: int = 0):
         super().__init__()
@@ -239,6 +310,10 @@ class LoRAMoEBody(nn.Module):
         )
         self.aux_loss_coef = factory.aux_loss_coef
         self.n_instructions = len(factory.instructions)
+        # Target networks (d3rlpy's targ_*) move only by Polyak averaging: `mark_targets` sets
+        # this so that they run without autograd even where d3rlpy calls them with grad enabled.
+        self.is_target = False
+        self._memo: Optional[tuple] = None  # target networks only: (x, action, versions, weights stamp, output)
 
         self.register_buffer("instruction_table", embed_instructions(model_dir, factory.instructions).clone())
         mean = factory.state_mean or [0.0] * state_dim
@@ -246,14 +321,15 @@ class LoRAMoEBody(nn.Module):
         self.register_buffer("state_mean", torch.tensor(mean, dtype=torch.float32))
         self.register_buffer("state_std", torch.tensor(std, dtype=torch.float32).clamp(min=1e-3))
 
-        n_tokens = 1 + factory.n_state_tokens + (1 if action_size else 0)
-        self.state_proj = nn.Linear(state_dim, factory.n_state_tokens * hidden)
-        self.action_proj = nn.Linear(action_size, hidden) if action_size else None
+        # State (and action, for Q-functions) projected together to n_state_tokens tokens: each
+        # token costs a full pass through the frozen layers, so the action gets no token of its own.
+        self.input_proj = nn.Linear(state_dim + action_size, factory.n_state_tokens * hidden)
         self.token_norm = nn.LayerNorm(hidden)
-        self.token_type = nn.Parameter(torch.randn(n_tokens, hidden) * 0.02)
+        self.token_type = nn.Parameter(torch.randn(1 + factory.n_state_tokens, hidden) * 0.02)
 
         n_layers = info.num_layers if factory.n_layers <= 0 else min(factory.n_layers, info.num_layers)
         self.layer_indices = list(range(info.num_layers - n_layers, info.num_layers))
+        compute_dtype = resolve_compute_dtype(factory.compute_dtype)
         self.layers = nn.ModuleList(
             MoEBertLayer(
                 frozen_layer(model_dir, i),
@@ -263,6 +339,7 @@ class LoRAMoEBody(nn.Module):
                 factory.rank,
                 factory.alpha,
                 factory.lora_targets,
+                compute_dtype,
             )
             for i in self.layer_indices
         )
@@ -271,28 +348,47 @@ class LoRAMoEBody(nn.Module):
         self.register_buffer("aux_count", torch.zeros((), dtype=torch.float64), persistent=False)
 
     def forward(self, x: torch.Tensor, action: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if not self.is_target:
+            return self._forward(x, action)
+        # d3rlpy's IQL asks the target Q-functions twice per update for the same batch (value
+        # loss, then actor weights) while their weights stay put until the Polyak step: reuse the
+        # output when the inputs are the same tensors and the weights' fingerprint is unchanged.
+        with torch.no_grad():
+            stamp = torch.stack([p.sum() for p in self.parameters()])
+            memo = self._memo
+            if (memo is not None and memo[0] is x and memo[1] is action and memo[2] == _versions(x, action)
+                    and torch.equal(memo[3], stamp)):
+                return memo[4]
+            out = self._forward(x, action)
+            self._memo = (x, action, _versions(x, action), stamp, out)
+            return out
+
+    def _forward(self, x: torch.Tensor, action: Optional[torch.Tensor]) -> torch.Tensor:
         n = x.shape[0]
         idx = instruction_indices(x[:, -1], self.n_instructions)
+        # The distinct instructions of the batch (a few) and each sample's position among them.
+        uniq, inv = torch.unique(idx, return_inverse=True)
         state = ((x[:, :-1] - self.state_mean) / self.state_std).clamp(-STATE_CLIP, STATE_CLIP)
-        instruction = self.instruction_table[idx]
-        tokens = [instruction.unsqueeze(1), self.token_norm(self.state_proj(state).view(n, self.n_state_tokens, -1))]
-        if self.action_proj is not None:
-            assert action is not None
-            tokens.append(self.token_norm(self.action_proj(action)).unsqueeze(1))
-        h = torch.cat(tokens, dim=1) + self.token_type
+        inputs = state if action is None else torch.cat([state, action], dim=1)
+        if self.action_size and action is None:
+            raise ValueError("this encoder takes an action")
+        h = self.token_norm(self.input_proj(inputs).view(n, self.n_state_tokens, -1)) + self.token_type[1:]
+        embedding = self.instruction_table[uniq]
+        prefix = embedding + self.token_type[0]
 
         tracking = self.training and torch.is_grad_enabled()
         aux_terms = []
         for layer in self.layers:
-            # Route on the few distinct instructions, then gather per sample.
-            logits = layer.router(self.instruction_table)[idx]
-            gates, mask, aux = layer.route(logits)
-            h = layer(h, gates, self.routed)
+            # Routing depends on the instruction only: route the distinct ones, then gather.
+            logits = layer.router(embedding)
+            prefix_gates, _, _ = layer.route(logits)
+            gates, mask, aux = layer.route(logits[inv])
+            prefix, h = layer.forward_prefixed(prefix, h, prefix_gates, gates, inv, self.routed)
             if tracking:
                 aux_terms.append(aux)
                 layer.usage += mask.sum(0).detach().to(layer.usage.dtype)
 
-        parts = [h[:, 0], h[:, 1:].mean(dim=1), state]
+        parts = [prefix[inv], h.mean(dim=1), state]
         if action is not None:
             parts.append(action)
         out = F.relu(self.head(torch.cat(parts, dim=1)))
@@ -345,6 +441,8 @@ class LoRAMoEEncoderFactory(EncoderFactory):
         expert_compute: "dense" (all experts in two matmuls, gates zero where unrouted), "routed"
             (only the routed experts, grouped per expert) or "auto" (routed when top_k / n_experts
             <= ROUTED_MAX_SHARE, the measured break-even; dense otherwise).
+        compute_dtype: dtype of the frozen matmuls: "auto" (bf16 where the hardware has bf16
+            matmuls, see `bf16_matmul_is_fast`), "float32" or "bfloat16". Adapters stay fp32.
         state_mean, state_std: per-feature statistics used to normalise the state.
     """
 
@@ -360,6 +458,7 @@ class LoRAMoEEncoderFactory(EncoderFactory):
     feature_size: int = 256
     aux_loss_coef: float = 0.01
     expert_compute: str = "auto"
+    compute_dtype: str = "auto"
     state_mean: Optional[list[float]] = None
     state_std: Optional[list[float]] = None
 
@@ -375,6 +474,8 @@ class LoRAMoEEncoderFactory(EncoderFactory):
         unknown = sorted(set(self.lora_targets) - set(TARGETS))
         if unknown:
             problems.append(f"unknown lora_targets {unknown}; choose from {sorted(TARGETS)}")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            problems.append(f"compute_dtype={self.compute_dtype!r}; choose from {COMPUTE_DTYPES}")
         if self.expert_compute not in EXPERT_COMPUTE:
             problems.append(f"expert_compute={self.expert_compute!r}; choose from {EXPERT_COMPUTE}")
         if observation_dim is not None:
@@ -470,6 +571,18 @@ def pop_aux_loss(algo: Any) -> Optional[float]:
         body.aux_sum.zero_()
         body.aux_count.zero_()
     return total / count if count else None
+
+
+def mark_targets(algo: Any) -> int:
+    """Run the target networks' encoders without autograd; returns how many were marked.
+
+    d3rlpy computes IQL's target Q-values with grad enabled and detaches them afterwards:
+    recording that graph costs time and memory for nothing.
+    """
+    bodies = [body for name, body in moe_bodies(algo).items() if name.startswith("targ_")]
+    for body in bodies:
+        body.is_target = True
+    return len(bodies)
 
 
 def reset_expert_usage(algo: Any) -> None:

@@ -29,6 +29,7 @@ from training.lora_moe import (
     expert_usage,
     instruction_ids,
     make_observations,
+    mark_targets,
     pop_aux_loss,
 )
 from training.mdp_dataset import build_mdp_dataset, check_bounds, reward_scale, split_trainable, state_statistics
@@ -47,14 +48,16 @@ __all__ = [
 ]
 
 ALGORITHMS = ("iql", "cql", "td3plusbc", "bc")
-ENCODER_TYPES = ("lora_moe", "mlp")
+# lora_moe: routed LoRA experts; lora: one LoRA of the same parameter count (rank n_experts * rank,
+# the ablation of the routing); mlp: d3rlpy's VectorEncoder (256, 256), no language model.
+ENCODER_TYPES = ("lora_moe", "lora", "mlp")
 
 # Presets: the CPU one is sized for a demo on 2 cores (IQL + BC within ~5 minutes,
 # see benchmarks/train_benchmark.py); the GPU one runs the whole backbone.
 # The CPU preset also shortens the sequence (2 state tokens instead of 4: about 30% cheaper).
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {"n_steps": 400, "n_steps_per_epoch": 100, "batch_size": 64, "device": "cpu:0",
-            "encoder": {"n_layers": 1, "n_state_tokens": 2}},
+            "encoder": {"n_layers": 1, "n_state_tokens": 1}},
     "gpu": {"n_steps": 20000, "n_steps_per_epoch": 1000, "batch_size": 256, "device": "cuda:0",
             "encoder": {"n_layers": 0, "n_state_tokens": 4}},
 }
@@ -68,7 +71,8 @@ class TrainConfig:
         algorithm: "iql", "cql", "td3plusbc" or "bc".
         n_steps, n_steps_per_epoch: d3rlpy trains n_steps // n_steps_per_epoch epochs.
         batch_size: transitions per update.
-        encoder_type: "lora_moe" (default) or "mlp" (d3rlpy's VectorEncoder, a baseline).
+        encoder_type: "lora_moe" (default), "lora" (one adapter of the same parameter count) or "mlp"
+            (d3rlpy's VectorEncoder, a baseline).
         encoder: LoRA-MoE settings; instructions and state statistics are filled in from the data.
         reward_column: "reward", "referee_reward" or "combined_reward" (ignored by bc).
         action_bounds: [low, high] of every action dimension, from the robot profile
@@ -185,8 +189,19 @@ def make_encoder_factory(config: TrainConfig, instructions: list[str], clean: pl
         return VectorEncoderFactory(hidden_units=[256, 256])
     mean, std = state_statistics(clean)
     factory = dataclasses.replace(config.encoder, instructions=list(instructions), state_mean=mean, state_std=std)
+    if config.encoder_type == "lora":
+        factory = single_lora(factory)
     factory.validate(len(mean) + 1)
     return factory
+
+
+def single_lora(factory: LoRAMoEEncoderFactory) -> LoRAMoEEncoderFactory:
+    """The same encoder with one LoRA of the mixture's parameter count instead of routed experts.
+
+    Written with the same hand-made adapter as the experts (not peft) so that the ablation
+    changes only the routing, not the implementation."""
+    return dataclasses.replace(factory, n_experts=1, top_k=1, rank=factory.rank * factory.n_experts,
+                               aux_loss_coef=0.0, expert_compute="dense")
 
 
 def make_algo(config: TrainConfig, encoder: EncoderFactory, scale: float, action_size: int) -> Any:
@@ -266,7 +281,15 @@ def train(table: pl.DataFrame, config: TrainConfig, *, progress: bool = True) ->
 def quiet_d3rlpy() -> Iterator[None]:
     """Silence d3rlpy's info logs (it prints every hyperparameter each fit) for a while."""
     saved = structlog.get_config()
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+
+    def drop_expected(logger: Any, method: str, event: dict) -> dict:
+        # The fitter warns that models are built already: `_train` builds them on purpose.
+        if str(event.get("event", "")).startswith("Skip building models"):
+            raise structlog.DropEvent
+        return event
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+                        processors=[drop_expected, *saved["processors"]])
     try:
         yield
     finally:
@@ -307,6 +330,9 @@ def _train(table: pl.DataFrame, config: TrainConfig, progress: bool) -> TrainRes
             "initial_state_value": InitialStateValueEstimationEvaluator(episodes=episodes),
         }
 
+    # Built before fitting (the fitter then skips building) so that the target networks can be marked.
+    algo.build_with_dataset(dataset)
+    mark_targets(algo)
     rows: list[dict[str, Any]] = []
     for epoch, metrics in algo.fitter(
         dataset,

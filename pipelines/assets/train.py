@@ -128,7 +128,7 @@ def evaluate_target(context: dg.AssetExecutionContext, target: Target,
                     config: EvaluationConfig) -> dg.MaterializeResult:
     """Closed-loop normalized scores of both checkpoints (when the target names a simulator) and offline metrics."""
     from training.checkpoints import latest_checkpoint
-    from training.evaluation import learning_curves_png, per_skill
+    from training.evaluation import learning_curves_png, per_skill, scores_png
 
     paths = {role: latest_checkpoint(checkpoint_name(target.name, role)) for role in ROLES}
     missing = [checkpoint_name(target.name, r) for r, p in paths.items() if p is None]
@@ -161,6 +161,7 @@ def evaluate_target(context: dg.AssetExecutionContext, target: Target,
             "normalized_score_policy": overall.get("policy"),
             "normalized_score_baseline": overall.get("baseline"),
             "per_skill": md_table(table),
+            **png_metadata(scores_png(table), f"{target.name}_scores"),
             "not_evaluated": dg.MetadataValue.json(not_evaluated),
         }
     )
@@ -221,7 +222,8 @@ def target_assets(target: Target) -> list[dg.AssetsDefinition]:
         retry_policy=RETRY,
         description=f"Closed-loop rollouts of {target.name}'s policy and baseline in simulator "
         f"{target.evaluation.simulator or '(none)'} for every skill, as normalized scores (0 = random operator, "
-        f"100 = expert operator), beside offline metrics and learning curves. Target: {_where(target)}.",
+        f"100 = expert operator) with 95 % bootstrap intervals over the same seeds for every policy and reference "
+        f"operator, beside offline metrics and learning curves. Target: {_where(target)}.",
         kinds={"mujoco"},
         tags={"target": target.name},
     )
