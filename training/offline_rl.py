@@ -22,6 +22,9 @@ import torch
 from d3rlpy.logging import NoopAdapterFactory
 from d3rlpy.metrics import InitialStateValueEstimationEvaluator, TDErrorEvaluator
 from d3rlpy.models.encoders import EncoderFactory, VectorEncoderFactory
+from d3rlpy.optimizers import AdamFactory, OptimizerFactory
+from d3rlpy.optimizers.optimizers import _get_parameters_from_named_modules, register_optimizer_factory
+from d3rlpy.serializable_config import CONFIG_STORAGE
 from d3rlpy.preprocessing import MinMaxActionScaler, MultiplyRewardScaler
 
 from training.lora_moe import (
@@ -52,11 +55,11 @@ ALGORITHMS = ("iql", "cql", "td3plusbc", "bc")
 # the ablation of the routing); mlp: d3rlpy's VectorEncoder (256, 256), no language model.
 ENCODER_TYPES = ("lora_moe", "lora", "mlp")
 
-# Presets: the CPU one is sized for a demo on 2 cores (IQL + BC within ~5 minutes,
-# see benchmarks/train_benchmark.py); the GPU one runs the whole backbone.
-# The CPU preset also shortens the sequence (2 state tokens instead of 4: about 30% cheaper).
+# Presets: the CPU one trains 5,000 updates (400, the earlier budget, left IQL far from converged) with one trailing MiniLM layer
+# and one token per sample (benchmarks/train_benchmark.py measures the update cost); the GPU one
+# runs the whole backbone.
 PRESETS: dict[str, dict[str, Any]] = {
-    "cpu": {"n_steps": 400, "n_steps_per_epoch": 100, "batch_size": 64, "device": "cpu:0",
+    "cpu": {"n_steps": 5000, "n_steps_per_epoch": 500, "batch_size": 64, "device": "cpu:0",
             "encoder": {"n_layers": 1, "n_state_tokens": 1}},
     "gpu": {"n_steps": 20000, "n_steps_per_epoch": 1000, "batch_size": 256, "device": "cuda:0",
             "encoder": {"n_layers": 0, "n_state_tokens": 4}},
@@ -204,6 +207,26 @@ def single_lora(factory: LoRAMoEEncoderFactory) -> LoRAMoEEncoderFactory:
                                aux_loss_coef=0.0, expert_compute="dense")
 
 
+@dataclass()
+class FusedAdamFactory(AdamFactory):
+    """d3rlpy's Adam with torch's fused kernel: one op over all parameters instead of about ten
+    per parameter tensor. The LoRA-MoE networks hold ~30 tensors each, and the per-tensor loop
+    took ~20 % of an IQL update on CPU (benchmarks/train_benchmark.py profiles the same update)."""
+
+    def create_optimizer(self, named_modules: Any, lr: float) -> torch.optim.Adam:
+        return torch.optim.Adam(_get_parameters_from_named_modules(named_modules), lr=lr, betas=self.betas,
+                                eps=self.eps, weight_decay=self.weight_decay, amsgrad=self.amsgrad, fused=True)
+
+    @staticmethod
+    def get_type() -> str:
+        return "fused_adam"
+
+
+# Registration is global in d3rlpy and asserts on duplicates (module reloads).
+if FusedAdamFactory.get_type() not in CONFIG_STORAGE[OptimizerFactory].config_list:
+    register_optimizer_factory(FusedAdamFactory)
+
+
 def make_algo(config: TrainConfig, encoder: EncoderFactory, scale: float, action_size: int) -> Any:
     """An unbuilt d3rlpy algorithm of `config` with `encoder` on every network, rewards times `scale`
     and actions scaled between the robot's bounds and the actor's [-1, 1]."""
@@ -211,7 +234,8 @@ def make_algo(config: TrainConfig, encoder: EncoderFactory, scale: float, action
     low, high = check_bounds(config.action_bounds)
     actions = MinMaxActionScaler(minimum=np.full(action_size, low, np.float32),
                                  maximum=np.full(action_size, high, np.float32))
-    common = dict(batch_size=config.batch_size, gamma=config.gamma, reward_scaler=scaler, action_scaler=actions)
+    common = dict(batch_size=config.batch_size, gamma=config.gamma, reward_scaler=scaler, action_scaler=actions,
+                  actor_optim_factory=FusedAdamFactory(), critic_optim_factory=FusedAdamFactory())
     if config.algorithm == "iql":
         algo_config = d3rlpy.algos.IQLConfig(
             actor_encoder_factory=encoder,
@@ -244,7 +268,7 @@ def make_algo(config: TrainConfig, encoder: EncoderFactory, scale: float, action
     else:
         algo_config = d3rlpy.algos.BCConfig(
             encoder_factory=encoder, learning_rate=config.actor_learning_rate, batch_size=config.batch_size,
-            action_scaler=actions,
+            action_scaler=actions, optim_factory=FusedAdamFactory(),
         )
     return algo_config.create(device=config.device)
 
