@@ -58,6 +58,9 @@ class Evaluation(_Strict):
     simulator: Optional[str] = None  # a name of simulator.embodiments.EMBODIMENTS
     seeds: list[int] = Field(default_factory=lambda: list(DEFAULT_SEEDS), min_length=1)
     steps: Optional[int] = Field(None, ge=1)  # control steps per rollout; None: the embodiment's episode length
+    # Other wordings of declared skills, {skill: [texts]}: the policy is asked the text, the simulator the
+    # skill, and the scores are reported apart from the declared skills' (language in, not an index).
+    paraphrases: dict[str, list[str]] = Field(default_factory=dict)
 
 
 class Target(_Strict):

@@ -2,7 +2,8 @@
 
 Every figure printed is also written to `<data root>/reports/demo.json` under stable dotted keys:
 `quarantine.<source>.*`, `dataset.<recipe>.*`, `referee.<robot>.*`, `policy.<robot>.*`, `baseline.<robot>.*`
-(`.mean` and its 95 % bootstrap interval `.ci95` = [low, high], and per skill `.skill.<instruction>[.ci95]`).
+(`.mean` and its 95 % bootstrap interval `.ci95` = [low, high], per skill `.skill.<instruction>[.ci95]`, and
+the mean over paraphrased instructions `.paraphrases[.ci95]`).
 """
 from __future__ import annotations
 
@@ -143,7 +144,7 @@ def _policy_figures() -> dict:
         has_ci = "ci95_low" in table.columns  # tables written before the intervals existed lack them
         for row in table.iter_rows(named=True):
             role, instruction = row["policy"], row["instruction"]
-            skill = "mean" if instruction == "all skills" else f"skill.{instruction}"
+            skill = {"all skills": "mean", "all paraphrases": "paraphrases"}.get(instruction, f"skill.{instruction}")
             out[f"{role}.{target.robot}.{skill}"] = row["normalized_score"]
             if has_ci:
                 ci_key = f"{role}.{target.robot}.ci95" if skill == "mean" else f"{role}.{target.robot}.{skill}.ci95"
@@ -192,7 +193,10 @@ def print_report(report: dict) -> None:
     for robot in robots:
         skills = sorted({k.split(".skill.", 1)[1].removesuffix(".ci95") for k in report
                          if k.startswith(f"policy.{robot}.skill.")})
-        for skill, key in [(s_, f"skill.{s_}") for s_ in skills] + [("mean", "mean")]:
+        rows = [(s_, f"skill.{s_}") for s_ in skills] + [("mean", "mean")]
+        if f"policy.{robot}.paraphrases" in report:
+            rows.append(("paraphrases (mean)", "paraphrases"))
+        for skill, key in rows:
             print(f"    {robot:<8}{skill:<22}{scored(f'policy.{robot}.{key}'):>22}"
                   f"{scored(f'baseline.{robot}.{key}'):>22}")
         print(f"    ({robot}: policy {report.get(f'policy.{robot}.trained')}, baseline "

@@ -250,3 +250,27 @@ def test_target_networks_run_without_autograd_and_reuse_identical_calls(tiny_dir
         enc.body.head.bias.add_(1.0)  # as a Polyak step does, through .data
     again = enc(x, a)
     assert again is not first and not torch.equal(again, first)
+
+
+def test_any_instruction_text_is_embedded_on_the_fly(tiny_dir):
+    from training.lora_moe import text_ids
+
+    config = TrainConfig(algorithm="bc", n_steps=4, n_steps_per_epoch=2, batch_size=8, num_threads=1,
+                         action_bounds=(-1.0, 1.0),
+                         encoder=LoRAMoEEncoderFactory(model_dir=tiny_dir, n_layers=1, feature_size=16))
+    result = train(episode_table(n_episodes=4, steps=10), config, progress=False)
+    algo, known = result.algo, result.instructions
+    ids = text_ids(algo, [known[1], "stroll ahead please", known[0], "stroll ahead please"], known)
+    assert ids.tolist() == [1, len(known), 0, len(known)]
+    body = next(iter(moe_bodies(algo).values()))
+    assert body.extra_table.shape[0] == 1 and "extra_table" not in body.state_dict()
+    states = np.random.default_rng(0).normal(size=(2, STATE_DIM)).astype(np.float32)
+    new = algo.predict(make_observations(states, [len(known)] * 2))
+    old = algo.predict(make_observations(states, [0] * 2))
+    assert np.isfinite(new).all() and not np.allclose(new, old)  # a different embedding, not index 0 clamped
+    # An MLP policy has no language model: an unknown text is a clear error, not a silent index.
+    mlp = train(episode_table(n_episodes=4, steps=10), TrainConfig(
+        algorithm="bc", n_steps=2, n_steps_per_epoch=1, batch_size=8, encoder_type="mlp", action_bounds=(-1.0, 1.0)),
+        progress=False)
+    with pytest.raises(ValueError, match="stroll"):
+        text_ids(mlp.algo, ["stroll ahead please"], mlp.instructions)

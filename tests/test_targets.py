@@ -46,7 +46,9 @@ def catalog(tmp_path, monkeypatch) -> Path:
         write_recipe(root, name)
     write_target(root, "alpha")
     write_target(root, "beta", robot="ant", policy={"dataset": "mini_all", "algorithm": "iql", "reward_column": "reward"},
-                 training={"seed": 3}, evaluation={"simulator": "ant", "seeds": [1000], "steps": 10})
+                 training={"seed": 3}, evaluation={"simulator": "ant", "seeds": [1000], "steps": 10,
+                                                   "paraphrases": {"walk forward": ["go forwards"],
+                                                                   "moonwalk": ["glide backwards"]}})
     monkeypatch.setenv("ROBOCURATE_RECIPES", str(root))
     return root
 
@@ -201,8 +203,14 @@ def test_target_trains_reuses_and_evaluates_in_its_simulator(catalog, tmp_path):
     scores = storage.read_partition("evaluation", "beta")
     assert set(scores["policy"]) == {"policy", "baseline"}
     trained_on = set(manifest["observation"]["instructions"])
-    assert "dance" in trained_on and set(scores["instruction"]) == trained_on - {"dance"} | {"all skills"}
+    declared = scores.filter(pl.col("phrasing") == "declared")
+    assert "dance" in trained_on and set(declared["instruction"]) == trained_on - {"dance"} | {"all skills"}
+    # A paraphrase of a declared skill is asked as text and scored apart; one of a skill the
+    # simulator lacks ("moonwalk") is reported, not a failure.
+    reworded = scores.filter(pl.col("phrasing") == "paraphrase")
+    assert set(reworded["instruction"]) == {"go forwards", "all paraphrases"}
     assert scores["normalized_score"].is_finite().all()
+    assert (scores["ci95_low"] <= scores["normalized_score"]).all() and "beta_scores" in str(list(evaluation))
 
     # Same data, same config: nothing is trained again.
     again = dg.materialize(assets[:2], instance=instance, run_config=run_config, resources=RESOURCES)

@@ -30,7 +30,7 @@ from foundations.code_version import code_version
 from foundations.storage import sha256_file
 from foundations.versions import VersionStore
 from training.backbone import resolve_model_dir, weights_sha256
-from training.lora_moe import LoRAMoEEncoderFactory, adapter_state_dict, instruction_ids, make_observations
+from training.lora_moe import LoRAMoEEncoderFactory, adapter_state_dict, make_observations, text_ids
 from training.offline_rl import TrainResult
 
 FORMAT = "robocurate-checkpoint/1"
@@ -53,13 +53,14 @@ class Checkpoint:
         return list(self.manifest["observation"]["instructions"])
 
     def act(self, states: np.ndarray, texts: Sequence[str]) -> np.ndarray:
-        """Greedy actions for states (N, D) under instruction texts (N of them, or 1 for all)."""
-        ids = instruction_ids(list(texts), self.instructions)
+        """Greedy actions for states (N, D) under instruction texts (N of them, or 1 for all); any text
+        for a LoRA-MoE policy (see `text_ids`), the training instructions only for an MLP one."""
+        ids = text_ids(self.algo, list(texts), self.instructions)
         return self.algo.predict(make_observations(states, ids))
 
     def policy(self, instruction: str) -> Callable[[np.ndarray], np.ndarray]:
         """A closed-loop controller `state (D,) -> action (A,)` for one instruction (e.g. for sim rollouts)."""
-        ids = instruction_ids([instruction], self.instructions)
+        ids = text_ids(self.algo, [instruction], self.instructions)
 
         def act(state: np.ndarray) -> np.ndarray:
             return self.algo.predict(make_observations(np.asarray(state).reshape(1, -1), ids))[0]

@@ -39,6 +39,13 @@ def evaluable(embodiment: Embodiment, instructions: list[str]) -> tuple[dict[str
     return matched, [text for text in instructions if text not in matched]
 
 
+def paraphrase_skills(embodiment: Embodiment, paraphrases: dict[str, list[str]]) -> tuple[dict[str, str], list[str]]:
+    """({paraphrase text: the skill it rewords}, [declared skills the embodiment lacks]), from a target's
+    `evaluation.paraphrases` ({skill: [texts]})."""
+    matched, unknown = evaluable(embodiment, list(paraphrases))
+    return {text: matched[skill] for skill in matched for text in paraphrases[skill]}, unknown
+
+
 def reference_scores(
     embodiment: Embodiment, skills: list[str], seeds: list[int], steps: int
 ) -> dict[str, dict[str, float]]:
@@ -68,11 +75,13 @@ def evaluate_policy(
     steps: int,
     refs: dict[str, dict[str, float]],
     label: str = "policy",
+    phrasing: str = "declared",
 ) -> pl.DataFrame:
     """One row per (instruction, seed) rollout with its normalized score.
 
-    `skills` maps each instruction the policy was trained on to the embodiment's skill
-    (see `evaluable`); the policy is asked for the instruction, the simulator for the skill.
+    `skills` maps each instruction to the embodiment's skill (see `evaluable`,
+    `paraphrase_skills`); the policy is asked for the instruction, the simulator for the
+    skill. `phrasing` labels the rows ("declared" skills, or "paraphrase").
     """
     rows = []
     for instruction, skill in skills.items():
@@ -88,7 +97,8 @@ def evaluate_policy(
          "expert": [r["expert"] for r in refs.values()]},
         schema={"skill": pl.String, "random": pl.Float64, "expert": pl.Float64},
     )
-    return df.with_columns(pl.lit(label).alias("policy")).join(ref, on="skill", how="left").with_columns(
+    df = df.with_columns(pl.lit(label).alias("policy"), pl.lit(phrasing).alias("phrasing"))
+    return df.join(ref, on="skill", how="left").with_columns(
         (100 * (pl.col("progress") - pl.col("random")) / (pl.col("expert") - pl.col("random"))).alias("normalized_score")
     )
 
@@ -115,28 +125,32 @@ def bootstrap_ci(groups: list[np.ndarray], resamples: int = BOOTSTRAP_RESAMPLES,
 
 def per_skill(rollouts: pl.DataFrame) -> pl.DataFrame:
     """Mean normalized score with its 95 % bootstrap interval, progress and fall rate per policy
-    and instruction, plus an 'all skills' row per policy (mean over skills, stratified interval)."""
+    and instruction, plus an 'all skills' row per policy (mean over the declared skills, stratified
+    interval) and, where rollouts asked paraphrases, an 'all paraphrases' row."""
     agg = [
         pl.col("normalized_score").mean().alias("normalized_score"),
         pl.col("progress").mean().alias("progress"),
         pl.col("fell").cast(pl.Float64).mean().alias("fall_rate"),
         pl.len().alias("episodes"),
     ]
-    by_skill = rollouts.group_by("policy", "instruction").agg(agg)
+    if "phrasing" not in rollouts.columns:
+        rollouts = rollouts.with_columns(pl.lit("declared").alias("phrasing"))
+    by_skill = rollouts.group_by("policy", "instruction", "phrasing").agg(agg)
     overall = (
-        by_skill.group_by("policy")
+        by_skill.group_by("policy", "phrasing")
         .agg(pl.col("normalized_score", "progress", "fall_rate").mean(), pl.col("episodes").sum())
-        .with_columns(pl.lit("all skills").alias("instruction"))
+        .with_columns(pl.when(pl.col("phrasing") == "declared").then(pl.lit("all skills"))
+                      .otherwise(pl.lit("all paraphrases")).alias("instruction"))
     )
     table = pl.concat([by_skill, overall.select(by_skill.columns)])
     scores = {key: group["normalized_score"].to_numpy()
-              for key, group in rollouts.group_by("policy", "instruction")}
+              for key, group in rollouts.group_by("policy", "instruction", "phrasing")}
     intervals = []
-    for policy, instruction in table.select("policy", "instruction").iter_rows():
-        if instruction == "all skills":
-            groups = [v for (p, _), v in scores.items() if p == policy]
+    for policy, instruction, phrasing in table.select("policy", "instruction", "phrasing").iter_rows():
+        if instruction in ("all skills", "all paraphrases"):
+            groups = [v for (p, _, ph), v in scores.items() if p == policy and ph == phrasing]
         else:
-            groups = [scores[(policy, instruction)]]
+            groups = [scores[(policy, instruction, phrasing)]]
         intervals.append(bootstrap_ci(groups))
     return table.with_columns(
         pl.Series("ci95_low", [lo for lo, _ in intervals]), pl.Series("ci95_high", [hi for _, hi in intervals])
@@ -150,7 +164,8 @@ def scores_png(table: pl.DataFrame) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    instructions = sorted(set(table["instruction"]) - {"all skills"}) + ["all skills"]
+    totals = [t for t in ("all skills", "all paraphrases") if t in set(table["instruction"])]
+    instructions = sorted(set(table["instruction"]) - set(totals)) + totals
     policies = sorted(set(table["policy"]))
     width = 0.8 / max(1, len(policies))
     fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(instructions)), 3.4))
@@ -163,7 +178,7 @@ def scores_png(table: pl.DataFrame) -> bytes:
         ax.bar(xs, mean, width, yerr=err, capsize=3, label=policy)
     ax.axhline(0, color="grey", lw=0.8)
     ax.axhline(100, color="grey", lw=0.8, ls="--")
-    ax.set_xticks(range(len(instructions)), instructions, fontsize=8)
+    ax.set_xticks(range(len(instructions)), instructions, fontsize=7, rotation=20, ha="right")
     ax.set_ylabel("normalized score (95 % CI)", fontsize=8)
     ax.legend(fontsize=7)
     fig.tight_layout()

@@ -5,12 +5,19 @@ Observation layout (what every network of the algorithm receives):
     observation = [state_0, ..., state_{D-1}, instruction_index]      float32, D + 1 values
 
 `instruction_index` is the position of the step's language instruction in the
-factory's `instructions` list (see `make_observations`). The encoder splits it
-off, rounds and clamps it (d3rlpy probes encoders with uniform random floats) and
-looks up that instruction's MiniLM embedding, computed once per process.
+factory's `instructions` list (see `make_observations`), or, for a text met after
+training, its position after them (`text_ids` embeds such texts on the fly): the
+observation carries a float, d3rlpy's only input, and the encoder turns it back into
+the text's MiniLM embedding (computed once per process and text), never a learnt
+per-index vector. The index is rounded and clamped (d3rlpy probes encoders with
+uniform random floats).
 
 Tokens fed to the trailing `n_layers` layers of the backbone:
-    [instruction embedding, n_state_tokens projected state tokens, (action token)]
+    [instruction embedding] + n_state_tokens tokens projected from the state (and the action)
+The instruction token is a prefix that attends only to itself, so its pass through
+the layers runs once per distinct instruction in a batch; each sample's tokens attend
+to it and to each other. The frozen matmuls run in bf16 where the hardware has bf16
+units (AMX, AVX512-BF16, CUDA); adapters, norms and attention stay fp32.
 The backbone's weights are frozen non-persistent buffers shared by all encoders.
 Each of those layers carries `n_experts` LoRA experts on the query, value and MLP
 linears and a router on the instruction embedding that picks the top-k experts
@@ -20,7 +27,10 @@ backpropagates through the encoder.
 LoRA is written by hand rather than with peft: peft's LoRA layers hold one
 adapter (or a fixed weighted set) per module, with no per-sample routing, so a
 router would have to re-enter peft's internals on every call; a few tensors and
-two matmuls express the routed mixture directly.
+two matmuls express the routed mixture directly. peft also wraps nn.Linear
+parameters, and the frozen weights here must stay shared buffers (one copy for all
+six IQL networks; d3rlpy's save_policy unfreezes parameters). The single-LoRA
+ablation uses the same code with one expert, so that it differs only in routing.
 """
 import dataclasses
 import math
@@ -315,7 +325,12 @@ class LoRAMoEBody(nn.Module):
         self.is_target = False
         self._memo: Optional[tuple] = None  # target networks only: (x, action, versions, weights stamp, output)
 
+        self.model_dir = model_dir
         self.register_buffer("instruction_table", embed_instructions(model_dir, factory.instructions).clone())
+        # Instructions met after training (any text a caller asks for): embedded on the fly, indexed
+        # after the trained ones, outside the state dict so that checkpoints keep their shape.
+        self.extra_instructions: list[str] = []
+        self.register_buffer("extra_table", torch.zeros(0, hidden), persistent=False)
         mean = factory.state_mean or [0.0] * state_dim
         std = factory.state_std or [1.0] * state_dim
         self.register_buffer("state_mean", torch.tensor(mean, dtype=torch.float32))
@@ -365,15 +380,18 @@ class LoRAMoEBody(nn.Module):
 
     def _forward(self, x: torch.Tensor, action: Optional[torch.Tensor]) -> torch.Tensor:
         n = x.shape[0]
-        idx = instruction_indices(x[:, -1], self.n_instructions)
+        idx = instruction_indices(x[:, -1], self.n_instructions + len(self.extra_instructions))
         # The distinct instructions of the batch (a few) and each sample's position among them.
         uniq, inv = torch.unique(idx, return_inverse=True)
+        table = self.instruction_table
+        if self.extra_instructions:
+            table = torch.cat([table, self.extra_table.to(table.dtype)])
         state = ((x[:, :-1] - self.state_mean) / self.state_std).clamp(-STATE_CLIP, STATE_CLIP)
         inputs = state if action is None else torch.cat([state, action], dim=1)
         if self.action_size and action is None:
             raise ValueError("this encoder takes an action")
         h = self.token_norm(self.input_proj(inputs).view(n, self.n_state_tokens, -1)) + self.token_type[1:]
-        embedding = self.instruction_table[uniq]
+        embedding = table[uniq]
         prefix = embedding + self.token_type[0]
 
         tracking = self.training and torch.is_grad_enabled()
@@ -398,6 +416,18 @@ class LoRAMoEBody(nn.Module):
             self.aux_count += 1
             out = AddAuxiliaryLoss.apply(out, aux_loss)
         return out
+
+
+    def add_instructions(self, texts: Sequence[str], trained: Sequence[str]) -> list[str]:
+        """Embed the texts that are neither `trained` (the factory's list) nor added before; returns
+        the whole vocabulary, trained first, in index order."""
+        known = set(trained) | set(self.extra_instructions)
+        new = [t for t in dict.fromkeys(texts) if t not in known]
+        if new:
+            rows = embed_instructions(self.model_dir, new).to(self.extra_table.device, self.extra_table.dtype)
+            self.extra_table = torch.cat([self.extra_table, rows])
+            self.extra_instructions.extend(new)
+        return [*trained, *self.extra_instructions]
 
 
 class LoRAMoEEncoder(Encoder):
@@ -531,6 +561,21 @@ def instruction_ids(texts: Sequence[str], instructions: Sequence[str]) -> np.nda
     if unknown:
         raise ValueError(f"instructions {unknown} are not among the policy's instructions {list(instructions)}")
     return np.fromiter((lookup[t] for t in texts), dtype=np.int64, count=len(texts))
+
+
+def text_ids(algo: Any, texts: Sequence[str], instructions: Sequence[str]) -> np.ndarray:
+    """Observation indices for instruction texts, any text for a LoRA-MoE policy.
+
+    A text the policy was not trained on is embedded by the backbone now (once per process
+    and text) and appended to every encoder's table: the router and the layers see its
+    embedding, not the index of a training instruction. Policies without a language model
+    (the MLP encoder) know only their training instructions; other texts are a ValueError.
+    """
+    bodies = list(moe_bodies(algo).values())
+    if not bodies:
+        return instruction_ids(texts, instructions)
+    vocabulary = [body.add_instructions(texts, instructions) for body in bodies][0]
+    return instruction_ids(texts, vocabulary)
 
 
 def moe_bodies(algo: Any) -> dict[str, LoRAMoEBody]:

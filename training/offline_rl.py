@@ -30,10 +30,10 @@ from d3rlpy.preprocessing import MinMaxActionScaler, MultiplyRewardScaler
 from training.lora_moe import (
     LoRAMoEEncoderFactory,
     expert_usage,
-    instruction_ids,
     make_observations,
     mark_targets,
     pop_aux_loss,
+    text_ids,
 )
 from training.mdp_dataset import build_mdp_dataset, check_bounds, reward_scale, split_trainable, state_statistics
 
@@ -390,6 +390,7 @@ def _train(table: pl.DataFrame, config: TrainConfig, progress: bool) -> TrainRes
 
 
 def policy_actions(algo: Any, states: np.ndarray, texts: Sequence[str], instructions: Sequence[str]) -> np.ndarray:
-    """Greedy actions of a trained policy for states (N, D) under instruction texts (N or 1)."""
-    ids = instruction_ids(list(texts), instructions)
+    """Greedy actions of a trained policy for states (N, D) under instruction texts (N or 1): any text
+    for a LoRA-MoE policy, its training instructions for an MLP one (`text_ids`)."""
+    ids = text_ids(algo, list(texts), instructions)
     return algo.predict(make_observations(states, ids))

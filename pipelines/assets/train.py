@@ -173,30 +173,49 @@ def _rollouts(context: dg.AssetExecutionContext, target: Target, config: Evaluat
     instructions the simulator has no skill for."""
     from simulator.embodiments import get_embodiment
     from training.checkpoints import load_checkpoint
-    from training.evaluation import evaluable, evaluate_policy, reference_scores
+    from training.evaluation import evaluable, evaluate_policy, paraphrase_skills, reference_scores
 
     embodiment = get_embodiment(target.evaluation.simulator)
     seeds = config.seeds or target.evaluation.seeds
     steps = config.steps or target.evaluation.steps or embodiment.episode_steps
     instructions = {role: list(_manifest(p)["observation"]["instructions"]) for role, p in paths.items()}
-    skills, not_evaluated = {}, {}
+    paraphrases, unknown_skills = paraphrase_skills(embodiment, target.evaluation.paraphrases)
+    if unknown_skills:
+        context.log.warning(f"{target.name}: evaluation.paraphrases names skills {embodiment.name} lacks: "
+                            f"{unknown_skills}; not scored")
+    checkpoints = {role: load_checkpoint(p) for role, p in paths.items()}
+    skills, asked, not_evaluated = {}, {}, {}
     for role, texts in instructions.items():
         skills[role], not_evaluated[role] = evaluable(embodiment, texts)
+        asked[role] = {}
+        for text, skill in paraphrases.items():
+            try:  # a policy without a language model (MLP encoder) knows only its training instructions
+                checkpoints[role].policy(text)
+                asked[role][text] = skill
+            except ValueError:
+                not_evaluated[role].append(text)
         if not_evaluated[role]:
-            context.log.warning(f"{target.name} {role}: {embodiment.name} has no skill for {not_evaluated[role]}; "
-                                "not scored")
+            context.log.warning(f"{target.name} {role}: not scored (no skill in {embodiment.name}, or a text "
+                                f"this policy cannot read): {not_evaluated[role]}")
     key = hashlib.sha256(
-        json.dumps([embodiment.name, [str(p) for p in paths.values()], seeds, steps]).encode()
+        json.dumps([embodiment.name, [str(p) for p in paths.values()], seeds, steps, paraphrases]).encode()
     ).hexdigest()[:16]
     cached = storage.area("evaluations") / f"{key}.parquet"
     if cached.exists():
         context.log.info("these checkpoints were evaluated with these settings before; reusing the rollouts")
         return pl.read_parquet(cached), not_evaluated
-    refs = reference_scores(embodiment, sorted({s for m in skills.values() for s in m.values()}), seeds, steps)
-    rollouts = pl.concat([
-        evaluate_policy(embodiment, load_checkpoint(paths[role]).policy, skills[role], seeds, steps, refs, label=role)
+    all_skills = {s for role in ROLES for m in (skills[role], asked[role]) for s in m.values()}
+    refs = reference_scores(embodiment, sorted(all_skills), seeds, steps)
+    frames = [
+        evaluate_policy(embodiment, checkpoints[role].policy, mapping, seeds, steps, refs, label=role,
+                        phrasing=phrasing)
         for role in ROLES
-    ])
+        for phrasing, mapping in (("declared", skills[role]), ("paraphrase", asked[role]))
+        if mapping
+    ]
+    # Nothing the simulator can score: an empty table (and the not-evaluated list), not a failure.
+    rollouts = pl.concat(frames) if frames else evaluate_policy(embodiment, checkpoints["policy"].policy, {},
+                                                                seeds, steps, refs)
     rollouts.write_parquet(cached)
     return rollouts, not_evaluated
 
