@@ -34,6 +34,7 @@ class Learner(_Strict):
     dataset: str  # a recipe name: the asset ["hub", dataset] publishes it
     algorithm: Literal["iql", "cql", "td3plusbc", "bc"]
     reward_column: Optional[str] = None  # reward | referee_reward | combined_reward; bc needs none
+    encoder: Literal["lora_moe", "lora", "mlp"] = "lora_moe"  # training.offline_rl.ENCODER_TYPES
 
     @model_validator(mode="after")
     def _reward_for_rl(self) -> "Learner":
@@ -73,6 +74,9 @@ class Target(_Strict):
     baseline: Learner
     training: Training = Training()
     evaluation: Evaluation = Evaluation()
+    # Variants trained and evaluated side by side by the asset ["ablation", name] (job ablate_<name>),
+    # each an ordinary checkpoint "<name>-ablation-<variant>"; {variant: learner}.
+    ablation: dict[str, Learner] = Field(default_factory=dict)
     path: Optional[Path] = Field(None, exclude=True)
 
     @property
@@ -92,10 +96,11 @@ def load_target(name_or_path: str | Path) -> Target:
     robot profile loads."""
     target = load_model("targets", name_or_path, Target, TargetError)
     recipes = list_configs("recipes")
-    for role in ("policy", "baseline"):
-        dataset = getattr(target, role).dataset
-        if dataset not in recipes:
-            raise TargetError(f"{target.path}: key '{role}.dataset': no recipe {dataset!r} in the catalog "
+    learners = {"policy": target.policy, "baseline": target.baseline,
+                **{f"ablation.{k}": v for k, v in target.ablation.items()}}
+    for where, learner in learners.items():
+        if learner.dataset not in recipes:
+            raise TargetError(f"{target.path}: key '{where}.dataset': no recipe {learner.dataset!r} in the catalog "
                               f"(known: {', '.join(recipes) or 'none'})")
     try:
         load_profile(target.robot)

@@ -48,7 +48,10 @@ def catalog(tmp_path, monkeypatch) -> Path:
     write_target(root, "beta", robot="ant", policy={"dataset": "mini_all", "algorithm": "iql", "reward_column": "reward"},
                  training={"seed": 3}, evaluation={"simulator": "ant", "seeds": [1000], "steps": 10,
                                                    "paraphrases": {"walk forward": ["go forwards"],
-                                                                   "moonwalk": ["glide backwards"]}})
+                                                                   "moonwalk": ["glide backwards"]}},
+                 ablation={"bc_mlp": {"dataset": "mini_all", "algorithm": "bc", "encoder": "mlp"},
+                           "iql_lora": {"dataset": "mini_all", "algorithm": "iql", "reward_column": "reward",
+                                        "encoder": "lora"}})
     monkeypatch.setenv("ROBOCURATE_RECIPES", str(root))
     return root
 
@@ -217,6 +220,31 @@ def test_target_trains_reuses_and_evaluates_in_its_simulator(catalog, tmp_path):
     meta = {e.asset_key.to_user_string(): e.materialization.metadata for e in again.get_asset_materialization_events()}
     assert meta["policy/beta"]["trained_now"].value is False and meta["baseline/beta"]["trained_now"].value is False
     assert len(list_checkpoints("beta-policy")) == 1
+
+
+def test_ablation_variants_are_checkpoints_scored_on_the_same_seeds(catalog, data_root):
+    """Target beta declares two ablation variants: one asset trains both as ordinary checkpoints
+    and scores them side by side; curate_job leaves it out (it runs on demand)."""
+    from foundations import storage
+    from foundations.recipes import load_recipe
+    from pipelines.assets.train import ABLATION_TABLE, training_assets
+    from pipelines.jobs import curate_job
+    from training.checkpoints import list_checkpoints
+
+    table = make_episodes(4, 25).with_columns((pl.col("step").cast(pl.Float32) / 25).alias("reward"))
+    do_publish(load_recipe(catalog / "mini_all.yaml"), table)
+    [asset] = [a for a in training_assets() if a.key.path == ["ablation", "beta"]]
+    quick = {"n_steps": 4, "n_steps_per_epoch": 2, "seeds": [1000, 1001], "steps": 10}
+    result = dg.materialize([asset], run_config={"ops": {"ablation__beta": {"config": quick}}}, resources=RESOURCES)
+    assert result.success
+    assert len(list_checkpoints("beta-ablation-bc_mlp")) == 1 and len(list_checkpoints("beta-ablation-iql_lora")) == 1
+    scores = storage.read_partition(ABLATION_TABLE, "beta")
+    overall = scores.filter(pl.col("instruction") == "all skills")
+    assert set(overall["policy"]) == {"bc_mlp", "iql_lora"}
+    assert set(scores.filter(pl.col("instruction") != "all skills")["episodes"]) == {2}  # the same two seeds each
+    meta = result.get_asset_materialization_events()[0].materialization.metadata
+    assert "iql_lora" in meta["summary"].value and "lora" in meta["variants"].value
+    assert "ablation/beta" not in {k.to_user_string() for k in curate_job.selection.resolve(training_assets())}
 
 
 def test_evaluation_without_a_simulator_reports_offline_metrics(catalog, tmp_path):

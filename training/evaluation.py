@@ -31,9 +31,13 @@ def evaluable(embodiment: Embodiment, instructions: list[str]) -> tuple[dict[str
 
     Instructions match skills case- and whitespace-insensitively, as everywhere else.
     """
-    keys = pl.DataFrame({"text": list(instructions)}).select(instruction_key(pl.col("text")))["text"].to_list()
+    def keys_of(texts: list[str]) -> list[str]:
+        frame = pl.DataFrame({"text": texts}, schema={"text": pl.String})  # typed even when empty
+        return frame.select(instruction_key(pl.col("text")))["text"].to_list()
+
+    keys = keys_of(list(instructions))
     skills = list(embodiment.skills)
-    skill_keys = pl.DataFrame({"text": skills}).select(instruction_key(pl.col("text")))["text"].to_list()
+    skill_keys = keys_of(skills)
     by_key = dict(zip(skill_keys, skills))
     matched = {text: by_key[key] for text, key in zip(instructions, keys) if key in by_key}
     return matched, [text for text in instructions if text not in matched]

@@ -15,7 +15,7 @@ import hashlib
 import json
 from functools import cache
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import dagster as dg
 import polars as pl
@@ -24,7 +24,7 @@ import yaml
 from foundations import storage
 from foundations.catalog import config_path
 from foundations.publish import resolve_version
-from foundations.targets import Target, list_targets, load_target
+from foundations.targets import Learner, Target, list_targets, load_target
 from pipelines.metadata import md_table, png_metadata
 from pipelines.resources import DataRoot
 
@@ -62,18 +62,17 @@ def asset_key(kind: str, target: str) -> dg.AssetKey:
     return dg.AssetKey([kind, target])
 
 
-def train_checkpoint(context: dg.AssetExecutionContext, target: Target, role: str,
-                     config: TrainingConfig) -> dg.MaterializeResult:
-    """Train (or reuse) checkpoint `<target>-<role>` on the newest version of its dataset."""
+def train_learner(context: dg.AssetExecutionContext, target: Target, learner: Learner, name: str,
+                  config: TrainingConfig) -> tuple[Path, bool, dict, Any]:
+    """Train (or reuse) checkpoint `name` of `learner` on the newest version of its dataset;
+    returns (its folder, whether it was trained now, the dataset version record, the TrainConfig)."""
     from training.checkpoints import dataset_lineage, find_checkpoint, save_checkpoint
     from training.offline_rl import TrainConfig, train
 
-    learner = getattr(target, role)
-    name = checkpoint_name(target.name, role)
     dataset_name = config.dataset or learner.dataset
     dataset = resolve_version(dataset_name, "latest")
     overrides = {"algorithm": learner.algorithm, "seed": target.training.seed, "num_threads": config.num_threads,
-                 "action_bounds": tuple(target.profile.action_bounds)}
+                 "action_bounds": tuple(target.profile.action_bounds), "encoder_type": learner.encoder}
     if learner.reward_column:
         overrides["reward_column"] = learner.reward_column
     for field in ("n_steps", "n_steps_per_epoch"):
@@ -94,13 +93,22 @@ def train_checkpoint(context: dg.AssetExecutionContext, target: Target, role: st
         result = train(table, train_config)
         recipe = yaml.safe_load(config_path("recipes", dataset_name).read_text(encoding="utf-8"))
         path = save_checkpoint(result, name, dataset=dataset_lineage(dataset), recipe=recipe, training_key=key)
+    return path, trained, dataset, train_config
+
+
+def train_checkpoint(context: dg.AssetExecutionContext, target: Target, role: str,
+                     config: TrainingConfig) -> dg.MaterializeResult:
+    """Train (or reuse) checkpoint `<target>-<role>` on the newest version of its dataset."""
+    learner = getattr(target, role)
+    name = checkpoint_name(target.name, role)
+    path, trained, dataset, train_config = train_learner(context, target, learner, name, config)
     manifest = _manifest(path)
     training = manifest["training"]
     curve = pl.DataFrame(training["learning_curve"])
     metadata = {
         "path": dg.MetadataValue.path(str(path)),
         "version": manifest["version"],
-        "dataset": dataset_name,
+        "dataset": config.dataset or learner.dataset,
         "dataset_version": dataset["version"],
         "trained_now": trained,
         "algorithm": manifest["algorithm"],
@@ -168,9 +176,9 @@ def evaluate_target(context: dg.AssetExecutionContext, target: Target,
 
 
 def _rollouts(context: dg.AssetExecutionContext, target: Target, config: EvaluationConfig,
-              paths: dict[str, Path]) -> tuple[pl.DataFrame, dict[str, list[str]]]:
-    """Rollouts of both checkpoints (cached per checkpoints and settings), and per role the
-    instructions the simulator has no skill for."""
+              paths: dict[str, Path], paraphrase: bool = True) -> tuple[pl.DataFrame, dict[str, list[str]]]:
+    """Rollouts of checkpoints {label: folder} on the same seeds (cached per checkpoints and
+    settings), and per label the instructions not scored (no skill, or a text it cannot read)."""
     from simulator.embodiments import get_embodiment
     from training.checkpoints import load_checkpoint
     from training.evaluation import evaluable, evaluate_policy, paraphrase_skills, reference_scores
@@ -179,7 +187,7 @@ def _rollouts(context: dg.AssetExecutionContext, target: Target, config: Evaluat
     seeds = config.seeds or target.evaluation.seeds
     steps = config.steps or target.evaluation.steps or embodiment.episode_steps
     instructions = {role: list(_manifest(p)["observation"]["instructions"]) for role, p in paths.items()}
-    paraphrases, unknown_skills = paraphrase_skills(embodiment, target.evaluation.paraphrases)
+    paraphrases, unknown_skills = paraphrase_skills(embodiment, target.evaluation.paraphrases if paraphrase else {})
     if unknown_skills:
         context.log.warning(f"{target.name}: evaluation.paraphrases names skills {embodiment.name} lacks: "
                             f"{unknown_skills}; not scored")
@@ -204,18 +212,18 @@ def _rollouts(context: dg.AssetExecutionContext, target: Target, config: Evaluat
     if cached.exists():
         context.log.info("these checkpoints were evaluated with these settings before; reusing the rollouts")
         return pl.read_parquet(cached), not_evaluated
-    all_skills = {s for role in ROLES for m in (skills[role], asked[role]) for s in m.values()}
+    all_skills = {s for role in paths for m in (skills[role], asked[role]) for s in m.values()}
     refs = reference_scores(embodiment, sorted(all_skills), seeds, steps)
     frames = [
         evaluate_policy(embodiment, checkpoints[role].policy, mapping, seeds, steps, refs, label=role,
                         phrasing=phrasing)
-        for role in ROLES
+        for role in paths
         for phrasing, mapping in (("declared", skills[role]), ("paraphrase", asked[role]))
         if mapping
     ]
     # Nothing the simulator can score: an empty table (and the not-evaluated list), not a failure.
-    rollouts = pl.concat(frames) if frames else evaluate_policy(embodiment, checkpoints["policy"].policy, {},
-                                                                seeds, steps, refs)
+    rollouts = pl.concat(frames) if frames else evaluate_policy(embodiment, next(iter(checkpoints.values())).policy,
+                                                                {}, seeds, steps, refs)
     rollouts.write_parquet(cached)
     return rollouts, not_evaluated
 
@@ -273,6 +281,79 @@ def _checkpoint_asset(target: Target, role: str, dataset: str, algorithm: str) -
     return _checkpoint
 
 
+ABLATION_TABLE = "ablation"  # lake table, one partition per target
+ABLATION_GROUP = "ablation"  # outside curate_job: run on demand (job ablate_<target>, the UI, the benchmark)
+
+
+class AblationConfig(TrainingConfig):
+    """Run-time overrides of an ablation's training (as TrainingConfig) and rollouts (as EvaluationConfig)."""
+
+    seeds: Optional[list[int]] = None
+    steps: Optional[int] = None
+
+
+def ablate_target(context: dg.AssetExecutionContext, target: Target, config: AblationConfig) -> dg.MaterializeResult:
+    """Train (or reuse) every variant of `target.ablation` and score them on the same seeds."""
+    from training.evaluation import per_skill, scores_png
+
+    paths, rows = {}, []
+    for variant, learner in target.ablation.items():
+        path, trained, dataset, train_config = train_learner(
+            context, target, learner, f"{target.name}-ablation-{variant}", config)
+        paths[variant] = path
+        rows.append({"variant": variant, "dataset": f"{config.dataset or learner.dataset} {dataset['version']}",
+                     "algorithm": learner.algorithm, "reward": learner.reward_column or "-",
+                     "encoder": learner.encoder, "updates": train_config.n_steps, "trained_now": trained,
+                     "checkpoint": str(path)})
+    variants = pl.DataFrame(rows)
+    metadata = {"variants": md_table(variants.drop("checkpoint"))}
+    if target.evaluation.simulator is None:
+        return dg.MaterializeResult(metadata={**metadata, "closed_loop": "none: the target names no simulator"})
+    evaluation = EvaluationConfig(seeds=config.seeds, steps=config.steps)
+    rollouts, not_evaluated = _rollouts(context, target, evaluation, paths, paraphrase=False)
+    table = per_skill(rollouts)
+    storage.write_partition(table, ABLATION_TABLE, target.name)
+    overall = (table.filter(pl.col("instruction") == "all skills")
+               .select(pl.col("policy").alias("variant"), "normalized_score", "ci95_low", "ci95_high", "episodes"))
+    summary = variants.join(overall, on="variant", how="left").drop("checkpoint")
+    return dg.MaterializeResult(metadata={
+        **metadata,
+        "summary": md_table(summary),
+        "per_skill": md_table(table),
+        **png_metadata(scores_png(table), f"{target.name}_ablation_scores"),
+        "not_evaluated": dg.MetadataValue.json(not_evaluated),
+    })
+
+
+def ablation_asset(target: Target) -> dg.AssetsDefinition:
+    datasets = sorted({learner.dataset for learner in target.ablation.values()})
+
+    @dg.asset(
+        key=asset_key("ablation", target.name),
+        group_name=ABLATION_GROUP,
+        deps=[dg.AssetKey(["hub", d]) for d in datasets],
+        pool=TRAINING_POOL,
+        description=f"Ablation of target {target.name}: variants {', '.join(target.ablation)} "
+        f"({_where(target)}, key ablation), each a checkpoint <target>-ablation-<variant>, scored on the same seeds "
+        "with 95 % bootstrap intervals.",
+        kinds={"pytorch", "d3rlpy"},
+        tags={"target": target.name},
+    )
+    def _ablation(context: dg.AssetExecutionContext, config: AblationConfig,
+                  data_root: DataRoot) -> dg.MaterializeResult:  # data_root: roots every storage call
+        return ablate_target(context, target, config)
+
+    return _ablation
+
+
+@cache
+def ablation_job(name: str):
+    """Job `ablate_<name>`: a target's ablation variants, trained and scored."""
+    return dg.define_asset_job(f"ablate_{name}", selection=dg.AssetSelection.assets(asset_key("ablation", name)),
+                               description=f"Train and score every ablation variant of target {name}.",
+                               tags={"target": name})
+
+
 def _where(target: Target) -> str:
     return f"datasets/targets/{target.name}.yaml"
 
@@ -317,13 +398,16 @@ def _targets() -> list[Target]:
 
 
 def training_assets() -> list[dg.AssetsDefinition]:
-    """Every target's policy, baseline and evaluation assets."""
-    return [asset for target in _targets() for asset in target_assets(target)]
+    """Every target's policy, baseline and evaluation assets, and its ablation where it declares one."""
+    targets = _targets()
+    return [asset for target in targets for asset in target_assets(target)] + [
+        ablation_asset(target) for target in targets if target.ablation]
 
 
 def training_jobs() -> list:
-    """Every target's job `train_<name>`."""
-    return [target_job(target.name) for target in _targets()]
+    """Every target's job `train_<name>`, and `ablate_<name>` where it declares an ablation."""
+    targets = _targets()
+    return [target_job(t.name) for t in targets] + [ablation_job(t.name) for t in targets if t.ablation]
 
 
 def training_sensors() -> list[dg.SensorDefinition]:
