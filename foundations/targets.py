@@ -51,6 +51,10 @@ class Training(_Strict):
     n_steps: Optional[int] = Field(None, ge=1)
     n_steps_per_epoch: Optional[int] = Field(None, ge=1)
     seed: int = 0
+    # When a checkpoint's dataset grew (same recipe, new version) and its config did not change, the
+    # new version starts from the previous one's weights and trains this share of n_steps; null: always
+    # from scratch.
+    warm_start_share: Optional[float] = Field(0.5, gt=0, le=1)
 
 
 class Evaluation(_Strict):

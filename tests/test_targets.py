@@ -181,7 +181,7 @@ def test_target_trains_reuses_and_evaluates_in_its_simulator(catalog, tmp_path):
         (pl.col("step").cast(pl.Float32) / 25).alias("reward"),
     )
     published = do_publish(load_recipe(catalog / "mini_all.yaml"), table)
-    assets = [a for a in training_assets() if a.key.path[1] == "beta"]
+    assets = [a for a in training_assets() if a.key.path[1] == "beta" and a.key.path[0] != "ablation"]
     quick = {"n_steps": 10, "n_steps_per_epoch": 5}
     run_config = {"ops": {"policy__beta": {"config": quick}, "baseline__beta": {"config": quick}}}
     instance = dg.DagsterInstance.ephemeral()
@@ -220,6 +220,22 @@ def test_target_trains_reuses_and_evaluates_in_its_simulator(catalog, tmp_path):
     meta = {e.asset_key.to_user_string(): e.materialization.metadata for e in again.get_asset_materialization_events()}
     assert meta["policy/beta"]["trained_now"].value is False and meta["baseline/beta"]["trained_now"].value is False
     assert len(list_checkpoints("beta-policy")) == 1
+
+    # The dataset grows, the config stays: the new version warm-starts from the previous one,
+    # trains half the updates (training.warm_start_share) and names its parent.
+    # (the same instructions as the trained version's: a new one changes the encoder's vocabulary)
+    grown = make_episodes(9, 25).with_columns(
+        pl.when(pl.col("episode_id").str.contains("-00[345]$")).then(pl.lit("dance")).otherwise(
+            pl.lit("turn left")).alias("language_instruction"),
+        (pl.col("step").cast(pl.Float32) / 25).alias("reward"),
+    )
+    do_publish(load_recipe(catalog / "mini_all.yaml"), grown)
+    policy_only = {"ops": {"policy__beta": {"config": quick}}}
+    assert dg.materialize(assets[:1], instance=instance, run_config=policy_only, resources=RESOURCES).success
+    first, second = list_checkpoints("beta-policy")
+    child = json.loads((second / "manifest.json").read_text())
+    assert child["parent"]["folder"] == first.name and child["parent"]["n_steps"] == 5
+    assert child["training"]["learning_curve"][-1]["step"] == 5 and manifest["parent"] is None
 
 
 def test_ablation_variants_are_checkpoints_scored_on_the_same_seeds(catalog, data_root):

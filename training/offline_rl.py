@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import logging
 import time
 from dataclasses import dataclass, field
@@ -282,11 +283,16 @@ def _evaluation_episodes(dataset: Any, n: int) -> list[Any]:
     return [episodes[i] for i in picks]
 
 
-def train(table: pl.DataFrame, config: TrainConfig, *, progress: bool = True) -> TrainResult:
+def train(table: pl.DataFrame, config: TrainConfig, *, progress: bool = True, init_from: Any = None,
+          n_steps: Optional[int] = None) -> TrainResult:
     """Train `config.algorithm` on a canonical episode table.
 
     Unusable episodes are left out and returned in `TrainResult.rejected`; a table
     with none usable, or settings that cannot train, raise ValueError with the fix.
+    `init_from` (a trained algorithm of the same config and instructions) warm-starts every
+    network, optimizer state included: adapters, experts, routers, critics and their targets.
+    `n_steps` overrides config.n_steps for this run only (a warm start trains fewer updates
+    under the same config).
     """
     config.validate()
     previous_threads = torch.get_num_threads()
@@ -296,7 +302,7 @@ def train(table: pl.DataFrame, config: TrainConfig, *, progress: bool = True) ->
         # d3rlpy logs every hyperparameter and epoch at info level; the progress bar, the
         # learning curve and the checkpoint manifest say the same more readably.
         with quiet_d3rlpy():
-            return _train(table, config, progress)
+            return _train(table, config, progress, init_from, n_steps or config.n_steps)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -320,7 +326,7 @@ def quiet_d3rlpy() -> Iterator[None]:
         structlog.configure(**saved)
 
 
-def _train(table: pl.DataFrame, config: TrainConfig, progress: bool) -> TrainResult:
+def _train(table: pl.DataFrame, config: TrainConfig, progress: bool, init_from: Any, n_steps: int) -> TrainResult:
     start = time.perf_counter()
     needs_reward = config.algorithm != "bc"
     reward_column = config.reward_column if needs_reward else None
@@ -356,19 +362,28 @@ def _train(table: pl.DataFrame, config: TrainConfig, progress: bool) -> TrainRes
 
     # Built before fitting (the fitter then skips building) so that the target networks can be marked.
     algo.build_with_dataset(dataset)
+    if init_from is not None:
+        buffer = io.BytesIO()
+        init_from.impl.save_model(buffer)
+        buffer.seek(0)
+        try:
+            algo.impl.load_model(buffer)
+        except RuntimeError as exc:  # shapes differ: another vocabulary, state layout or encoder
+            raise ValueError(f"cannot warm-start from a model of another shape: {exc}") from None
     mark_targets(algo)
+    per_epoch = min(config.n_steps_per_epoch, n_steps)
     rows: list[dict[str, Any]] = []
     for epoch, metrics in algo.fitter(
         dataset,
-        n_steps=config.n_steps,
-        n_steps_per_epoch=config.n_steps_per_epoch,
+        n_steps=n_steps,
+        n_steps_per_epoch=per_epoch,
         experiment_name=f"{config.algorithm}_{config.encoder_type}",
         with_timestamp=False,
         logger_adapter=NoopAdapterFactory(),
         show_progress=progress,
         evaluators=evaluators,
     ):
-        rows.append({"epoch": epoch, "step": epoch * config.n_steps_per_epoch, **metrics, "aux_loss": pop_aux_loss(algo)})
+        rows.append({"epoch": epoch, "step": epoch * per_epoch, **metrics, "aux_loss": pop_aux_loss(algo)})
 
     curve = pl.DataFrame(rows)
     per_update = (

@@ -13,6 +13,7 @@ only when its checkpoints or rollout settings changed.
 
 import hashlib
 import json
+import logging
 from functools import cache
 from pathlib import Path
 from typing import Any, Optional
@@ -66,7 +67,7 @@ def train_learner(context: dg.AssetExecutionContext, target: Target, learner: Le
                   config: TrainingConfig) -> tuple[Path, bool, dict, Any]:
     """Train (or reuse) checkpoint `name` of `learner` on the newest version of its dataset;
     returns (its folder, whether it was trained now, the dataset version record, the TrainConfig)."""
-    from training.checkpoints import dataset_lineage, find_checkpoint, save_checkpoint
+    from training.checkpoints import dataset_lineage, find_checkpoint, load_checkpoint, save_checkpoint
     from training.offline_rl import TrainConfig, train
 
     dataset_name = config.dataset or learner.dataset
@@ -90,10 +91,48 @@ def train_learner(context: dg.AssetExecutionContext, target: Target, learner: Le
         context.log.info(f"{name}: {path.name} was trained on {dataset_name} {dataset['version']} with this config")
     else:
         table = pl.read_parquet(Path(dataset["path"]) / "data" / "train-*.parquet")
-        result = train(table, train_config)
+        parent = _warm_start_parent(name, dataset_name, dataset, train_config, table)
+        share = target.training.warm_start_share
+        if parent is not None and share is not None:
+            n_steps = max(train_config.n_steps_per_epoch, int(round(train_config.n_steps * share)))
+            context.log.info(f"{name}: warm start from {parent['folder']} ({dataset_name} {parent['dataset_version']} "
+                             f"-> {dataset['version']}, same config), {n_steps} of {train_config.n_steps} updates")
+            result = train(table, train_config, init_from=load_checkpoint(parent.pop("path")).algo, n_steps=n_steps)
+            parent["n_steps"] = n_steps
+        else:
+            result, parent = train(table, train_config), None
         recipe = yaml.safe_load(config_path("recipes", dataset_name).read_text(encoding="utf-8"))
-        path = save_checkpoint(result, name, dataset=dataset_lineage(dataset), recipe=recipe, training_key=key)
+        path = save_checkpoint(result, name, dataset=dataset_lineage(dataset), recipe=recipe, training_key=key,
+                               parent=parent)
     return path, trained, dataset, train_config
+
+
+def _warm_start_parent(name: str, dataset_name: str, dataset: dict, train_config: Any,
+                       table: pl.DataFrame) -> Optional[dict]:
+    """The latest version of checkpoint `name` when a new one may start from it: trained on an older
+    version of the same recipe, with the same config and the same instruction vocabulary."""
+    from training.checkpoints import latest_checkpoint
+
+    path = latest_checkpoint(name)
+    if path is None:
+        return None
+    manifest = _manifest(path)
+    same_config = (json.dumps(manifest.get("train_config"), sort_keys=True, default=str)
+                   == json.dumps(train_config.to_dict(), sort_keys=True, default=str))
+    lineage = manifest.get("dataset") or {}
+    instructions = sorted(table["language_instruction"].drop_nulls().unique().to_list())
+    reasons = [why for ok, why in (
+        (same_config, "its config differs"),
+        (lineage.get("name") == dataset_name, f"it was trained on {lineage.get('name')}"),
+        (lineage.get("content_hash") != dataset["content_hash"], "its dataset is the same"),
+        (manifest["observation"]["instructions"] == instructions,
+         f"its instructions {manifest['observation']['instructions']} differ from {instructions}"),
+    ) if not ok]
+    if reasons:
+        logging.getLogger(__name__).info("%s: no warm start from %s: %s", name, path.name, "; ".join(reasons))
+        return None
+    return {"name": name, "version": manifest["version"], "folder": manifest["folder"], "path": path,
+            "dataset_version": lineage.get("version")}
 
 
 def train_checkpoint(context: dg.AssetExecutionContext, target: Target, role: str,
@@ -111,6 +150,7 @@ def train_checkpoint(context: dg.AssetExecutionContext, target: Target, role: st
         "dataset": config.dataset or learner.dataset,
         "dataset_version": dataset["version"],
         "trained_now": trained,
+        "warm_started_from": (manifest.get("parent") or {}).get("folder") or "none (from scratch)",
         "algorithm": manifest["algorithm"],
         "reward_column": learner.reward_column or "none (behaviour cloning)",
         "action_bounds": dg.MetadataValue.json(list(train_config.action_bounds)),
