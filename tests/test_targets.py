@@ -114,18 +114,19 @@ def test_generated_assets_jobs_and_sensors(catalog):
 
     assets = training_assets()
     keys = {key.to_user_string() for a in assets for key in a.keys}
-    assert keys == {f"{kind}/{name}" for kind in ("policy", "baseline", "evaluation") for name in ("alpha", "beta")}
+    assert keys == {f"{kind}/{name}" for kind in ("policy", "baseline", "evaluation") for name in ("alpha", "beta")} | {
+        "ablation/beta"}  # only beta declares an ablation
     by_key = {a.key.to_user_string(): a for a in assets}
     assert by_key["policy/alpha"].asset_deps[dg.AssetKey(["policy", "alpha"])] == {dg.AssetKey(["hub", "mini_curated"])}
     assert by_key["baseline/alpha"].asset_deps[dg.AssetKey(["baseline", "alpha"])] == {dg.AssetKey(["hub", "mini_all"])}
     assert by_key["evaluation/beta"].asset_deps[dg.AssetKey(["evaluation", "beta"])] == {
         dg.AssetKey(["policy", "beta"]), dg.AssetKey(["baseline", "beta"])}
     for asset in assets:
-        assert asset.group_names_by_key[asset.key] == "train"
+        assert asset.group_names_by_key[asset.key] == ("ablation" if asset.key.path[0] == "ablation" else "train")
         assert asset.op.pool == "training" and asset.op.retry_policy.max_retries == 2
 
     jobs, sensors = training_jobs(), training_sensors()
-    assert [j.name for j in jobs] == ["train_alpha", "train_beta"]
+    assert [j.name for j in jobs] == ["train_alpha", "train_beta", "ablate_beta"]
     assert [(s.name, s.job_name) for s in sensors] == [("retrain_alpha", "train_alpha"), ("retrain_beta", "train_beta")]
     defs = dg.Definitions(assets=assets, jobs=jobs, sensors=sensors, resources={"data_root": DataRoot()})
     job = defs.resolve_job_def("train_beta")

@@ -373,6 +373,7 @@ def ablation_asset(target: Target) -> dg.AssetsDefinition:
         group_name=ABLATION_GROUP,
         deps=[dg.AssetKey(["hub", d]) for d in datasets],
         pool=TRAINING_POOL,
+        retry_policy=RETRY,
         description=f"Ablation of target {target.name}: variants {', '.join(target.ablation)} "
         f"({_where(target)}, key ablation), each a checkpoint <target>-ablation-<variant>, scored on the same seeds "
         "with 95 % bootstrap intervals.",
