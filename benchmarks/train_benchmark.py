@@ -2,7 +2,8 @@
 
 Measures, on the same canonical-schema data and the same mini-batches:
   * seconds per d3rlpy update of IQL and BC with the LoRA-MoE encoder (MiniLM,
-    trailing 1 and 2 layers) against d3rlpy's plain VectorEncoder MLP (256, 256);
+    trailing 1 and 2 layers), a single LoRA of the same parameter count, and d3rlpy's
+    plain VectorEncoder MLP (256, 256), as ratios to the MLP and to the single LoRA;
   * dense-mix against routed-only expert compute, for one state-action encoder
     (forward + backward), at several batch sizes and expert counts;
   * optionally (--threads-compare) the same IQL update with 2 torch threads;
@@ -24,7 +25,7 @@ import polars as pl
 import torch
 
 from foundations.schema import ACTION, POLARS_SCHEMA, STATE
-from training.lora_moe import LoRAMoEEncoderFactory
+from training.lora_moe import LoRAMoEEncoderFactory, mark_targets
 from training.offline_rl import (
     TrainConfig,
     build_mdp_dataset,
@@ -59,7 +60,8 @@ def synthetic_table(n_episodes: int, steps: int, seed: int = 0) -> pl.DataFrame:
             "is_last": is_last,
             "is_terminal": is_last & (episode % 4 == 0),
             "language_instruction": np.array(INSTRUCTIONS)[episode % 3],
-            "robot_id": "ant-0",
+            "robot_id": "robot-0",
+            "source": "synthetic",
             "source_file": "synthetic",
             "source_sha256": "0" * 64,
         }
@@ -74,6 +76,7 @@ def seconds_per_update(config: TrainConfig, table: pl.DataFrame, batches: list, 
     """
     algo = make_algo(config, make_encoder_factory(config, INSTRUCTIONS, table), 1.0, action_size=8)
     algo.create_impl(algo_observation_shape(table), 8)
+    mark_targets(algo)
     for batch in batches[:warmup]:
         algo.update(batch)
     wall, cpu = time.perf_counter(), time.process_time()
@@ -119,40 +122,42 @@ def main() -> None:
     np.random.seed(0)
     batches = [dataset.sample_transition_batch(args.batch) for _ in range(args.warmup + args.updates)]
     base = TrainConfig(batch_size=args.batch, instructions=INSTRUCTIONS, action_bounds=BOUNDS)
-    cpu = dataclasses.replace(base.encoder, expert_compute="dense")  # the CPU preset: 1 layer, 2 state tokens
+    cpu = base.encoder  # the CPU preset: 1 trailing layer, 1 state token, frozen matmuls in bf16 where fast
     variants = {
-        "LoRA-MoE 1 layer, 2 tok, dense": cpu,
-        "LoRA-MoE 1 layer, 2 tok, routed": dataclasses.replace(cpu, expert_compute="routed"),
-        "LoRA-MoE 1 layer, 4 tok, dense": dataclasses.replace(cpu, n_state_tokens=4),
-        "LoRA-MoE 2 layers, 4 tok, dense": dataclasses.replace(cpu, n_layers=2, n_state_tokens=4),
+        "MLP (256, 256)": {"encoder_type": "mlp"},
+        f"single LoRA r{cpu.rank * cpu.n_experts}": {"encoder_type": "lora"},
+        "LoRA-MoE (CPU preset)": {},
+        "LoRA-MoE, fp32 frozen matmuls": {"encoder": dataclasses.replace(cpu, compute_dtype="float32")},
+        "LoRA-MoE, 2 layers, 2 tok": {"encoder": dataclasses.replace(cpu, n_layers=2, n_state_tokens=2)},
     }
+    lora = f"single LoRA r{cpu.rank * cpu.n_experts}"
 
     print(f"torch threads {torch.get_num_threads()}, batch {args.batch}, {args.updates} timed updates each")
-    print("(tok = projected state tokens; the sequence adds the instruction token, and an action token in Q)\n")
-    print(f"{'algorithm':10} {'encoder':34} {'wall s/upd':>10} {'CPU s/upd':>10} {'CPU x MLP':>10}")
+    print("(tok = sample tokens; each sample also attends to its instruction's prefix token)\n")
+    print(f"{'algorithm':10} {'encoder':32} {'wall s/upd':>10} {'CPU s/upd':>10} {'CPU x MLP':>10} {'CPU x LoRA':>10}")
     results: dict[tuple, float] = {}
     for algorithm in ("iql", "bc"):
-        configs = {"MLP (256, 256)": dataclasses.replace(base, algorithm=algorithm, encoder_type="mlp")}
-        configs.update({name: dataclasses.replace(base, algorithm=algorithm, encoder=enc) for name, enc in variants.items()})
-        for name, config in configs.items():
+        for name, change in variants.items():
+            config = dataclasses.replace(base, algorithm=algorithm, **change)
             wall, cpu_s = seconds_per_update(config, table, batches, args.warmup)
             results[(algorithm, name)] = wall
             results[(algorithm, name, "cpu")] = cpu_s
-            ratio = cpu_s / results[(algorithm, "MLP (256, 256)", "cpu")]
-            print(f"{algorithm:10} {name:34} {wall:10.3f} {cpu_s:10.3f} {ratio:10.1f}")
+            x_mlp = cpu_s / results[(algorithm, "MLP (256, 256)", "cpu")]
+            x_lora = cpu_s / results[(algorithm, lora, "cpu")] if (algorithm, lora, "cpu") in results else float("nan")
+            print(f"{algorithm:10} {name:32} {wall:10.3f} {cpu_s:10.3f} {x_mlp:10.1f} {x_lora:10.2f}")
 
     if args.threads_compare:
         torch.set_num_threads(2)
-        name = "LoRA-MoE 1 layer, 2 tok, dense"
-        wall, _ = seconds_per_update(dataclasses.replace(base, algorithm="iql", encoder=cpu), table, batches, args.warmup)
+        name = "LoRA-MoE (CPU preset)"
+        wall, _ = seconds_per_update(dataclasses.replace(base, algorithm="iql"), table, batches, args.warmup)
         print(f"{'iql':10} {name + ', 2 thr':34} {wall:10.3f}"
               f"  wall = {wall / results[('iql', name)]:.2f}x the {args.threads}-thread wall time")
         torch.set_num_threads(args.threads)
 
-    print("\nexpert compute, one state-action encoder (1 MiniLM layer, 4 tok), forward + backward CPU seconds")
+    print("\nexpert compute, one state-action encoder (1 MiniLM layer, 1 tok), forward + backward CPU seconds")
     print(f"{'batch':>6} {'experts':>8} {'top-k':>6} {'dense':>8} {'routed':>8} {'routed/dense':>13}")
     for batch, n_experts, top_k in [(64, 4, 2), (256, 4, 2), (64, 8, 2), (256, 8, 1)]:
-        f = LoRAMoEEncoderFactory(instructions=INSTRUCTIONS, n_experts=n_experts, top_k=top_k)
+        f = dataclasses.replace(cpu, instructions=INSTRUCTIONS, n_experts=n_experts, top_k=top_k)
         dense = encoder_seconds(dataclasses.replace(f, expert_compute="dense"), batch, args.updates)
         routed = encoder_seconds(dataclasses.replace(f, expert_compute="routed"), batch, args.updates)
         print(f"{batch:6d} {n_experts:8d} {top_k:6d} {dense:8.4f} {routed:8.4f} {routed / dense:13.2f}")

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from foundations.catalog import list_configs, load_model
 from foundations.profile import ProfileError, RobotProfile, load_profile
 
-DEFAULT_SEEDS = [1000, 1001, 1002, 1003, 1004]
+DEFAULT_SEEDS = list(range(1000, 1020))  # 20 rollouts per skill: enough for a 95 % interval
 
 
 class TargetError(ValueError):
@@ -34,6 +34,7 @@ class Learner(_Strict):
     dataset: str  # a recipe name: the asset ["hub", dataset] publishes it
     algorithm: Literal["iql", "cql", "td3plusbc", "bc"]
     reward_column: Optional[str] = None  # reward | referee_reward | combined_reward; bc needs none
+    encoder: Literal["lora_moe", "lora", "mlp"] = "lora_moe"  # training.offline_rl.ENCODER_TYPES
 
     @model_validator(mode="after")
     def _reward_for_rl(self) -> "Learner":
@@ -50,6 +51,10 @@ class Training(_Strict):
     n_steps: Optional[int] = Field(None, ge=1)
     n_steps_per_epoch: Optional[int] = Field(None, ge=1)
     seed: int = 0
+    # When a checkpoint's dataset grew (same recipe, new version) and its config did not change, the
+    # new version starts from the previous one's weights and trains this share of n_steps; null: always
+    # from scratch.
+    warm_start_share: Optional[float] = Field(0.5, gt=0, le=1)
 
 
 class Evaluation(_Strict):
@@ -58,6 +63,9 @@ class Evaluation(_Strict):
     simulator: Optional[str] = None  # a name of simulator.embodiments.EMBODIMENTS
     seeds: list[int] = Field(default_factory=lambda: list(DEFAULT_SEEDS), min_length=1)
     steps: Optional[int] = Field(None, ge=1)  # control steps per rollout; None: the embodiment's episode length
+    # Other wordings of declared skills, {skill: [texts]}: the policy is asked the text, the simulator the
+    # skill, and the scores are reported apart from the declared skills' (language in, not an index).
+    paraphrases: dict[str, list[str]] = Field(default_factory=dict)
 
 
 class Target(_Strict):
@@ -70,6 +78,9 @@ class Target(_Strict):
     baseline: Learner
     training: Training = Training()
     evaluation: Evaluation = Evaluation()
+    # Variants trained and evaluated side by side by the asset ["ablation", name] (job ablate_<name>),
+    # each an ordinary checkpoint "<name>-ablation-<variant>"; {variant: learner}.
+    ablation: dict[str, Learner] = Field(default_factory=dict)
     path: Optional[Path] = Field(None, exclude=True)
 
     @property
@@ -89,10 +100,11 @@ def load_target(name_or_path: str | Path) -> Target:
     robot profile loads."""
     target = load_model("targets", name_or_path, Target, TargetError)
     recipes = list_configs("recipes")
-    for role in ("policy", "baseline"):
-        dataset = getattr(target, role).dataset
-        if dataset not in recipes:
-            raise TargetError(f"{target.path}: key '{role}.dataset': no recipe {dataset!r} in the catalog "
+    learners = {"policy": target.policy, "baseline": target.baseline,
+                **{f"ablation.{k}": v for k, v in target.ablation.items()}}
+    for where, learner in learners.items():
+        if learner.dataset not in recipes:
+            raise TargetError(f"{target.path}: key '{where}.dataset': no recipe {learner.dataset!r} in the catalog "
                               f"(known: {', '.join(recipes) or 'none'})")
     try:
         load_profile(target.robot)

@@ -1,7 +1,9 @@
 """`robocurate demo` / `make demo`: every simulated fleet through every asset, with a printed summary.
 
 Every figure printed is also written to `<data root>/reports/demo.json` under stable dotted keys:
-`quarantine.<source>.*`, `dataset.<recipe>.*`, `referee.<robot>.*`, `policy.<robot>.*`, `baseline.<robot>.*`.
+`quarantine.<source>.*`, `dataset.<recipe>.*`, `referee.<robot>.*`, `policy.<robot>.*`, `baseline.<robot>.*`
+(`.mean` and its 95 % bootstrap interval `.ci95` = [low, high], per skill `.skill.<instruction>[.ci95]`, and
+the mean over paraphrased instructions `.paraphrases[.ci95]`).
 """
 from __future__ import annotations
 
@@ -142,11 +144,16 @@ def _policy_figures() -> dict:
         for role in ("policy", "baseline"):
             learner = getattr(target, role)
             out[f"{role}.{target.robot}.trained"] = f"{learner.algorithm} on {learner.dataset}"
-        for role, instruction, score, n in table.select("policy", "instruction", "normalized_score", "episodes").iter_rows():
-            skill = "mean" if instruction == "all skills" else f"skill.{instruction}"
-            out[f"{role}.{target.robot}.{skill}"] = score
+        has_ci = "ci95_low" in table.columns  # tables written before the intervals existed lack them
+        for row in table.iter_rows(named=True):
+            role, instruction = row["policy"], row["instruction"]
+            skill = {"all skills": "mean", "all paraphrases": "paraphrases"}.get(instruction, f"skill.{instruction}")
+            out[f"{role}.{target.robot}.{skill}"] = row["normalized_score"]
+            if has_ci:
+                ci_key = f"{role}.{target.robot}.ci95" if skill == "mean" else f"{role}.{target.robot}.{skill}.ci95"
+                out[ci_key] = [row["ci95_low"], row["ci95_high"]]
             if instruction == "all skills":
-                out[f"{role}.{target.robot}.rollouts"] = n
+                out[f"{role}.{target.robot}.rollouts"] = row["episodes"]
     return out
 
 
@@ -178,15 +185,25 @@ def print_report(report: dict) -> None:
               f"Spearman {num(r + 'spearman')} [0], label accuracy {num(r + 'accuracy')} "
               f"[majority label {num(r + 'majority_accuracy')}], {report.get(r + 'segments')} segments "
               f"of {report.get(r + 'episodes')} episodes")
+
+    def scored(key: str) -> str:
+        ci = report.get(key.removesuffix(".mean") + ".ci95")
+        interval = f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else ""
+        return f"{num(key, '.1f')}{interval}"
+
     robots = keys("policy.")
     if robots:
-        print("normalized score (0 = random operator, 100 = expert operator, same seeds for all):")
-        print(f"    {'robot':<8}{'skill':<22}{'policy':>10}{'baseline':>10}")
+        print("normalized score [95 % bootstrap CI] (0 = random operator, 100 = expert operator, same seeds for all):")
+        print(f"    {'robot':<8}{'skill':<22}{'policy':>22}{'baseline':>22}")
     for robot in robots:
-        skills = sorted({k.split(".skill.", 1)[1] for k in report if k.startswith(f"policy.{robot}.skill.")})
-        for skill, key in [(s_, f"skill.{s_}") for s_ in skills] + [("mean", "mean")]:
-            print(f"    {robot:<8}{skill:<22}{num(f'policy.{robot}.{key}', '.1f'):>10}"
-                  f"{num(f'baseline.{robot}.{key}', '.1f'):>10}")
+        skills = sorted({k.split(".skill.", 1)[1].removesuffix(".ci95") for k in report
+                         if k.startswith(f"policy.{robot}.skill.")})
+        rows = [(s_, f"skill.{s_}") for s_ in skills] + [("mean", "mean")]
+        if f"policy.{robot}.paraphrases" in report:
+            rows.append(("paraphrases (mean)", "paraphrases"))
+        for skill, key in rows:
+            print(f"    {robot:<8}{skill:<22}{scored(f'policy.{robot}.{key}'):>22}"
+                  f"{scored(f'baseline.{robot}.{key}'):>22}")
         print(f"    ({robot}: policy {report.get(f'policy.{robot}.trained')}, baseline "
               f"{report.get(f'baseline.{robot}.trained')}; {report.get(f'policy.{robot}.rollouts')} rollouts each)")
     print(f"took {report.get('seconds', 0):.0f} s")

@@ -14,9 +14,10 @@ ingest_job = dg.define_asset_job(
 )
 
 # Everything downstream of the per-batch tables: publish every recipe, then train and evaluate.
+# Ablations (group "ablation") train several variants each: they run on demand (jobs ablate_<target>).
 curate_job = dg.define_asset_job(
     "curate_job",
-    selection=dg.AssetSelection.all() - INGEST_GROUPS,
+    selection=dg.AssetSelection.all() - INGEST_GROUPS - dg.AssetSelection.groups("ablation"),
     description="Publish new dataset versions from all ingested batches, then retrain and evaluate.",
 )
 

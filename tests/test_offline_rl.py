@@ -234,8 +234,44 @@ def test_manifest_names_the_dataset_version_and_its_source_files(tmp_path, tiny_
 
 def test_presets_size_the_run():
     cpu, gpu = TrainConfig(), TrainConfig.from_preset("gpu", algorithm="bc")
-    assert TrainConfig.from_preset("cpu") == cpu and cpu.n_epochs == 4
-    assert (cpu.encoder.n_layers, cpu.encoder.n_state_tokens, cpu.device) == (1, 2, "cpu:0")
+    assert TrainConfig.from_preset("cpu") == cpu and cpu.n_epochs == 10 and cpu.n_steps >= 5000
+    assert (cpu.encoder.n_layers, cpu.encoder.n_state_tokens, cpu.device) == (1, 1, "cpu:0")
     assert (gpu.encoder.n_layers, gpu.encoder.n_state_tokens, gpu.batch_size, gpu.algorithm) == (0, 4, 256, "bc")
     with pytest.raises(ValueError, match="preset 'tpu' is unknown"):
         TrainConfig.from_preset("tpu")
+
+
+def test_single_lora_has_the_mixtures_parameter_count(tiny_dir):
+    from training.offline_rl import make_encoder_factory
+
+    table = episode_table(n_episodes=4, steps=12)
+    moe = make_encoder_factory(tiny_config(tiny_dir), INSTRUCTIONS, table)
+    lora = make_encoder_factory(tiny_config(tiny_dir, encoder_type="lora"), INSTRUCTIONS, table)
+    assert (lora.n_experts, lora.top_k, lora.rank) == (1, 1, moe.rank * moe.n_experts)
+
+    def adapter_params(f):
+        dim = len(table[STATE][0]) + 1
+        return sum(p.numel() for n, p in f.create((dim,)).named_parameters() if ".experts." in n)
+
+    assert adapter_params(lora) == adapter_params(moe)
+
+
+def test_bootstrap_intervals_cover_the_mean_and_shrink_with_rollouts():
+    from training.evaluation import bootstrap_ci, per_skill
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for policy, centre in (("policy", 60.0), ("baseline", 30.0)):
+        for instruction in ("a", "b"):
+            for seed in range(40):
+                rows.append({"policy": policy, "instruction": instruction, "seed": seed, "progress": 0.0,
+                             "fell": False, "normalized_score": centre + rng.normal(0, 20)})
+    table = per_skill(pl.DataFrame(rows))
+    assert set(table["instruction"]) == {"a", "b", "all skills"}
+    assert (table["ci95_low"] < table["normalized_score"]).all()
+    assert (table["normalized_score"] < table["ci95_high"]).all()
+    overall = {r["policy"]: r for r in table.filter(pl.col("instruction") == "all skills").iter_rows(named=True)}
+    assert overall["baseline"]["ci95_high"] < overall["policy"]["ci95_low"]
+    few = bootstrap_ci([rng.normal(0, 20, 5)])
+    many = bootstrap_ci([rng.normal(0, 20, 80)])
+    assert many[1] - many[0] < few[1] - few[0]

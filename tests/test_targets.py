@@ -46,7 +46,12 @@ def catalog(tmp_path, monkeypatch) -> Path:
         write_recipe(root, name)
     write_target(root, "alpha")
     write_target(root, "beta", robot="ant", policy={"dataset": "mini_all", "algorithm": "iql", "reward_column": "reward"},
-                 training={"seed": 3}, evaluation={"simulator": "ant", "seeds": [1000], "steps": 10})
+                 training={"seed": 3}, evaluation={"simulator": "ant", "seeds": [1000], "steps": 10,
+                                                   "paraphrases": {"walk forward": ["go forwards"],
+                                                                   "moonwalk": ["glide backwards"]}},
+                 ablation={"bc_mlp": {"dataset": "mini_all", "algorithm": "bc", "encoder": "mlp"},
+                           "iql_lora": {"dataset": "mini_all", "algorithm": "iql", "reward_column": "reward",
+                                        "encoder": "lora"}})
     monkeypatch.setenv("ROBOCURATE_RECIPES", str(root))
     return root
 
@@ -57,7 +62,7 @@ def test_targets_load_with_defaults(catalog):
     assert alpha.path == catalog / "targets" / "alpha.yaml"
     assert (alpha.policy.dataset, alpha.policy.algorithm, alpha.baseline.reward_column) == ("mini_curated", "iql", None)
     assert (alpha.training.preset, alpha.training.n_steps, alpha.training.seed) == ("cpu", None, 0)
-    assert alpha.evaluation.simulator is None and alpha.evaluation.steps is None and len(alpha.evaluation.seeds) == 5
+    assert alpha.evaluation.simulator is None and alpha.evaluation.steps is None and len(alpha.evaluation.seeds) == 20
     assert alpha.profile.action_bounds == (-3.0, 3.0)
     assert alpha.datasets == ["mini_curated", "mini_all"]
     beta = load_target(catalog / "targets" / "beta.yaml")
@@ -109,18 +114,19 @@ def test_generated_assets_jobs_and_sensors(catalog):
 
     assets = training_assets()
     keys = {key.to_user_string() for a in assets for key in a.keys}
-    assert keys == {f"{kind}/{name}" for kind in ("policy", "baseline", "evaluation") for name in ("alpha", "beta")}
+    assert keys == {f"{kind}/{name}" for kind in ("policy", "baseline", "evaluation") for name in ("alpha", "beta")} | {
+        "ablation/beta"}  # only beta declares an ablation
     by_key = {a.key.to_user_string(): a for a in assets}
     assert by_key["policy/alpha"].asset_deps[dg.AssetKey(["policy", "alpha"])] == {dg.AssetKey(["hub", "mini_curated"])}
     assert by_key["baseline/alpha"].asset_deps[dg.AssetKey(["baseline", "alpha"])] == {dg.AssetKey(["hub", "mini_all"])}
     assert by_key["evaluation/beta"].asset_deps[dg.AssetKey(["evaluation", "beta"])] == {
         dg.AssetKey(["policy", "beta"]), dg.AssetKey(["baseline", "beta"])}
     for asset in assets:
-        assert asset.group_names_by_key[asset.key] == "train"
+        assert asset.group_names_by_key[asset.key] == ("ablation" if asset.key.path[0] == "ablation" else "train")
         assert asset.op.pool == "training" and asset.op.retry_policy.max_retries == 2
 
     jobs, sensors = training_jobs(), training_sensors()
-    assert [j.name for j in jobs] == ["train_alpha", "train_beta"]
+    assert [j.name for j in jobs] == ["train_alpha", "train_beta", "ablate_beta"]
     assert [(s.name, s.job_name) for s in sensors] == [("retrain_alpha", "train_alpha"), ("retrain_beta", "train_beta")]
     defs = dg.Definitions(assets=assets, jobs=jobs, sensors=sensors, resources={"data_root": DataRoot()})
     job = defs.resolve_job_def("train_beta")
@@ -176,7 +182,7 @@ def test_target_trains_reuses_and_evaluates_in_its_simulator(catalog, tmp_path):
         (pl.col("step").cast(pl.Float32) / 25).alias("reward"),
     )
     published = do_publish(load_recipe(catalog / "mini_all.yaml"), table)
-    assets = [a for a in training_assets() if a.key.path[1] == "beta"]
+    assets = [a for a in training_assets() if a.key.path[1] == "beta" and a.key.path[0] != "ablation"]
     quick = {"n_steps": 10, "n_steps_per_epoch": 5}
     run_config = {"ops": {"policy__beta": {"config": quick}, "baseline__beta": {"config": quick}}}
     instance = dg.DagsterInstance.ephemeral()
@@ -201,14 +207,61 @@ def test_target_trains_reuses_and_evaluates_in_its_simulator(catalog, tmp_path):
     scores = storage.read_partition("evaluation", "beta")
     assert set(scores["policy"]) == {"policy", "baseline"}
     trained_on = set(manifest["observation"]["instructions"])
-    assert "dance" in trained_on and set(scores["instruction"]) == trained_on - {"dance"} | {"all skills"}
+    declared = scores.filter(pl.col("phrasing") == "declared")
+    assert "dance" in trained_on and set(declared["instruction"]) == trained_on - {"dance"} | {"all skills"}
+    # A paraphrase of a declared skill is asked as text and scored apart; one of a skill the
+    # simulator lacks ("moonwalk") is reported, not a failure.
+    reworded = scores.filter(pl.col("phrasing") == "paraphrase")
+    assert set(reworded["instruction"]) == {"go forwards", "all paraphrases"}
     assert scores["normalized_score"].is_finite().all()
+    assert (scores["ci95_low"] <= scores["normalized_score"]).all() and "beta_scores" in str(list(evaluation))
 
     # Same data, same config: nothing is trained again.
     again = dg.materialize(assets[:2], instance=instance, run_config=run_config, resources=RESOURCES)
     meta = {e.asset_key.to_user_string(): e.materialization.metadata for e in again.get_asset_materialization_events()}
     assert meta["policy/beta"]["trained_now"].value is False and meta["baseline/beta"]["trained_now"].value is False
     assert len(list_checkpoints("beta-policy")) == 1
+
+    # The dataset grows, the config stays: the new version warm-starts from the previous one,
+    # trains half the updates (training.warm_start_share) and names its parent.
+    # (the same instructions as the trained version's: a new one changes the encoder's vocabulary)
+    grown = make_episodes(9, 25).with_columns(
+        pl.when(pl.col("episode_id").str.contains("-00[345]$")).then(pl.lit("dance")).otherwise(
+            pl.lit("turn left")).alias("language_instruction"),
+        (pl.col("step").cast(pl.Float32) / 25).alias("reward"),
+    )
+    do_publish(load_recipe(catalog / "mini_all.yaml"), grown)
+    policy_only = {"ops": {"policy__beta": {"config": quick}}}
+    assert dg.materialize(assets[:1], instance=instance, run_config=policy_only, resources=RESOURCES).success
+    first, second = list_checkpoints("beta-policy")
+    child = json.loads((second / "manifest.json").read_text())
+    assert child["parent"]["folder"] == first.name and child["parent"]["n_steps"] == 5
+    assert child["training"]["learning_curve"][-1]["step"] == 5 and manifest["parent"] is None
+
+
+def test_ablation_variants_are_checkpoints_scored_on_the_same_seeds(catalog, data_root):
+    """Target beta declares two ablation variants: one asset trains both as ordinary checkpoints
+    and scores them side by side; curate_job leaves it out (it runs on demand)."""
+    from foundations import storage
+    from foundations.recipes import load_recipe
+    from pipelines.assets.train import ABLATION_TABLE, training_assets
+    from pipelines.jobs import curate_job
+    from training.checkpoints import list_checkpoints
+
+    table = make_episodes(4, 25).with_columns((pl.col("step").cast(pl.Float32) / 25).alias("reward"))
+    do_publish(load_recipe(catalog / "mini_all.yaml"), table)
+    [asset] = [a for a in training_assets() if a.key.path == ["ablation", "beta"]]
+    quick = {"n_steps": 4, "n_steps_per_epoch": 2, "seeds": [1000, 1001], "steps": 10}
+    result = dg.materialize([asset], run_config={"ops": {"ablation__beta": {"config": quick}}}, resources=RESOURCES)
+    assert result.success
+    assert len(list_checkpoints("beta-ablation-bc_mlp")) == 1 and len(list_checkpoints("beta-ablation-iql_lora")) == 1
+    scores = storage.read_partition(ABLATION_TABLE, "beta")
+    overall = scores.filter(pl.col("instruction") == "all skills")
+    assert set(overall["policy"]) == {"bc_mlp", "iql_lora"}
+    assert set(scores.filter(pl.col("instruction") != "all skills")["episodes"]) == {2}  # the same two seeds each
+    meta = result.get_asset_materialization_events()[0].materialization.metadata
+    assert "iql_lora" in meta["summary"].value and "lora" in meta["variants"].value
+    assert "ablation/beta" not in {k.to_user_string() for k in curate_job.selection.resolve(training_assets())}
 
 
 def test_evaluation_without_a_simulator_reports_offline_metrics(catalog, tmp_path):

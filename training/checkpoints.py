@@ -30,7 +30,7 @@ from foundations.code_version import code_version
 from foundations.storage import sha256_file
 from foundations.versions import VersionStore
 from training.backbone import resolve_model_dir, weights_sha256
-from training.lora_moe import LoRAMoEEncoderFactory, adapter_state_dict, instruction_ids, make_observations
+from training.lora_moe import LoRAMoEEncoderFactory, adapter_state_dict, make_observations, text_ids
 from training.offline_rl import TrainResult
 
 FORMAT = "robocurate-checkpoint/1"
@@ -53,13 +53,14 @@ class Checkpoint:
         return list(self.manifest["observation"]["instructions"])
 
     def act(self, states: np.ndarray, texts: Sequence[str]) -> np.ndarray:
-        """Greedy actions for states (N, D) under instruction texts (N of them, or 1 for all)."""
-        ids = instruction_ids(list(texts), self.instructions)
+        """Greedy actions for states (N, D) under instruction texts (N of them, or 1 for all); any text
+        for a LoRA-MoE policy (see `text_ids`), the training instructions only for an MLP one."""
+        ids = text_ids(self.algo, list(texts), self.instructions)
         return self.algo.predict(make_observations(states, ids))
 
     def policy(self, instruction: str) -> Callable[[np.ndarray], np.ndarray]:
         """A closed-loop controller `state (D,) -> action (A,)` for one instruction (e.g. for sim rollouts)."""
-        ids = instruction_ids([instruction], self.instructions)
+        ids = text_ids(self.algo, [instruction], self.instructions)
 
         def act(state: np.ndarray) -> np.ndarray:
             return self.algo.predict(make_observations(np.asarray(state).reshape(1, -1), ids))[0]
@@ -79,23 +80,25 @@ def save_checkpoint(
     recipe: Optional[dict[str, Any]] = None,
     metrics: Optional[dict[str, Any]] = None,
     training_key: Optional[str] = None,
+    parent: Optional[dict[str, Any]] = None,
 ) -> Path:
     """Store `result`'s policy as the next version of checkpoint `name`; returns its folder.
 
     `dataset` is the lineage of the data it learnt from (see `dataset_lineage`): name,
     version, content hash and every source file. `training_key` identifies the inputs
     (data content and configuration) so that callers can find a checkpoint trained on
-    the same ones (`find_checkpoint`). `metrics` (for example closed-loop scores) are
+    the same ones (`find_checkpoint`). `parent` names the checkpoint version it was
+    warm-started from (name, version, folder, dataset version), None when trained from scratch. `metrics` (for example closed-loop scores) are
     stored beside the training metrics. Weights identical to the latest version's are
     not stored again: that version's folder is returned.
     """
     algo = result.algo
     if algo.impl is None:
         raise ValueError("the algorithm was never built or trained; nothing to save")
-    parent = STORE.folder(name)
-    parent.mkdir(parents=True, exist_ok=True)
+    versions_dir = STORE.folder(name)
+    versions_dir.mkdir(parents=True, exist_ok=True)
 
-    with tempfile.TemporaryDirectory(prefix=".staging-", dir=parent) as staging:
+    with tempfile.TemporaryDirectory(prefix=".staging-", dir=versions_dir) as staging:
         staged_model = Path(staging) / MODEL
         algo.save(str(staged_model))
         model_sha = sha256_file(staged_model)
@@ -139,6 +142,7 @@ def save_checkpoint(
                     "rejected_episodes": int(result.rejected["episode_id"].n_unique()),
                 },
                 "metrics": metrics or {},
+                "parent": parent,
             }
             staged_model.rename(tmp / MODEL)
             if adapters:

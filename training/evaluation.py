@@ -31,12 +31,23 @@ def evaluable(embodiment: Embodiment, instructions: list[str]) -> tuple[dict[str
 
     Instructions match skills case- and whitespace-insensitively, as everywhere else.
     """
-    keys = pl.DataFrame({"text": list(instructions)}).select(instruction_key(pl.col("text")))["text"].to_list()
+    def keys_of(texts: list[str]) -> list[str]:
+        frame = pl.DataFrame({"text": texts}, schema={"text": pl.String})  # typed even when empty
+        return frame.select(instruction_key(pl.col("text")))["text"].to_list()
+
+    keys = keys_of(list(instructions))
     skills = list(embodiment.skills)
-    skill_keys = pl.DataFrame({"text": skills}).select(instruction_key(pl.col("text")))["text"].to_list()
+    skill_keys = keys_of(skills)
     by_key = dict(zip(skill_keys, skills))
     matched = {text: by_key[key] for text, key in zip(instructions, keys) if key in by_key}
     return matched, [text for text in instructions if text not in matched]
+
+
+def paraphrase_skills(embodiment: Embodiment, paraphrases: dict[str, list[str]]) -> tuple[dict[str, str], list[str]]:
+    """({paraphrase text: the skill it rewords}, [declared skills the embodiment lacks]), from a target's
+    `evaluation.paraphrases` ({skill: [texts]})."""
+    matched, unknown = evaluable(embodiment, list(paraphrases))
+    return {text: matched[skill] for skill in matched for text in paraphrases[skill]}, unknown
 
 
 def reference_scores(
@@ -68,11 +79,13 @@ def evaluate_policy(
     steps: int,
     refs: dict[str, dict[str, float]],
     label: str = "policy",
+    phrasing: str = "declared",
 ) -> pl.DataFrame:
     """One row per (instruction, seed) rollout with its normalized score.
 
-    `skills` maps each instruction the policy was trained on to the embodiment's skill
-    (see `evaluable`); the policy is asked for the instruction, the simulator for the skill.
+    `skills` maps each instruction to the embodiment's skill (see `evaluable`,
+    `paraphrase_skills`); the policy is asked for the instruction, the simulator for the
+    skill. `phrasing` labels the rows ("declared" skills, or "paraphrase").
     """
     rows = []
     for instruction, skill in skills.items():
@@ -88,22 +101,95 @@ def evaluate_policy(
          "expert": [r["expert"] for r in refs.values()]},
         schema={"skill": pl.String, "random": pl.Float64, "expert": pl.Float64},
     )
-    return df.with_columns(pl.lit(label).alias("policy")).join(ref, on="skill", how="left").with_columns(
+    df = df.with_columns(pl.lit(label).alias("policy"), pl.lit(phrasing).alias("phrasing"))
+    return df.join(ref, on="skill", how="left").with_columns(
         (100 * (pl.col("progress") - pl.col("random")) / (pl.col("expert") - pl.col("random"))).alias("normalized_score")
     )
 
 
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def bootstrap_ci(groups: list[np.ndarray], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile-bootstrap interval of the mean over `groups` of per-group means.
+
+    Each group (one skill's rollout scores) is resampled with replacement on its own
+    (a stratified bootstrap: every resample keeps each skill's rollout count), so the
+    interval of an overall score is not widened by differences between skills."""
+    rng = np.random.default_rng(seed)
+    means = np.zeros(resamples)
+    for scores in groups:
+        scores = np.asarray(scores, dtype=np.float64)
+        picks = rng.integers(0, len(scores), size=(resamples, len(scores)))
+        means += scores[picks].mean(axis=1)
+    means /= len(groups)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(low), float(high)
+
+
 def per_skill(rollouts: pl.DataFrame) -> pl.DataFrame:
-    """Mean normalized score, progress and fall rate per policy and skill, plus an 'all skills' row."""
+    """Mean normalized score with its 95 % bootstrap interval, progress and fall rate per policy
+    and instruction, plus an 'all skills' row per policy (mean over the declared skills, stratified
+    interval) and, where rollouts asked paraphrases, an 'all paraphrases' row."""
     agg = [
         pl.col("normalized_score").mean().alias("normalized_score"),
         pl.col("progress").mean().alias("progress"),
         pl.col("fell").cast(pl.Float64).mean().alias("fall_rate"),
         pl.len().alias("episodes"),
     ]
-    by_skill = rollouts.group_by("policy", "instruction").agg(agg)
-    overall = rollouts.group_by("policy").agg(agg).with_columns(pl.lit("all skills").alias("instruction"))
-    return pl.concat([by_skill, overall.select(by_skill.columns)]).sort("policy", "instruction")
+    if "phrasing" not in rollouts.columns:
+        rollouts = rollouts.with_columns(pl.lit("declared").alias("phrasing"))
+    by_skill = rollouts.group_by("policy", "instruction", "phrasing").agg(agg)
+    overall = (
+        by_skill.group_by("policy", "phrasing")
+        .agg(pl.col("normalized_score", "progress", "fall_rate").mean(), pl.col("episodes").sum())
+        .with_columns(pl.when(pl.col("phrasing") == "declared").then(pl.lit("all skills"))
+                      .otherwise(pl.lit("all paraphrases")).alias("instruction"))
+    )
+    table = pl.concat([by_skill, overall.select(by_skill.columns)])
+    scores = {key: group["normalized_score"].to_numpy()
+              for key, group in rollouts.group_by("policy", "instruction", "phrasing")}
+    intervals = []
+    for policy, instruction, phrasing in table.select("policy", "instruction", "phrasing").iter_rows():
+        if instruction in ("all skills", "all paraphrases"):
+            groups = [v for (p, _, ph), v in scores.items() if p == policy and ph == phrasing]
+        else:
+            groups = [scores[(policy, instruction, phrasing)]]
+        intervals.append(bootstrap_ci(groups))
+    return table.with_columns(
+        pl.Series("ci95_low", [lo for lo, _ in intervals]), pl.Series("ci95_high", [hi for _, hi in intervals])
+    ).sort("policy", "instruction")
+
+
+def scores_png(table: pl.DataFrame) -> bytes:
+    """Normalized score per instruction and policy with 95 % bootstrap intervals (a `per_skill` table)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    totals = [t for t in ("all skills", "all paraphrases") if t in set(table["instruction"])]
+    instructions = sorted(set(table["instruction"]) - set(totals)) + totals
+    policies = sorted(set(table["policy"]))
+    width = 0.8 / max(1, len(policies))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(instructions)), 3.4))
+    for i, policy in enumerate(policies):
+        rows = {r["instruction"]: r for r in table.filter(pl.col("policy") == policy).iter_rows(named=True)}
+        xs = [j + (i - (len(policies) - 1) / 2) * width for j, ins in enumerate(instructions) if ins in rows]
+        mean = [rows[ins]["normalized_score"] for ins in instructions if ins in rows]
+        err = [[rows[ins]["normalized_score"] - rows[ins]["ci95_low"] for ins in instructions if ins in rows],
+               [rows[ins]["ci95_high"] - rows[ins]["normalized_score"] for ins in instructions if ins in rows]]
+        ax.bar(xs, mean, width, yerr=err, capsize=3, label=policy)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.axhline(100, color="grey", lw=0.8, ls="--")
+    ax.set_xticks(range(len(instructions)), instructions, fontsize=7, rotation=20, ha="right")
+    ax.set_ylabel("normalized score (95 % CI)", fontsize=8)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return buf.getvalue()
 
 
 def learning_curves_png(curves: dict[str, pl.DataFrame]) -> bytes:

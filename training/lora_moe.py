@@ -5,12 +5,19 @@ Observation layout (what every network of the algorithm receives):
     observation = [state_0, ..., state_{D-1}, instruction_index]      float32, D + 1 values
 
 `instruction_index` is the position of the step's language instruction in the
-factory's `instructions` list (see `make_observations`). The encoder splits it
-off, rounds and clamps it (d3rlpy probes encoders with uniform random floats) and
-looks up that instruction's MiniLM embedding, computed once per process.
+factory's `instructions` list (see `make_observations`), or, for a text met after
+training, its position after them (`text_ids` embeds such texts on the fly): the
+observation carries a float, d3rlpy's only input, and the encoder turns it back into
+the text's MiniLM embedding (computed once per process and text), never a learnt
+per-index vector. The index is rounded and clamped (d3rlpy probes encoders with
+uniform random floats).
 
 Tokens fed to the trailing `n_layers` layers of the backbone:
-    [instruction embedding, n_state_tokens projected state tokens, (action token)]
+    [instruction embedding] + n_state_tokens tokens projected from the state (and the action)
+The instruction token is a prefix that attends only to itself, so its pass through
+the layers runs once per distinct instruction in a batch; each sample's tokens attend
+to it and to each other. The frozen matmuls run in bf16 where the hardware has bf16
+units (AMX, AVX512-BF16, CUDA); adapters, norms and attention stay fp32.
 The backbone's weights are frozen non-persistent buffers shared by all encoders.
 Each of those layers carries `n_experts` LoRA experts on the query, value and MLP
 linears and a router on the instruction embedding that picks the top-k experts
@@ -20,7 +27,10 @@ backpropagates through the encoder.
 LoRA is written by hand rather than with peft: peft's LoRA layers hold one
 adapter (or a fixed weighted set) per module, with no per-sample routing, so a
 router would have to re-enter peft's internals on every call; a few tensors and
-two matmuls express the routed mixture directly.
+two matmuls express the routed mixture directly. peft also wraps nn.Linear
+parameters, and the frozen weights here must stay shared buffers (one copy for all
+six IQL networks; d3rlpy's save_policy unfreezes parameters). The single-LoRA
+ablation uses the same code with one expert, so that it differs only in routing.
 """
 import dataclasses
 import math
@@ -56,6 +66,7 @@ TARGETS = {
 }
 FROZEN_BUFFERS = tuple(LAYER_TENSORS)
 EXPERT_COMPUTE = ("auto", "dense", "routed")
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
 # "auto" computes only the routed experts when they are at most this share of all experts.
 # Measured on CPU (benchmarks/train_benchmark.py): routed-only loses at top-2 of 4 (1.4-2x
 # slower, gather/scatter costs more than the rank-8 matmuls it saves) and wins at top-1 of 8.
@@ -102,27 +113,25 @@ class LoRAExperts(nn.Module):
                 nn.init.kaiming_uniform_(self.A[e], a=math.sqrt(5))
 
     def forward(self, x: torch.Tensor, gates: torch.Tensor, routed: bool) -> torch.Tensor:
-        """x: (N, T, in), gates: (N, E) with zeros for experts a sample does not use."""
+        """x: (M, in) token rows, gates: (M, E) with zeros for experts a row does not use."""
         if routed:
             return self._routed(x, gates)
-        # Dense mix: all experts in two matmuls; unrouted experts get gate 0.
+        # Dense mix: all experts as one rank-(E*r) adapter in two matmuls; unrouted experts get gate 0.
         n_experts, rank = self.n_experts, self.rank
         a_all = self.A.reshape(n_experts * rank, -1)
         b_all = self.B.permute(1, 0, 2).reshape(self.B.shape[1], n_experts * rank)
-        h = x @ a_all.t()
-        h = h * gates.repeat_interleave(rank, dim=1).unsqueeze(1)
+        h = (x @ a_all.t()) * gates.repeat_interleave(rank, dim=1)
         return (h @ b_all.t()) * self.scaling
 
     def _routed(self, x: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
-        # One batched matmul per expert over only the samples routed to it.
-        out = x.new_zeros(x.shape[0], x.shape[1], self.B.shape[1])
+        # One matmul per expert over only the rows routed to it.
+        out = x.new_zeros(x.shape[0], self.B.shape[1])
         for e in range(self.n_experts):
             rows = gates[:, e].nonzero().squeeze(1)
             if rows.numel() == 0:
                 continue
-            xe = x.index_select(0, rows)
-            delta = (xe @ self.A[e].t()) @ self.B[e].t()
-            out = out.index_add(0, rows, delta * (gates[rows, e] * self.scaling)[:, None, None])
+            delta = (x.index_select(0, rows) @ self.A[e].t()) @ self.B[e].t()
+            out = out.index_add(0, rows, delta * (gates[rows, e] * self.scaling)[:, None])
         return out
 
 
@@ -140,6 +149,29 @@ def _shared_apply(tensor: torch.Tensor, fn: Any) -> torch.Tensor:
     return _MOVED[key][1]
 
 
+def _shared_cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """One cast copy of a frozen tensor per dtype, shared by every encoder."""
+    return _shared_apply(tensor, lambda t: t.to(dtype))
+
+
+def bf16_matmul_is_fast() -> bool:
+    """True where bf16 matmuls run in hardware: CUDA, or a CPU with AMX or AVX512-BF16."""
+    if torch.cuda.is_available():
+        return True
+    try:
+        flags = open("/proc/cpuinfo", encoding="ascii").read()
+    except OSError:
+        return False
+    return " amx_bf16" in flags or " avx512_bf16" in flags
+
+
+def resolve_compute_dtype(name: str) -> torch.dtype:
+    """"auto" = bf16 where `bf16_matmul_is_fast`, else float32."""
+    if name == "auto":
+        return torch.bfloat16 if bf16_matmul_is_fast() else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+
+
 class MoEBertLayer(nn.Module):
     """One frozen BERT layer (post-LN) with routed LoRA experts on chosen linears."""
 
@@ -152,8 +184,10 @@ class MoEBertLayer(nn.Module):
         rank: int,
         alpha: float,
         targets: Sequence[str],
+        compute_dtype: torch.dtype = torch.float32,
     ):
         super().__init__()
+        self.compute_dtype = compute_dtype  # of the frozen matmuls; adapters, norms, attention stay fp32
         for name, tensor in frozen.items():
             # Shared, frozen, outside the state dict: see backbone.frozen_layer.
             self.register_buffer(name, tensor, persistent=False)
@@ -193,27 +227,69 @@ class MoEBertLayer(nn.Module):
 
     def _linear(self, x: torch.Tensor, target: str, gates: torch.Tensor, routed: bool) -> torch.Tensor:
         w_name, b_name = TARGETS[target]
-        y = F.linear(x, getattr(self, w_name), getattr(self, b_name))
+        weight, bias = getattr(self, w_name), getattr(self, b_name)
+        if self.compute_dtype != x.dtype:
+            # The frozen matmul in bf16 (AMX/AVX512-BF16: ~5x fp32 on this CPU), the adapters in fp32.
+            weight, bias = _shared_cast(weight, self.compute_dtype), _shared_cast(bias, self.compute_dtype)
+            y = F.linear(x.to(self.compute_dtype), weight, bias).to(x.dtype)
+        else:
+            y = F.linear(x, weight, bias)
         if target in self.experts:
             y = y + self.experts[target](x, gates, routed)
         return y
 
-    def forward(self, x: torch.Tensor, gates: torch.Tensor, routed: bool) -> torch.Tensor:
-        n, t, h = x.shape
-        d = h // self.num_heads
-
-        def heads(y: torch.Tensor) -> torch.Tensor:
-            return y.view(n, t, self.num_heads, d).transpose(1, 2)
-
-        q = heads(self._linear(x, "query", gates, routed))
-        k = heads(self._linear(x, "key", gates, routed))
-        v = heads(self._linear(x, "value", gates, routed))
-        attn = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, t, h)
-        attn = self._linear(attn, "attention_output", gates, routed)
+    def _block(self, x: torch.Tensor, gates: torch.Tensor, routed: bool, attend: Any) -> torch.Tensor:
+        """The layer on token rows x (M, hidden) with per-row gates (M, E); every linear and norm
+        is row-wise, so `attend(q, k, v) -> (M, hidden)` alone says which rows see which."""
+        q = self._linear(x, "query", gates, routed)
+        k = self._linear(x, "key", gates, routed)
+        v = self._linear(x, "value", gates, routed)
+        attn = self._linear(attend(q, k, v), "attention_output", gates, routed)
+        h = x.shape[-1]
         x = F.layer_norm(attn + x, (h,), self.ln1_w, self.ln1_b, self.eps)
         inner = self.act(self._linear(x, "intermediate", gates, routed))
         out = self._linear(inner, "output", gates, routed)
         return F.layer_norm(out + x, (h,), self.ln2_w, self.ln2_b, self.eps)
+
+    def _heads(self, y: torch.Tensor, n: int) -> torch.Tensor:
+        """(n * T, hidden) rows -> (n, heads, T, head_dim)."""
+        return y.view(n, -1, self.num_heads, y.shape[-1] // self.num_heads).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, gates: torch.Tensor, routed: bool) -> torch.Tensor:
+        """The BERT layer on sequences x (N, T, hidden), per-sample gates (N, E)."""
+        n, t, h = x.shape
+
+        def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            out = F.scaled_dot_product_attention(self._heads(q, n), self._heads(k, n), self._heads(v, n))
+            return out.transpose(1, 2).reshape(n * t, h)
+
+        return self._block(x.reshape(n * t, h), gates.repeat_interleave(t, dim=0), routed, attend).view(n, t, h)
+
+    def forward_prefixed(
+        self, prefix: torch.Tensor, tokens: torch.Tensor, prefix_gates: torch.Tensor, gates: torch.Tensor,
+        inv: torch.Tensor, routed: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer on prefix rows (U, hidden), one per distinct instruction, each attending only
+        to itself, and sample tokens (N, T, hidden), each attending to its sample's prefix row
+        (`inv`: N indices into the U) and to its sample's tokens. Both go through every linear
+        together, in one matmul each."""
+        u, (n, t, h) = prefix.shape[0], tokens.shape
+        rows = torch.cat([prefix, tokens.reshape(n * t, h)])
+        row_gates = torch.cat([prefix_gates, gates.repeat_interleave(t, dim=0)])
+
+        def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            keys = torch.cat([self._heads(k[:u], u)[inv], self._heads(k[u:], n)], dim=2)
+            values = torch.cat([self._heads(v[:u], u)[inv], self._heads(v[u:], n)], dim=2)
+            out = F.scaled_dot_product_attention(self._heads(q[u:], n), keys, values)
+            # A token attending only to itself gets its own value (softmax over one key is 1).
+            return torch.cat([v[:u], out.transpose(1, 2).reshape(n * t, h)])
+
+        out = self._block(rows, row_gates, routed, attend)
+        return out[:u], out[u:].view(n, t, h)
+
+
+def _versions(*tensors: Optional[torch.Tensor]) -> tuple[int, ...]:
+    return tuple(-1 if t is None else t._version for t in tensors)
 
 
 def instruction_indices(column: torch.Tensor, n_instructions: int) -> torch.Tensor:
@@ -223,7 +299,12 @@ def instruction_indices(column: torch.Tensor, n_instructions: int) -> torch.Tens
 
 
 class LoRAMoEBody(nn.Module):
-    """Shared body of the state encoder and the state-action encoder."""
+    """Shared body of the state encoder and the state-action encoder.
+
+    The instruction is a prefix token: it attends only to itself, so its path through the
+    layers (frozen weights, its experts) is computed once per distinct instruction in the
+    batch, not once per sample; each sample's tokens attend to it and to each other.
+    """
 
     def __init__(self, factory: "LoRAMoEEncoderFactory", observation_dim: int, action_size: int = 0):
         super().__init__()
@@ -239,21 +320,31 @@ class LoRAMoEBody(nn.Module):
         )
         self.aux_loss_coef = factory.aux_loss_coef
         self.n_instructions = len(factory.instructions)
+        # Target networks (d3rlpy's targ_*) move only by Polyak averaging: `mark_targets` sets
+        # this so that they run without autograd even where d3rlpy calls them with grad enabled.
+        self.is_target = False
+        self._memo: Optional[tuple] = None  # target networks only: (x, action, versions, weights stamp, output)
 
+        self.model_dir = model_dir
         self.register_buffer("instruction_table", embed_instructions(model_dir, factory.instructions).clone())
+        # Instructions met after training (any text a caller asks for): embedded on the fly, indexed
+        # after the trained ones, outside the state dict so that checkpoints keep their shape.
+        self.extra_instructions: list[str] = []
+        self.register_buffer("extra_table", torch.zeros(0, hidden), persistent=False)
         mean = factory.state_mean or [0.0] * state_dim
         std = factory.state_std or [1.0] * state_dim
         self.register_buffer("state_mean", torch.tensor(mean, dtype=torch.float32))
         self.register_buffer("state_std", torch.tensor(std, dtype=torch.float32).clamp(min=1e-3))
 
-        n_tokens = 1 + factory.n_state_tokens + (1 if action_size else 0)
-        self.state_proj = nn.Linear(state_dim, factory.n_state_tokens * hidden)
-        self.action_proj = nn.Linear(action_size, hidden) if action_size else None
+        # State (and action, for Q-functions) projected together to n_state_tokens tokens: each
+        # token costs a full pass through the frozen layers, so the action gets no token of its own.
+        self.input_proj = nn.Linear(state_dim + action_size, factory.n_state_tokens * hidden)
         self.token_norm = nn.LayerNorm(hidden)
-        self.token_type = nn.Parameter(torch.randn(n_tokens, hidden) * 0.02)
+        self.token_type = nn.Parameter(torch.randn(1 + factory.n_state_tokens, hidden) * 0.02)
 
         n_layers = info.num_layers if factory.n_layers <= 0 else min(factory.n_layers, info.num_layers)
         self.layer_indices = list(range(info.num_layers - n_layers, info.num_layers))
+        compute_dtype = resolve_compute_dtype(factory.compute_dtype)
         self.layers = nn.ModuleList(
             MoEBertLayer(
                 frozen_layer(model_dir, i),
@@ -263,6 +354,7 @@ class LoRAMoEBody(nn.Module):
                 factory.rank,
                 factory.alpha,
                 factory.lora_targets,
+                compute_dtype,
             )
             for i in self.layer_indices
         )
@@ -271,28 +363,50 @@ class LoRAMoEBody(nn.Module):
         self.register_buffer("aux_count", torch.zeros((), dtype=torch.float64), persistent=False)
 
     def forward(self, x: torch.Tensor, action: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if not self.is_target:
+            return self._forward(x, action)
+        # d3rlpy's IQL asks the target Q-functions twice per update for the same batch (value
+        # loss, then actor weights) while their weights stay put until the Polyak step: reuse the
+        # output when the inputs are the same tensors and the weights' fingerprint is unchanged.
+        with torch.no_grad():
+            stamp = torch.stack([p.sum() for p in self.parameters()])
+            memo = self._memo
+            if (memo is not None and memo[0] is x and memo[1] is action and memo[2] == _versions(x, action)
+                    and torch.equal(memo[3], stamp)):
+                return memo[4]
+            out = self._forward(x, action)
+            self._memo = (x, action, _versions(x, action), stamp, out)
+            return out
+
+    def _forward(self, x: torch.Tensor, action: Optional[torch.Tensor]) -> torch.Tensor:
         n = x.shape[0]
-        idx = instruction_indices(x[:, -1], self.n_instructions)
+        idx = instruction_indices(x[:, -1], self.n_instructions + len(self.extra_instructions))
+        # The distinct instructions of the batch (a few) and each sample's position among them.
+        uniq, inv = torch.unique(idx, return_inverse=True)
+        table = self.instruction_table
+        if self.extra_instructions:
+            table = torch.cat([table, self.extra_table.to(table.dtype)])
         state = ((x[:, :-1] - self.state_mean) / self.state_std).clamp(-STATE_CLIP, STATE_CLIP)
-        instruction = self.instruction_table[idx]
-        tokens = [instruction.unsqueeze(1), self.token_norm(self.state_proj(state).view(n, self.n_state_tokens, -1))]
-        if self.action_proj is not None:
-            assert action is not None
-            tokens.append(self.token_norm(self.action_proj(action)).unsqueeze(1))
-        h = torch.cat(tokens, dim=1) + self.token_type
+        inputs = state if action is None else torch.cat([state, action], dim=1)
+        if self.action_size and action is None:
+            raise ValueError("this encoder takes an action")
+        h = self.token_norm(self.input_proj(inputs).view(n, self.n_state_tokens, -1)) + self.token_type[1:]
+        embedding = table[uniq]
+        prefix = embedding + self.token_type[0]
 
         tracking = self.training and torch.is_grad_enabled()
         aux_terms = []
         for layer in self.layers:
-            # Route on the few distinct instructions, then gather per sample.
-            logits = layer.router(self.instruction_table)[idx]
-            gates, mask, aux = layer.route(logits)
-            h = layer(h, gates, self.routed)
+            # Routing depends on the instruction only: route the distinct ones, then gather.
+            logits = layer.router(embedding)
+            prefix_gates, _, _ = layer.route(logits)
+            gates, mask, aux = layer.route(logits[inv])
+            prefix, h = layer.forward_prefixed(prefix, h, prefix_gates, gates, inv, self.routed)
             if tracking:
                 aux_terms.append(aux)
                 layer.usage += mask.sum(0).detach().to(layer.usage.dtype)
 
-        parts = [h[:, 0], h[:, 1:].mean(dim=1), state]
+        parts = [prefix[inv], h.mean(dim=1), state]
         if action is not None:
             parts.append(action)
         out = F.relu(self.head(torch.cat(parts, dim=1)))
@@ -302,6 +416,18 @@ class LoRAMoEBody(nn.Module):
             self.aux_count += 1
             out = AddAuxiliaryLoss.apply(out, aux_loss)
         return out
+
+
+    def add_instructions(self, texts: Sequence[str], trained: Sequence[str]) -> list[str]:
+        """Embed the texts that are neither `trained` (the factory's list) nor added before; returns
+        the whole vocabulary, trained first, in index order."""
+        known = set(trained) | set(self.extra_instructions)
+        new = [t for t in dict.fromkeys(texts) if t not in known]
+        if new:
+            rows = embed_instructions(self.model_dir, new).to(self.extra_table.device, self.extra_table.dtype)
+            self.extra_table = torch.cat([self.extra_table, rows])
+            self.extra_instructions.extend(new)
+        return [*trained, *self.extra_instructions]
 
 
 class LoRAMoEEncoder(Encoder):
@@ -345,6 +471,8 @@ class LoRAMoEEncoderFactory(EncoderFactory):
         expert_compute: "dense" (all experts in two matmuls, gates zero where unrouted), "routed"
             (only the routed experts, grouped per expert) or "auto" (routed when top_k / n_experts
             <= ROUTED_MAX_SHARE, the measured break-even; dense otherwise).
+        compute_dtype: dtype of the frozen matmuls: "auto" (bf16 where the hardware has bf16
+            matmuls, see `bf16_matmul_is_fast`), "float32" or "bfloat16". Adapters stay fp32.
         state_mean, state_std: per-feature statistics used to normalise the state.
     """
 
@@ -360,6 +488,7 @@ class LoRAMoEEncoderFactory(EncoderFactory):
     feature_size: int = 256
     aux_loss_coef: float = 0.01
     expert_compute: str = "auto"
+    compute_dtype: str = "auto"
     state_mean: Optional[list[float]] = None
     state_std: Optional[list[float]] = None
 
@@ -375,6 +504,8 @@ class LoRAMoEEncoderFactory(EncoderFactory):
         unknown = sorted(set(self.lora_targets) - set(TARGETS))
         if unknown:
             problems.append(f"unknown lora_targets {unknown}; choose from {sorted(TARGETS)}")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            problems.append(f"compute_dtype={self.compute_dtype!r}; choose from {COMPUTE_DTYPES}")
         if self.expert_compute not in EXPERT_COMPUTE:
             problems.append(f"expert_compute={self.expert_compute!r}; choose from {EXPERT_COMPUTE}")
         if observation_dim is not None:
@@ -432,6 +563,21 @@ def instruction_ids(texts: Sequence[str], instructions: Sequence[str]) -> np.nda
     return np.fromiter((lookup[t] for t in texts), dtype=np.int64, count=len(texts))
 
 
+def text_ids(algo: Any, texts: Sequence[str], instructions: Sequence[str]) -> np.ndarray:
+    """Observation indices for instruction texts, any text for a LoRA-MoE policy.
+
+    A text the policy was not trained on is embedded by the backbone now (once per process
+    and text) and appended to every encoder's table: the router and the layers see its
+    embedding, not the index of a training instruction. Policies without a language model
+    (the MLP encoder) know only their training instructions; other texts are a ValueError.
+    """
+    bodies = list(moe_bodies(algo).values())
+    if not bodies:
+        return instruction_ids(texts, instructions)
+    vocabulary = [body.add_instructions(texts, instructions) for body in bodies][0]
+    return instruction_ids(texts, vocabulary)
+
+
 def moe_bodies(algo: Any) -> dict[str, LoRAMoEBody]:
     """Every LoRA-MoE encoder body of a built d3rlpy algorithm, keyed by module path."""
     if algo.impl is None:
@@ -470,6 +616,18 @@ def pop_aux_loss(algo: Any) -> Optional[float]:
         body.aux_sum.zero_()
         body.aux_count.zero_()
     return total / count if count else None
+
+
+def mark_targets(algo: Any) -> int:
+    """Run the target networks' encoders without autograd; returns how many were marked.
+
+    d3rlpy computes IQL's target Q-values with grad enabled and detaches them afterwards:
+    recording that graph costs time and memory for nothing.
+    """
+    bodies = [body for name, body in moe_bodies(algo).items() if name.startswith("targ_")]
+    for body in bodies:
+        body.is_target = True
+    return len(bodies)
 
 
 def reset_expert_usage(algo: Any) -> None:

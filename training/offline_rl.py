@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import logging
 import time
 from dataclasses import dataclass, field
@@ -22,14 +23,18 @@ import torch
 from d3rlpy.logging import NoopAdapterFactory
 from d3rlpy.metrics import InitialStateValueEstimationEvaluator, TDErrorEvaluator
 from d3rlpy.models.encoders import EncoderFactory, VectorEncoderFactory
+from d3rlpy.optimizers import AdamFactory, OptimizerFactory
+from d3rlpy.optimizers.optimizers import _get_parameters_from_named_modules, register_optimizer_factory
+from d3rlpy.serializable_config import CONFIG_STORAGE
 from d3rlpy.preprocessing import MinMaxActionScaler, MultiplyRewardScaler
 
 from training.lora_moe import (
     LoRAMoEEncoderFactory,
     expert_usage,
-    instruction_ids,
     make_observations,
+    mark_targets,
     pop_aux_loss,
+    text_ids,
 )
 from training.mdp_dataset import build_mdp_dataset, check_bounds, reward_scale, split_trainable, state_statistics
 
@@ -47,14 +52,16 @@ __all__ = [
 ]
 
 ALGORITHMS = ("iql", "cql", "td3plusbc", "bc")
-ENCODER_TYPES = ("lora_moe", "mlp")
+# lora_moe: routed LoRA experts; lora: one LoRA of the same parameter count (rank n_experts * rank,
+# the ablation of the routing); mlp: d3rlpy's VectorEncoder (256, 256), no language model.
+ENCODER_TYPES = ("lora_moe", "lora", "mlp")
 
-# Presets: the CPU one is sized for a demo on 2 cores (IQL + BC within ~5 minutes,
-# see benchmarks/train_benchmark.py); the GPU one runs the whole backbone.
-# The CPU preset also shortens the sequence (2 state tokens instead of 4: about 30% cheaper).
+# Presets: the CPU one trains 5,000 updates (400, the earlier budget, left IQL far from converged) with one trailing MiniLM layer
+# and one token per sample (benchmarks/train_benchmark.py measures the update cost); the GPU one
+# runs the whole backbone.
 PRESETS: dict[str, dict[str, Any]] = {
-    "cpu": {"n_steps": 400, "n_steps_per_epoch": 100, "batch_size": 64, "device": "cpu:0",
-            "encoder": {"n_layers": 1, "n_state_tokens": 2}},
+    "cpu": {"n_steps": 5000, "n_steps_per_epoch": 500, "batch_size": 64, "device": "cpu:0",
+            "encoder": {"n_layers": 1, "n_state_tokens": 1}},
     "gpu": {"n_steps": 20000, "n_steps_per_epoch": 1000, "batch_size": 256, "device": "cuda:0",
             "encoder": {"n_layers": 0, "n_state_tokens": 4}},
 }
@@ -68,7 +75,8 @@ class TrainConfig:
         algorithm: "iql", "cql", "td3plusbc" or "bc".
         n_steps, n_steps_per_epoch: d3rlpy trains n_steps // n_steps_per_epoch epochs.
         batch_size: transitions per update.
-        encoder_type: "lora_moe" (default) or "mlp" (d3rlpy's VectorEncoder, a baseline).
+        encoder_type: "lora_moe" (default), "lora" (one adapter of the same parameter count) or "mlp"
+            (d3rlpy's VectorEncoder, a baseline).
         encoder: LoRA-MoE settings; instructions and state statistics are filled in from the data.
         reward_column: "reward", "referee_reward" or "combined_reward" (ignored by bc).
         action_bounds: [low, high] of every action dimension, from the robot profile
@@ -185,8 +193,39 @@ def make_encoder_factory(config: TrainConfig, instructions: list[str], clean: pl
         return VectorEncoderFactory(hidden_units=[256, 256])
     mean, std = state_statistics(clean)
     factory = dataclasses.replace(config.encoder, instructions=list(instructions), state_mean=mean, state_std=std)
+    if config.encoder_type == "lora":
+        factory = single_lora(factory)
     factory.validate(len(mean) + 1)
     return factory
+
+
+def single_lora(factory: LoRAMoEEncoderFactory) -> LoRAMoEEncoderFactory:
+    """The same encoder with one LoRA of the mixture's parameter count instead of routed experts.
+
+    Written with the same hand-made adapter as the experts (not peft) so that the ablation
+    changes only the routing, not the implementation."""
+    return dataclasses.replace(factory, n_experts=1, top_k=1, rank=factory.rank * factory.n_experts,
+                               aux_loss_coef=0.0, expert_compute="dense")
+
+
+@dataclass()
+class FusedAdamFactory(AdamFactory):
+    """d3rlpy's Adam with torch's fused kernel: one op over all parameters instead of about ten
+    per parameter tensor. The LoRA-MoE networks hold ~30 tensors each, and the per-tensor loop
+    took ~20 % of an IQL update on CPU (benchmarks/train_benchmark.py profiles the same update)."""
+
+    def create_optimizer(self, named_modules: Any, lr: float) -> torch.optim.Adam:
+        return torch.optim.Adam(_get_parameters_from_named_modules(named_modules), lr=lr, betas=self.betas,
+                                eps=self.eps, weight_decay=self.weight_decay, amsgrad=self.amsgrad, fused=True)
+
+    @staticmethod
+    def get_type() -> str:
+        return "fused_adam"
+
+
+# Registration is global in d3rlpy and asserts on duplicates (module reloads).
+if FusedAdamFactory.get_type() not in CONFIG_STORAGE[OptimizerFactory].config_list:
+    register_optimizer_factory(FusedAdamFactory)
 
 
 def make_algo(config: TrainConfig, encoder: EncoderFactory, scale: float, action_size: int) -> Any:
@@ -196,7 +235,8 @@ def make_algo(config: TrainConfig, encoder: EncoderFactory, scale: float, action
     low, high = check_bounds(config.action_bounds)
     actions = MinMaxActionScaler(minimum=np.full(action_size, low, np.float32),
                                  maximum=np.full(action_size, high, np.float32))
-    common = dict(batch_size=config.batch_size, gamma=config.gamma, reward_scaler=scaler, action_scaler=actions)
+    common = dict(batch_size=config.batch_size, gamma=config.gamma, reward_scaler=scaler, action_scaler=actions,
+                  actor_optim_factory=FusedAdamFactory(), critic_optim_factory=FusedAdamFactory())
     if config.algorithm == "iql":
         algo_config = d3rlpy.algos.IQLConfig(
             actor_encoder_factory=encoder,
@@ -229,7 +269,7 @@ def make_algo(config: TrainConfig, encoder: EncoderFactory, scale: float, action
     else:
         algo_config = d3rlpy.algos.BCConfig(
             encoder_factory=encoder, learning_rate=config.actor_learning_rate, batch_size=config.batch_size,
-            action_scaler=actions,
+            action_scaler=actions, optim_factory=FusedAdamFactory(),
         )
     return algo_config.create(device=config.device)
 
@@ -243,11 +283,16 @@ def _evaluation_episodes(dataset: Any, n: int) -> list[Any]:
     return [episodes[i] for i in picks]
 
 
-def train(table: pl.DataFrame, config: TrainConfig, *, progress: bool = True) -> TrainResult:
+def train(table: pl.DataFrame, config: TrainConfig, *, progress: bool = True, init_from: Any = None,
+          n_steps: Optional[int] = None) -> TrainResult:
     """Train `config.algorithm` on a canonical episode table.
 
     Unusable episodes are left out and returned in `TrainResult.rejected`; a table
     with none usable, or settings that cannot train, raise ValueError with the fix.
+    `init_from` (a trained algorithm of the same config and instructions) warm-starts every
+    network, optimizer state included: adapters, experts, routers, critics and their targets.
+    `n_steps` overrides config.n_steps for this run only (a warm start trains fewer updates
+    under the same config).
     """
     config.validate()
     previous_threads = torch.get_num_threads()
@@ -257,7 +302,7 @@ def train(table: pl.DataFrame, config: TrainConfig, *, progress: bool = True) ->
         # d3rlpy logs every hyperparameter and epoch at info level; the progress bar, the
         # learning curve and the checkpoint manifest say the same more readably.
         with quiet_d3rlpy():
-            return _train(table, config, progress)
+            return _train(table, config, progress, init_from, n_steps or config.n_steps)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -266,14 +311,22 @@ def train(table: pl.DataFrame, config: TrainConfig, *, progress: bool = True) ->
 def quiet_d3rlpy() -> Iterator[None]:
     """Silence d3rlpy's info logs (it prints every hyperparameter each fit) for a while."""
     saved = structlog.get_config()
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+
+    def drop_expected(logger: Any, method: str, event: dict) -> dict:
+        # The fitter warns that models are built already: `_train` builds them on purpose.
+        if str(event.get("event", "")).startswith("Skip building models"):
+            raise structlog.DropEvent
+        return event
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+                        processors=[drop_expected, *saved["processors"]])
     try:
         yield
     finally:
         structlog.configure(**saved)
 
 
-def _train(table: pl.DataFrame, config: TrainConfig, progress: bool) -> TrainResult:
+def _train(table: pl.DataFrame, config: TrainConfig, progress: bool, init_from: Any, n_steps: int) -> TrainResult:
     start = time.perf_counter()
     needs_reward = config.algorithm != "bc"
     reward_column = config.reward_column if needs_reward else None
@@ -307,18 +360,30 @@ def _train(table: pl.DataFrame, config: TrainConfig, progress: bool) -> TrainRes
             "initial_state_value": InitialStateValueEstimationEvaluator(episodes=episodes),
         }
 
+    # Built before fitting (the fitter then skips building) so that the target networks can be marked.
+    algo.build_with_dataset(dataset)
+    if init_from is not None:
+        buffer = io.BytesIO()
+        init_from.impl.save_model(buffer)
+        buffer.seek(0)
+        try:
+            algo.impl.load_model(buffer)
+        except RuntimeError as exc:  # shapes differ: another vocabulary, state layout or encoder
+            raise ValueError(f"cannot warm-start from a model of another shape: {exc}") from None
+    mark_targets(algo)
+    per_epoch = min(config.n_steps_per_epoch, n_steps)
     rows: list[dict[str, Any]] = []
     for epoch, metrics in algo.fitter(
         dataset,
-        n_steps=config.n_steps,
-        n_steps_per_epoch=config.n_steps_per_epoch,
+        n_steps=n_steps,
+        n_steps_per_epoch=per_epoch,
         experiment_name=f"{config.algorithm}_{config.encoder_type}",
         with_timestamp=False,
         logger_adapter=NoopAdapterFactory(),
         show_progress=progress,
         evaluators=evaluators,
     ):
-        rows.append({"epoch": epoch, "step": epoch * config.n_steps_per_epoch, **metrics, "aux_loss": pop_aux_loss(algo)})
+        rows.append({"epoch": epoch, "step": epoch * per_epoch, **metrics, "aux_loss": pop_aux_loss(algo)})
 
     curve = pl.DataFrame(rows)
     per_update = (
@@ -340,6 +405,7 @@ def _train(table: pl.DataFrame, config: TrainConfig, progress: bool) -> TrainRes
 
 
 def policy_actions(algo: Any, states: np.ndarray, texts: Sequence[str], instructions: Sequence[str]) -> np.ndarray:
-    """Greedy actions of a trained policy for states (N, D) under instruction texts (N or 1)."""
-    ids = instruction_ids(list(texts), instructions)
+    """Greedy actions of a trained policy for states (N, D) under instruction texts (N or 1): any text
+    for a LoRA-MoE policy, its training instructions for an MLP one (`text_ids`)."""
+    ids = text_ids(algo, list(texts), instructions)
     return algo.predict(make_observations(states, ids))

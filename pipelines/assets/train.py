@@ -13,9 +13,10 @@ only when its checkpoints or rollout settings changed.
 
 import hashlib
 import json
+import logging
 from functools import cache
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import dagster as dg
 import polars as pl
@@ -24,7 +25,7 @@ import yaml
 from foundations import storage
 from foundations.catalog import config_path
 from foundations.publish import resolve_version
-from foundations.targets import Target, list_targets, load_target
+from foundations.targets import Learner, Target, list_targets, load_target
 from pipelines.metadata import md_table, png_metadata
 from pipelines.resources import DataRoot
 
@@ -62,18 +63,17 @@ def asset_key(kind: str, target: str) -> dg.AssetKey:
     return dg.AssetKey([kind, target])
 
 
-def train_checkpoint(context: dg.AssetExecutionContext, target: Target, role: str,
-                     config: TrainingConfig) -> dg.MaterializeResult:
-    """Train (or reuse) checkpoint `<target>-<role>` on the newest version of its dataset."""
-    from training.checkpoints import dataset_lineage, find_checkpoint, save_checkpoint
+def train_learner(context: dg.AssetExecutionContext, target: Target, learner: Learner, name: str,
+                  config: TrainingConfig) -> tuple[Path, bool, dict, Any]:
+    """Train (or reuse) checkpoint `name` of `learner` on the newest version of its dataset;
+    returns (its folder, whether it was trained now, the dataset version record, the TrainConfig)."""
+    from training.checkpoints import dataset_lineage, find_checkpoint, load_checkpoint, save_checkpoint
     from training.offline_rl import TrainConfig, train
 
-    learner = getattr(target, role)
-    name = checkpoint_name(target.name, role)
     dataset_name = config.dataset or learner.dataset
     dataset = resolve_version(dataset_name, "latest")
     overrides = {"algorithm": learner.algorithm, "seed": target.training.seed, "num_threads": config.num_threads,
-                 "action_bounds": tuple(target.profile.action_bounds)}
+                 "action_bounds": tuple(target.profile.action_bounds), "encoder_type": learner.encoder}
     if learner.reward_column:
         overrides["reward_column"] = learner.reward_column
     for field in ("n_steps", "n_steps_per_epoch"):
@@ -91,18 +91,66 @@ def train_checkpoint(context: dg.AssetExecutionContext, target: Target, role: st
         context.log.info(f"{name}: {path.name} was trained on {dataset_name} {dataset['version']} with this config")
     else:
         table = pl.read_parquet(Path(dataset["path"]) / "data" / "train-*.parquet")
-        result = train(table, train_config)
+        parent = _warm_start_parent(name, dataset_name, dataset, train_config, table)
+        share = target.training.warm_start_share
+        if parent is not None and share is not None:
+            n_steps = max(train_config.n_steps_per_epoch, int(round(train_config.n_steps * share)))
+            context.log.info(f"{name}: warm start from {parent['folder']} ({dataset_name} {parent['dataset_version']} "
+                             f"-> {dataset['version']}, same config), {n_steps} of {train_config.n_steps} updates")
+            result = train(table, train_config, init_from=load_checkpoint(parent.pop("path")).algo, n_steps=n_steps)
+            parent["n_steps"] = n_steps
+        else:
+            result, parent = train(table, train_config), None
         recipe = yaml.safe_load(config_path("recipes", dataset_name).read_text(encoding="utf-8"))
-        path = save_checkpoint(result, name, dataset=dataset_lineage(dataset), recipe=recipe, training_key=key)
+        path = save_checkpoint(result, name, dataset=dataset_lineage(dataset), recipe=recipe, training_key=key,
+                               parent=parent)
+    return path, trained, dataset, train_config
+
+
+def _warm_start_parent(name: str, dataset_name: str, dataset: dict, train_config: Any,
+                       table: pl.DataFrame) -> Optional[dict]:
+    """The latest version of checkpoint `name` when a new one may start from it: trained on an older
+    version of the same recipe, with the same config and the same instruction vocabulary."""
+    from training.checkpoints import latest_checkpoint
+
+    path = latest_checkpoint(name)
+    if path is None:
+        return None
+    manifest = _manifest(path)
+    same_config = (json.dumps(manifest.get("train_config"), sort_keys=True, default=str)
+                   == json.dumps(train_config.to_dict(), sort_keys=True, default=str))
+    lineage = manifest.get("dataset") or {}
+    instructions = sorted(table["language_instruction"].drop_nulls().unique().to_list())
+    reasons = [why for ok, why in (
+        (same_config, "its config differs"),
+        (lineage.get("name") == dataset_name, f"it was trained on {lineage.get('name')}"),
+        (lineage.get("content_hash") != dataset["content_hash"], "its dataset is the same"),
+        (manifest["observation"]["instructions"] == instructions,
+         f"its instructions {manifest['observation']['instructions']} differ from {instructions}"),
+    ) if not ok]
+    if reasons:
+        logging.getLogger(__name__).info("%s: no warm start from %s: %s", name, path.name, "; ".join(reasons))
+        return None
+    return {"name": name, "version": manifest["version"], "folder": manifest["folder"], "path": path,
+            "dataset_version": lineage.get("version")}
+
+
+def train_checkpoint(context: dg.AssetExecutionContext, target: Target, role: str,
+                     config: TrainingConfig) -> dg.MaterializeResult:
+    """Train (or reuse) checkpoint `<target>-<role>` on the newest version of its dataset."""
+    learner = getattr(target, role)
+    name = checkpoint_name(target.name, role)
+    path, trained, dataset, train_config = train_learner(context, target, learner, name, config)
     manifest = _manifest(path)
     training = manifest["training"]
     curve = pl.DataFrame(training["learning_curve"])
     metadata = {
         "path": dg.MetadataValue.path(str(path)),
         "version": manifest["version"],
-        "dataset": dataset_name,
+        "dataset": config.dataset or learner.dataset,
         "dataset_version": dataset["version"],
         "trained_now": trained,
+        "warm_started_from": (manifest.get("parent") or {}).get("folder") or "none (from scratch)",
         "algorithm": manifest["algorithm"],
         "reward_column": learner.reward_column or "none (behaviour cloning)",
         "action_bounds": dg.MetadataValue.json(list(train_config.action_bounds)),
@@ -128,7 +176,7 @@ def evaluate_target(context: dg.AssetExecutionContext, target: Target,
                     config: EvaluationConfig) -> dg.MaterializeResult:
     """Closed-loop normalized scores of both checkpoints (when the target names a simulator) and offline metrics."""
     from training.checkpoints import latest_checkpoint
-    from training.evaluation import learning_curves_png, per_skill
+    from training.evaluation import learning_curves_png, per_skill, scores_png
 
     paths = {role: latest_checkpoint(checkpoint_name(target.name, role)) for role in ROLES}
     missing = [checkpoint_name(target.name, r) for r, p in paths.items() if p is None]
@@ -161,41 +209,61 @@ def evaluate_target(context: dg.AssetExecutionContext, target: Target,
             "normalized_score_policy": overall.get("policy"),
             "normalized_score_baseline": overall.get("baseline"),
             "per_skill": md_table(table),
+            **png_metadata(scores_png(table), f"{target.name}_scores"),
             "not_evaluated": dg.MetadataValue.json(not_evaluated),
         }
     )
 
 
 def _rollouts(context: dg.AssetExecutionContext, target: Target, config: EvaluationConfig,
-              paths: dict[str, Path]) -> tuple[pl.DataFrame, dict[str, list[str]]]:
-    """Rollouts of both checkpoints (cached per checkpoints and settings), and per role the
-    instructions the simulator has no skill for."""
+              paths: dict[str, Path], paraphrase: bool = True) -> tuple[pl.DataFrame, dict[str, list[str]]]:
+    """Rollouts of checkpoints {label: folder} on the same seeds (cached per checkpoints and
+    settings), and per label the instructions not scored (no skill, or a text it cannot read)."""
     from simulator.embodiments import get_embodiment
     from training.checkpoints import load_checkpoint
-    from training.evaluation import evaluable, evaluate_policy, reference_scores
+    from training.evaluation import evaluable, evaluate_policy, paraphrase_skills, reference_scores
 
     embodiment = get_embodiment(target.evaluation.simulator)
     seeds = config.seeds or target.evaluation.seeds
     steps = config.steps or target.evaluation.steps or embodiment.episode_steps
     instructions = {role: list(_manifest(p)["observation"]["instructions"]) for role, p in paths.items()}
-    skills, not_evaluated = {}, {}
+    paraphrases, unknown_skills = paraphrase_skills(embodiment, target.evaluation.paraphrases if paraphrase else {})
+    if unknown_skills:
+        context.log.warning(f"{target.name}: evaluation.paraphrases names skills {embodiment.name} lacks: "
+                            f"{unknown_skills}; not scored")
+    checkpoints = {role: load_checkpoint(p) for role, p in paths.items()}
+    skills, asked, not_evaluated = {}, {}, {}
     for role, texts in instructions.items():
         skills[role], not_evaluated[role] = evaluable(embodiment, texts)
+        asked[role] = {}
+        for text, skill in paraphrases.items():
+            try:  # a policy without a language model (MLP encoder) knows only its training instructions
+                checkpoints[role].policy(text)
+                asked[role][text] = skill
+            except ValueError:
+                not_evaluated[role].append(text)
         if not_evaluated[role]:
-            context.log.warning(f"{target.name} {role}: {embodiment.name} has no skill for {not_evaluated[role]}; "
-                                "not scored")
+            context.log.warning(f"{target.name} {role}: not scored (no skill in {embodiment.name}, or a text "
+                                f"this policy cannot read): {not_evaluated[role]}")
     key = hashlib.sha256(
-        json.dumps([embodiment.name, [str(p) for p in paths.values()], seeds, steps]).encode()
+        json.dumps([embodiment.name, [str(p) for p in paths.values()], seeds, steps, paraphrases]).encode()
     ).hexdigest()[:16]
     cached = storage.area("evaluations") / f"{key}.parquet"
     if cached.exists():
         context.log.info("these checkpoints were evaluated with these settings before; reusing the rollouts")
         return pl.read_parquet(cached), not_evaluated
-    refs = reference_scores(embodiment, sorted({s for m in skills.values() for s in m.values()}), seeds, steps)
-    rollouts = pl.concat([
-        evaluate_policy(embodiment, load_checkpoint(paths[role]).policy, skills[role], seeds, steps, refs, label=role)
-        for role in ROLES
-    ])
+    all_skills = {s for role in paths for m in (skills[role], asked[role]) for s in m.values()}
+    refs = reference_scores(embodiment, sorted(all_skills), seeds, steps)
+    frames = [
+        evaluate_policy(embodiment, checkpoints[role].policy, mapping, seeds, steps, refs, label=role,
+                        phrasing=phrasing)
+        for role in paths
+        for phrasing, mapping in (("declared", skills[role]), ("paraphrase", asked[role]))
+        if mapping
+    ]
+    # Nothing the simulator can score: an empty table (and the not-evaluated list), not a failure.
+    rollouts = pl.concat(frames) if frames else evaluate_policy(embodiment, next(iter(checkpoints.values())).policy,
+                                                                {}, seeds, steps, refs)
     rollouts.write_parquet(cached)
     return rollouts, not_evaluated
 
@@ -221,7 +289,8 @@ def target_assets(target: Target) -> list[dg.AssetsDefinition]:
         retry_policy=RETRY,
         description=f"Closed-loop rollouts of {target.name}'s policy and baseline in simulator "
         f"{target.evaluation.simulator or '(none)'} for every skill, as normalized scores (0 = random operator, "
-        f"100 = expert operator), beside offline metrics and learning curves. Target: {_where(target)}.",
+        f"100 = expert operator) with 95 % bootstrap intervals over the same seeds for every policy and reference "
+        f"operator, beside offline metrics and learning curves. Target: {_where(target)}.",
         kinds={"mujoco"},
         tags={"target": target.name},
     )
@@ -250,6 +319,80 @@ def _checkpoint_asset(target: Target, role: str, dataset: str, algorithm: str) -
         return train_checkpoint(context, target, role, config)
 
     return _checkpoint
+
+
+ABLATION_TABLE = "ablation"  # lake table, one partition per target
+ABLATION_GROUP = "ablation"  # outside curate_job: run on demand (job ablate_<target>, the UI, the benchmark)
+
+
+class AblationConfig(TrainingConfig):
+    """Run-time overrides of an ablation's training (as TrainingConfig) and rollouts (as EvaluationConfig)."""
+
+    seeds: Optional[list[int]] = None
+    steps: Optional[int] = None
+
+
+def ablate_target(context: dg.AssetExecutionContext, target: Target, config: AblationConfig) -> dg.MaterializeResult:
+    """Train (or reuse) every variant of `target.ablation` and score them on the same seeds."""
+    from training.evaluation import per_skill, scores_png
+
+    paths, rows = {}, []
+    for variant, learner in target.ablation.items():
+        path, trained, dataset, train_config = train_learner(
+            context, target, learner, f"{target.name}-ablation-{variant}", config)
+        paths[variant] = path
+        rows.append({"variant": variant, "dataset": f"{config.dataset or learner.dataset} {dataset['version']}",
+                     "algorithm": learner.algorithm, "reward": learner.reward_column or "-",
+                     "encoder": learner.encoder, "updates": train_config.n_steps, "trained_now": trained,
+                     "checkpoint": str(path)})
+    variants = pl.DataFrame(rows)
+    metadata = {"variants": md_table(variants.drop("checkpoint"))}
+    if target.evaluation.simulator is None:
+        return dg.MaterializeResult(metadata={**metadata, "closed_loop": "none: the target names no simulator"})
+    evaluation = EvaluationConfig(seeds=config.seeds, steps=config.steps)
+    rollouts, not_evaluated = _rollouts(context, target, evaluation, paths, paraphrase=False)
+    table = per_skill(rollouts)
+    storage.write_partition(table, ABLATION_TABLE, target.name)
+    overall = (table.filter(pl.col("instruction") == "all skills")
+               .select(pl.col("policy").alias("variant"), "normalized_score", "ci95_low", "ci95_high", "episodes"))
+    summary = variants.join(overall, on="variant", how="left").drop("checkpoint")
+    return dg.MaterializeResult(metadata={
+        **metadata,
+        "summary": md_table(summary),
+        "per_skill": md_table(table),
+        **png_metadata(scores_png(table), f"{target.name}_ablation_scores"),
+        "not_evaluated": dg.MetadataValue.json(not_evaluated),
+    })
+
+
+def ablation_asset(target: Target) -> dg.AssetsDefinition:
+    datasets = sorted({learner.dataset for learner in target.ablation.values()})
+
+    @dg.asset(
+        key=asset_key("ablation", target.name),
+        group_name=ABLATION_GROUP,
+        deps=[dg.AssetKey(["hub", d]) for d in datasets],
+        pool=TRAINING_POOL,
+        retry_policy=RETRY,
+        description=f"Ablation of target {target.name}: variants {', '.join(target.ablation)} "
+        f"({_where(target)}, key ablation), each a checkpoint <target>-ablation-<variant>, scored on the same seeds "
+        "with 95 % bootstrap intervals.",
+        kinds={"pytorch", "d3rlpy"},
+        tags={"target": target.name},
+    )
+    def _ablation(context: dg.AssetExecutionContext, config: AblationConfig,
+                  data_root: DataRoot) -> dg.MaterializeResult:  # data_root: roots every storage call
+        return ablate_target(context, target, config)
+
+    return _ablation
+
+
+@cache
+def ablation_job(name: str):
+    """Job `ablate_<name>`: a target's ablation variants, trained and scored."""
+    return dg.define_asset_job(f"ablate_{name}", selection=dg.AssetSelection.assets(asset_key("ablation", name)),
+                               description=f"Train and score every ablation variant of target {name}.",
+                               tags={"target": name})
 
 
 def _where(target: Target) -> str:
@@ -296,13 +439,16 @@ def _targets() -> list[Target]:
 
 
 def training_assets() -> list[dg.AssetsDefinition]:
-    """Every target's policy, baseline and evaluation assets."""
-    return [asset for target in _targets() for asset in target_assets(target)]
+    """Every target's policy, baseline and evaluation assets, and its ablation where it declares one."""
+    targets = _targets()
+    return [asset for target in targets for asset in target_assets(target)] + [
+        ablation_asset(target) for target in targets if target.ablation]
 
 
 def training_jobs() -> list:
-    """Every target's job `train_<name>`."""
-    return [target_job(target.name) for target in _targets()]
+    """Every target's job `train_<name>`, and `ablate_<name>` where it declares an ablation."""
+    targets = _targets()
+    return [target_job(t.name) for t in targets] + [ablation_job(t.name) for t in targets if t.ablation]
 
 
 def training_sensors() -> list[dg.SensorDefinition]:
