@@ -121,7 +121,7 @@ def topic_columns(mapping: SourceMapping) -> dict[str, list[Column]]:
     return {t: list(c.values()) for t, c in cols.items()}
 
 
-def _getter(path: str, safe: bool = True) -> Callable[[Any], Any]:
+def field_getter(path: str, safe: bool = True) -> Callable[[Any], Any]:
     """Value at a field path; parts may index arrays (`pose.covariance[0]`). `safe`: None past an array's end."""
     if "[" not in path:
         return attrgetter(path)
@@ -146,8 +146,30 @@ def _row_getter(paths: list[str]) -> Callable[[Any], tuple]:
         getter = attrgetter(*paths)
         # attrgetter of one path returns the value itself, of several a tuple.
         return getter if len(paths) > 1 else (lambda m, g=getter: (g(m),))
-    getters = [_getter(p) for p in paths]
+    getters = [field_getter(p) for p in paths]
     return lambda m: tuple(g(m) for g in getters)
+
+
+def first_message_values(topic: str, columns: list[Column], msg: Any, type_name: str) -> list[tuple[Column, Any]]:
+    """(column, value) of each mapped field in a topic's first message, every format alike; an optional
+    field it lacks is left out. FieldMismatch, saying what to fix, when a field is absent or indexes past
+    the end of its array."""
+    found = []
+    for col in columns:
+        try:
+            found.append((col, field_getter(col.path, safe=False)(msg)))
+        except (AttributeError, TypeError):
+            if col.optional:
+                continue
+            if col.path in HEADER_STAMP:
+                raise FieldMismatch(topic, (
+                    f"{topic} messages (type {type_name}) have no header stamp to use as their clock; "
+                    f"give {topic} clock: log_time under streams")) from None
+            raise FieldMismatch(topic, f"field {col.path} not in {topic} messages (type {type_name})") from None
+        except IndexError:
+            raise FieldMismatch(topic, (
+                f"field {col.path} of {topic} (type {type_name}) indexes past the end of its array")) from None
+    return found
 
 
 class _TopicSink:
@@ -168,29 +190,15 @@ class _TopicSink:
 
     def check(self, decoded: Any, type_name: str) -> None:
         """Fail with a readable message when the first message lacks a field or has the wrong type."""
-        absent: list[Column] = []
-        for col in self.columns:
-            try:
-                value = _getter(col.path, safe=False)(decoded)
-            except (AttributeError, TypeError):
-                if col.optional:
-                    absent.append(col)
-                    continue
-                if col.path in HEADER_STAMP:
-                    raise FieldMismatch(self.topic, (
-                        f"{self.topic} messages (type {type_name}) have no header stamp to use as their clock; "
-                        f"give {self.topic} clock: log_time under streams")) from None
-                raise FieldMismatch(self.topic, f"field {col.path} not in {self.topic} messages (type {type_name})") from None
-            except IndexError:
-                raise FieldMismatch(self.topic, (
-                    f"field {col.path} of {self.topic} (type {type_name}) indexes past the end of its array")) from None
+        found = first_message_values(self.topic, self.columns, decoded, type_name)
+        for col, value in found:
             ok, want, _ = _KINDS[col.kind]
             if not ok(value):
                 raise FieldMismatch(
                     self.topic, f"field {col.path} of {self.topic} (type {type_name}) is {type(value).__name__}, expected {want}"
                 )
-        if absent:
-            self.columns = [c for c in self.columns if c not in absent]
+        if len(found) < len(self.columns):
+            self.columns = [c for c, _ in found]
             self.get = _row_getter([c.path for c in self.columns])
         self.checked = True
 

@@ -9,8 +9,6 @@ read before the damage and is marked truncated, as a cut-short MCAP file is.
 """
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +16,11 @@ from rosbags.highlevel import AnyReader
 from rosbags.typesys import Stores, get_typestore
 
 from foundations.ingest.frames import check_kind, topic_frame
-from foundations.ingest.mapping import HEADER_STAMP, SourceMapping
-from foundations.ingest.mcap_source import Column, FieldMismatch, McapLog, UnreadableLog, topic_columns
+from foundations.ingest.mapping import SourceMapping
+from foundations.ingest.mcap_source import (
+    Column, FieldMismatch, McapLog, UnreadableLog, field_getter, first_message_values, topic_columns,
+)
 
-_STEP = re.compile(r"([A-Za-z_]\w*)|\[(\d+)\]")
 # rosbag2 bags before format version 6 carry no message definitions: read them with these.
 _DEFAULT_TYPES = Stores.ROS2_HUMBLE
 
@@ -37,47 +36,23 @@ def read_ros1(path: Path, mapping: SourceMapping) -> McapLog:
     return _read(Path(path), mapping, "ROS 1 bag")
 
 
-def _getter(path: str) -> Callable[[Any], Any]:
-    """Value at a field path (`pose.covariance[0]`); raises AttributeError/IndexError where it is absent."""
-    steps = [(name, None if name else int(index)) for name, index in _STEP.findall(path)]
-
-    def get(msg: Any) -> Any:
-        for name, index in steps:
-            msg = getattr(msg, name) if name else msg[index]
-        return msg
-
-    return get
-
-
 class _Sink:
     """Field values of one topic's messages, checked on the first message, a column per field."""
 
     def __init__(self, topic: str, columns: list[Column], msgtype: str):
         self.topic, self.columns, self.msgtype = topic, columns, msgtype
-        self.getters = [_getter(c.path) for c in columns]
+        self.getters = [field_getter(c.path, safe=False) for c in columns]
         self.times: list[int] = []
         self.values: list[list[Any]] = [[] for _ in columns]
         self.checked = False
 
     def check(self, msg: Any) -> None:
-        keep = []
-        for col, get in zip(self.columns, self.getters):
-            try:
-                value = get(msg)
-            except (AttributeError, TypeError):
-                if col.optional:
-                    continue
-                if col.path in HEADER_STAMP:
-                    raise FieldMismatch(self.topic, (
-                        f"{self.topic} messages (type {self.msgtype}) have no header stamp to use as their clock; "
-                        f"give {self.topic} clock: log_time under streams")) from None
-                raise FieldMismatch(self.topic, f"field {col.path} not in {self.topic} messages (type {self.msgtype})") from None
-            except IndexError:
-                raise FieldMismatch(self.topic, (
-                    f"field {col.path} of {self.topic} (type {self.msgtype}) indexes past the end of its array")) from None
+        found = first_message_values(self.topic, self.columns, msg, self.msgtype)
+        for col, value in found:
             check_kind(self.topic, col, value, f"type {self.msgtype}")
-            keep.append((col, get))
-        self.columns, self.getters = [c for c, _ in keep], [g for _, g in keep]
+        kept = {c.path for c, _ in found}
+        self.getters = [g for c, g in zip(self.columns, self.getters) if c.path in kept]
+        self.columns = [c for c, _ in found]
         self.values = [[] for _ in self.columns]
         self.checked = True
 
