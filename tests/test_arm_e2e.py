@@ -8,6 +8,7 @@ import numpy as np
 import polars as pl
 
 from foundations import landing, storage
+from foundations.targets import load_target
 from pipelines.runner import dagster_home, ingest_pending, run_job
 
 SOURCE = "arm_fleet_ros2"
@@ -56,5 +57,7 @@ def test_arm_fleet_through_every_stage(tmp_path, monkeypatch, smollm2_dir):
     manifest = json.loads((latest_checkpoint("arm-policy") / "manifest.json").read_text())
     assert {s["source"] for s in manifest["dataset"]["sources"]} == {SOURCE}
     table = storage.read_partition("evaluation", "arm")
-    assert set(table["instruction"]) == {"reach the target", "sweep left", "sweep right", "all skills"}
+    # the declared skills, and the paraphrases the target declares, each scored apart
+    paraphrases = {t for texts in load_target("arm").evaluation.paraphrases.values() for t in texts}
+    assert set(table["instruction"]) == {"reach the target", "sweep left", "sweep right", "all skills"} | paraphrases | {"all paraphrases"}
     assert table["normalized_score"].is_finite().all()

@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 
 from foundations import landing, storage
+from foundations.targets import load_target
 from foundations.recipes import load_recipe
 from pipelines.batches import pending_batches
 from pipelines.runner import run_job
@@ -173,7 +174,9 @@ def test_training_and_evaluation_assets(fleet, instance, referee):
 
     table = storage.read_partition("evaluation", "ant")
     assert set(table["policy"]) == {"policy", "baseline"}
-    assert set(table["instruction"]) == {"walk forward", "turn left", "turn right", "all skills"}
+    # the declared skills, and the paraphrases the target declares, each scored apart
+    paraphrases = {t for texts in load_target("ant").evaluation.paraphrases.values() for t in texts}
+    assert set(table["instruction"]) == {"walk forward", "turn left", "turn right", "all skills"} | paraphrases | {"all paraphrases"}
     assert table["normalized_score"].is_finite().all()
 
     # Same data, same config: the re-run trains nothing and reuses the checkpoints.
