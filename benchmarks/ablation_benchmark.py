@@ -9,7 +9,7 @@ their own, so there is no logged-reward variant) as ordinary checkpoints and sco
 them on the same seeds with 95 % bootstrap intervals. The same table is one click away in the UI
 (asset ["ablation", <target>]).
 
-    ROBOCURATE_HOME=/tmp/ablation python benchmarks/ablation_benchmark.py --operators hard --episodes 60
+    ROBOCURATE_HOME=$(mktemp -d) python benchmarks/ablation_benchmark.py --operators hard --episodes 60
     (--n-steps and --seeds shrink a run; without them the target's preset and seeds apply)
 """
 from __future__ import annotations
