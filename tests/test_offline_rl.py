@@ -275,3 +275,14 @@ def test_bootstrap_intervals_cover_the_mean_and_shrink_with_rollouts():
     few = bootstrap_ci([rng.normal(0, 20, 5)])
     many = bootstrap_ci([rng.normal(0, 20, 80)])
     assert many[1] - many[0] < few[1] - few[0]
+
+
+def test_score_plot_draws_a_one_seed_interval_whose_rounding_crosses_its_mean():
+    from training.evaluation import scores_png
+
+    # One seed: the bootstrap interval is the mean itself, give or take the last bit of a float.
+    table = pl.DataFrame({"policy": ["baseline", "policy"], "instruction": ["all skills", "all skills"],
+                          "normalized_score": [10.0, 50.0], "ci95_low": [10.0, 50.0 + 1e-12],
+                          "ci95_high": [10.0 - 1e-12, 50.0]})
+    png = scores_png(table)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000

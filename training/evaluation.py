@@ -177,8 +177,10 @@ def scores_png(table: pl.DataFrame) -> bytes:
         rows = {r["instruction"]: r for r in table.filter(pl.col("policy") == policy).iter_rows(named=True)}
         xs = [j + (i - (len(policies) - 1) / 2) * width for j, ins in enumerate(instructions) if ins in rows]
         mean = [rows[ins]["normalized_score"] for ins in instructions if ins in rows]
-        err = [[rows[ins]["normalized_score"] - rows[ins]["ci95_low"] for ins in instructions if ins in rows],
-               [rows[ins]["ci95_high"] - rows[ins]["normalized_score"] for ins in instructions if ins in rows]]
+        err = np.array([[rows[ins]["normalized_score"] - rows[ins]["ci95_low"] for ins in instructions if ins in rows],
+                        [rows[ins]["ci95_high"] - rows[ins]["normalized_score"] for ins in instructions if ins in rows]])
+        # A one-seed interval equals its mean up to rounding (-1e-15): matplotlib refuses negative error bars.
+        err = np.clip(np.nan_to_num(err), 0.0, None)
         ax.bar(xs, mean, width, yerr=err, capsize=3, label=policy)
     ax.axhline(0, color="grey", lw=0.8)
     ax.axhline(100, color="grey", lw=0.8, ls="--")
