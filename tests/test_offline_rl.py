@@ -115,8 +115,11 @@ def test_train_bc_and_iql_and_report_rejections(tiny_dir):
     kept_rewards = table.filter(pl.col("episode_id") != bad)["reward"]
     assert iql.reward_scale == pytest.approx(1.0 / kept_rewards.std(), rel=1e-4)  # scaled, never shifted
 
+    seen = []  # on_epoch: called after each epoch with the updates so far and the algorithm being trained
     bc = train(table, tiny_config(tiny_dir, algorithm="bc", n_steps=30, n_steps_per_epoch=10,
-                                   actor_learning_rate=3e-3), progress=False)
+                                   actor_learning_rate=3e-3), progress=False,
+               on_epoch=lambda step, algo: seen.append((step, algo)))
+    assert [step for step, _ in seen] == [10, 20, 30] and all(algo is bc.algo for _, algo in seen)
     assert bc.rejected.is_empty() and bc.n_episodes == 9  # BC ignores rewards
     losses = bc.curve["loss"].to_list()
     assert len(losses) == 3 and losses[-1] < losses[0]

@@ -13,7 +13,7 @@ import io
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import d3rlpy
 import numpy as np
@@ -284,7 +284,7 @@ def _evaluation_episodes(dataset: Any, n: int) -> list[Any]:
 
 
 def train(table: pl.DataFrame, config: TrainConfig, *, progress: bool = True, init_from: Any = None,
-          n_steps: Optional[int] = None) -> TrainResult:
+          n_steps: Optional[int] = None, on_epoch: Optional[Callable[[int, Any], None]] = None) -> TrainResult:
     """Train `config.algorithm` on a canonical episode table.
 
     Unusable episodes are left out and returned in `TrainResult.rejected`; a table
@@ -292,7 +292,8 @@ def train(table: pl.DataFrame, config: TrainConfig, *, progress: bool = True, in
     `init_from` (a trained algorithm of the same config and instructions) warm-starts every
     network, optimizer state included: adapters, experts, routers, critics and their targets.
     `n_steps` overrides config.n_steps for this run only (a warm start trains fewer updates
-    under the same config).
+    under the same config). `on_epoch(step, algo)` is called after each epoch (e.g. to score
+    intermediate policies, benchmarks/warm_start_benchmark.py).
     """
     config.validate()
     previous_threads = torch.get_num_threads()
@@ -302,7 +303,7 @@ def train(table: pl.DataFrame, config: TrainConfig, *, progress: bool = True, in
         # d3rlpy logs every hyperparameter and epoch at info level; the progress bar, the
         # learning curve and the checkpoint manifest say the same more readably.
         with quiet_d3rlpy():
-            return _train(table, config, progress, init_from, n_steps or config.n_steps)
+            return _train(table, config, progress, init_from, n_steps or config.n_steps, on_epoch)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -326,7 +327,8 @@ def quiet_d3rlpy() -> Iterator[None]:
         structlog.configure(**saved)
 
 
-def _train(table: pl.DataFrame, config: TrainConfig, progress: bool, init_from: Any, n_steps: int) -> TrainResult:
+def _train(table: pl.DataFrame, config: TrainConfig, progress: bool, init_from: Any, n_steps: int,
+           on_epoch: Optional[Callable[[int, Any], None]] = None) -> TrainResult:
     start = time.perf_counter()
     needs_reward = config.algorithm != "bc"
     reward_column = config.reward_column if needs_reward else None
@@ -384,6 +386,8 @@ def _train(table: pl.DataFrame, config: TrainConfig, progress: bool, init_from: 
         evaluators=evaluators,
     ):
         rows.append({"epoch": epoch, "step": epoch * per_epoch, **metrics, "aux_loss": pop_aux_loss(algo)})
+        if on_epoch is not None:
+            on_epoch(epoch * per_epoch, algo)
 
     curve = pl.DataFrame(rows)
     per_update = (

@@ -68,19 +68,11 @@ def train_learner(context: dg.AssetExecutionContext, target: Target, learner: Le
     """Train (or reuse) checkpoint `name` of `learner` on the newest version of its dataset;
     returns (its folder, whether it was trained now, the dataset version record, the TrainConfig)."""
     from training.checkpoints import dataset_lineage, find_checkpoint, load_checkpoint, save_checkpoint
-    from training.offline_rl import TrainConfig, train
+    from training.offline_rl import train
 
     dataset_name = config.dataset or learner.dataset
     dataset = resolve_version(dataset_name, "latest")
-    overrides = {"algorithm": learner.algorithm, "seed": target.training.seed, "num_threads": config.num_threads,
-                 "action_bounds": tuple(target.profile.action_bounds), "encoder_type": learner.encoder}
-    if learner.reward_column:
-        overrides["reward_column"] = learner.reward_column
-    for field in ("n_steps", "n_steps_per_epoch"):
-        value = getattr(config, field) or getattr(target.training, field)
-        if value is not None:
-            overrides[field] = value
-    train_config = TrainConfig.from_preset(target.training.preset, **overrides)
+    train_config = learner_config(target, learner, config)
     key = hashlib.sha256(
         json.dumps([dataset["content_hash"], train_config.to_dict()], sort_keys=True, default=str).encode()
     ).hexdigest()[:16]
@@ -90,7 +82,7 @@ def train_learner(context: dg.AssetExecutionContext, target: Target, learner: Le
     if path is not None:
         context.log.info(f"{name}: {path.name} was trained on {dataset_name} {dataset['version']} with this config")
     else:
-        table = pl.read_parquet(Path(dataset["path"]) / "data" / "train-*.parquet")
+        table = train_split(dataset)
         parent = _warm_start_parent(name, dataset_name, dataset, train_config, table)
         share = target.training.warm_start_share
         if parent is not None and share is not None:
@@ -105,6 +97,27 @@ def train_learner(context: dg.AssetExecutionContext, target: Target, learner: Le
         path = save_checkpoint(result, name, dataset=dataset_lineage(dataset), recipe=recipe, training_key=key,
                                parent=parent)
     return path, trained, dataset, train_config
+
+
+def learner_config(target: Target, learner: Learner, config: TrainingConfig) -> Any:
+    """The TrainConfig the pipeline trains `learner` of `target` with: the target's preset and seed, the robot's
+    action bounds, the learner's algorithm, encoder and reward column, then the run's overrides."""
+    from training.offline_rl import TrainConfig
+
+    overrides = {"algorithm": learner.algorithm, "seed": target.training.seed, "num_threads": config.num_threads,
+                 "action_bounds": tuple(target.profile.action_bounds), "encoder_type": learner.encoder}
+    if learner.reward_column:
+        overrides["reward_column"] = learner.reward_column
+    for field in ("n_steps", "n_steps_per_epoch"):
+        value = getattr(config, field) or getattr(target.training, field)
+        if value is not None:
+            overrides[field] = value
+    return TrainConfig.from_preset(target.training.preset, **overrides)
+
+
+def train_split(dataset: dict) -> pl.DataFrame:
+    """The train split of a published dataset version (a `resolve_version` record)."""
+    return pl.read_parquet(Path(dataset["path"]) / "data" / "train-*.parquet")
 
 
 def _warm_start_parent(name: str, dataset_name: str, dataset: dict, train_config: Any,
