@@ -17,12 +17,14 @@ interval. Reported: the fewest updates at which warm start reaches the from-scra
 share of N (goal <= 0.5), and per skill warm vs scratch on the skills whose data did not change, with
 the 95 % interval of the paired (same seed) difference.
 
-    ROBOCURATE_HOME=$(mktemp -d) OMP_NUM_THREADS=1 nice -n 5 \\
-        python benchmarks/warm_start_benchmark.py --embodiment ant --episodes 48 --n-steps 2000 --seeds 10
+    OMP_NUM_THREADS=1 nice -n 5 python benchmarks/warm_start_benchmark.py --embodiment ant --n-steps 1000 --seeds 6
+    (data and Dagster runs go to a fresh temporary folder unless --data-root names one)
 """
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -52,6 +54,9 @@ def main() -> None:
     parser.add_argument("--warm-max", type=float, default=0.6, help="the warm start trains up to this x N updates")
     parser.add_argument("--seeds", type=int, default=5, help="rollouts per skill (fixed seeds 1000, 1001, ...)")
     parser.add_argument("--seed", type=int, default=0, help="fleet simulation seed")
+    parser.add_argument("--data-root", type=Path, help="data root (default: a fresh temporary folder)")
+    parser.add_argument("--versions", nargs=2, metavar=("DAY1", "DAY2"),
+                        help="train on these published versions in --data-root (of an earlier run) instead of simulating")
     parser.add_argument("--save", type=Path, help="also write every rollout here (Parquet)")
     parser.add_argument("--report", type=Path, help="only print the tables of rollouts saved with --save")
     args = parser.parse_args()
@@ -60,6 +65,9 @@ def main() -> None:
     if args.n_steps % args.checkpoints:
         parser.error("--n-steps must be a multiple of --checkpoints")
 
+    root = args.data_root or Path(tempfile.mkdtemp(prefix="robocurate-warm-start-"))
+    os.environ["ROBOCURATE_HOME"] = str(root)
+    os.environ["DAGSTER_HOME"] = str(root / "dagster")
     import dagster as dg
 
     from foundations import landing, storage
@@ -83,25 +91,28 @@ def main() -> None:
     if not targets:
         parser.error(f"no training target evaluates in simulator {emb.name!r}")
     target = targets[0]
-    if any(landing.split_key(k)[0] == emb.source for k in landing.list_batches()):
-        parser.error(f"{emb.source} has landed batches already: run with a fresh ROBOCURATE_HOME=$(mktemp -d)")
     grow = args.grow_skill or next(iter(emb.skills))
+    records = {}
+    if args.versions:  # both days published by an earlier run into --data-root
+        records = {day: resolve_version(target.policy.dataset, v) for day, v in zip((1, 2), args.versions)}
+    elif any(landing.split_key(k)[0] == emb.source for k in landing.list_batches()):
+        parser.error(f"{emb.source} has landed batches in {root} already: give a fresh --data-root (or --versions)")
+    else:
+        out = storage.area("fleet_sim") / emb.source
+        print(f"simulating {args.episodes} {emb.name} episodes, operators {args.operators!r} -> {out}", flush=True)
+        emb.simulate_fleet(args.episodes, out, seed=args.seed, operators=args.operators)
+        day1_files, day2_files = split_fleet(read_ground_truth(out), grow, args.held_back)
+        for day, files in ((1, day1_files), (2, day2_files)):
+            landing.land([out / f for f in files], emb.source, f"warm-day{day}")
+            ingest_pending(progress=False)
+            run_job(defs, instance, "publish_job")
+            records[day] = resolve_version(target.policy.dataset, "latest")
 
-    out = storage.area("fleet_sim") / emb.source
-    print(f"simulating {args.episodes} {emb.name} episodes, operators {args.operators!r} -> {out}", flush=True)
-    emb.simulate_fleet(args.episodes, out, seed=args.seed, operators=args.operators)
-    day1_files, day2_files = split_fleet(read_ground_truth(out), grow, args.held_back)
-
-    tables = {}
-    for day, files in ((1, day1_files), (2, day2_files)):
-        landing.land([out / f for f in files], emb.source, f"warm-day{day}")
-        ingest_pending(progress=False)
-        run_job(defs, instance, "publish_job")
-        record = resolve_version(target.policy.dataset, "latest")
-        tables[day] = train_split(record)
-        counts = dict(tables[day].group_by("language_instruction").agg(pl.col("episode_id").n_unique()).iter_rows())
-        print(f"day {day}: {len(files)} files landed; {target.policy.dataset} {record['version']}: "
-              f"{tables[day]['episode_id'].n_unique()} training episodes {counts}", flush=True)
+    tables = {day: train_split(record) for day, record in records.items()}
+    for day, table in tables.items():
+        counts = dict(table.group_by("language_instruction").agg(pl.col("episode_id").n_unique()).iter_rows())
+        print(f"day {day}: {target.policy.dataset} {records[day]['version']}: "
+              f"{table['episode_id'].n_unique()} training episodes {counts}", flush=True)
 
     every = args.n_steps // args.checkpoints
     config = learner_config(target, target.policy,
