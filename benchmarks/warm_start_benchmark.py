@@ -62,6 +62,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.report:
         return report(pl.read_parquet(args.report))
+    if args.versions and not args.data_root:
+        parser.error("--versions reads an earlier run's data: give its --data-root")
     if args.n_steps % args.checkpoints:
         parser.error("--n-steps must be a multiple of --checkpoints")
 
