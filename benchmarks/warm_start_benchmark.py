@@ -163,7 +163,7 @@ def main() -> None:
 def report(scores: pl.DataFrame) -> None:
     """The tables: overall score per checkpoint of both runs, where warm start reaches the from-scratch final
     score, and per skill warm vs scratch (rollouts of `main`, one row per policy, skill and seed)."""
-    from training.evaluation import bootstrap_ci, per_skill
+    from training.evaluation import per_skill
 
     n, grow = scores["n"][0], scores["grown_skill"][0]
     skills = dict(scores.select("instruction", "skill").unique().iter_rows())
@@ -197,9 +197,18 @@ def report(scores: pl.DataFrame) -> None:
         print(f"\nwarm start does not reach the from-scratch final score {final['normalized_score']:.1f} within "
               f"{warm_steps} updates = {warm_steps / n:.2f} x N (goal <= 0.50)")
 
+    per = {(r["policy"], r["instruction"]): r for r in table.iter_rows(named=True)}
+    last = scores.filter(pl.col("run") == "warm")["updates"].max()
+    for warm_at in sorted({at, last}):  # where it reaches the score, and after all its updates
+        compare_skills(scores, per, skills, grow, warm_at, n)
+
+
+def compare_skills(scores: pl.DataFrame, per: dict, skills: dict, grow: str, at: int, n: int) -> None:
+    """Per skill: warm start after `at` updates against from scratch after `n`, with the paired difference."""
+    from training.evaluation import bootstrap_ci
+
     print(f"\nper skill: warm start after {at} updates vs from scratch after {n} "
           f"(grown on day 2: {grow!r}); difference paired by seed, 95 % bootstrap CI")
-    per = {(r["policy"], r["instruction"]): r for r in table.iter_rows(named=True)}
     for instruction in sorted(skills):
         w, s = per[(f"warm@{at}", instruction)], per[(f"scratch@{n}", instruction)]
         pair = (scores.filter((pl.col("instruction") == instruction) & pl.col("policy").is_in([w["policy"], s["policy"]]))
