@@ -3,7 +3,9 @@
 Measures, on the same canonical-schema data and the same mini-batches:
   * seconds per d3rlpy update of IQL and BC with the LoRA-MoE encoder (MiniLM,
     trailing 1 and 2 layers), a single LoRA of the same parameter count, and d3rlpy's
-    plain VectorEncoder MLP (256, 256), as ratios to the MLP and to the single LoRA;
+    plain VectorEncoder MLP (256, 256), as ratios to the MLP and to the single LoRA
+    with the transformer where it sits (`critic_encoder`: "same", on every network;
+    "mlp", in the policy only, the critics on d3rlpy's MLP; BC has no critic);
   * dense-mix against routed-only expert compute, for one state-action encoder
     (forward + backward), at several batch sizes and expert counts;
   * optionally (--threads-compare) the same IQL update with 2 torch threads;
@@ -12,13 +14,14 @@ Measures, on the same canonical-schema data and the same mini-batches:
 The data are synthetic Ant-shaped episodes (27 state values, 8 actions, three
 instructions): update cost does not depend on what the numbers mean.
 
-    python benchmarks/train_benchmark.py --batch 64 --updates 8 --threads 1 [--demo]
+    python benchmarks/train_benchmark.py --batch 64 --updates 10 --threads 1 [--rounds 3] [--demo]
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import time
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -30,6 +33,7 @@ from training.offline_rl import (
     TrainConfig,
     build_mdp_dataset,
     make_algo,
+    make_critic_encoder_factory,
     make_encoder_factory,
     quiet_d3rlpy,
     train,
@@ -68,22 +72,33 @@ def synthetic_table(n_episodes: int, steps: int, seed: int = 0) -> pl.DataFrame:
     ).cast(POLARS_SCHEMA)  # type: ignore[arg-type]
 
 
-def seconds_per_update(config: TrainConfig, table: pl.DataFrame, batches: list, warmup: int) -> tuple[float, float]:
-    """Mean (wall, process CPU) seconds of `algo.update` over the batches, after `warmup` updates.
+def build_algo(config: TrainConfig, table: pl.DataFrame) -> Any:
+    """A built d3rlpy algorithm of `config`, target networks marked, as `train` builds it."""
+    encoder = make_encoder_factory(config, INSTRUCTIONS, table)
+    critic = make_critic_encoder_factory(config, INSTRUCTIONS, table, encoder)
+    algo = make_algo(config, encoder, 1.0, action_size=8, critic_encoder=critic)
+    algo.create_impl(algo_observation_shape(table), 8)
+    mark_targets(algo)
+    return algo
+
+
+def time_updates(algo: Any, batches: list) -> tuple[float, float]:
+    """Mean (wall, process CPU) seconds of `algo.update` over the batches.
 
     On a CPU shared with other work, wall time swings with their load; with one
     torch thread the process CPU time is the steadier measure of the cost.
     """
-    algo = make_algo(config, make_encoder_factory(config, INSTRUCTIONS, table), 1.0, action_size=8)
-    algo.create_impl(algo_observation_shape(table), 8)
-    mark_targets(algo)
-    for batch in batches[:warmup]:
-        algo.update(batch)
     wall, cpu = time.perf_counter(), time.process_time()
-    for batch in batches[warmup:]:
+    for batch in batches:
         algo.update(batch)
-    n = len(batches) - warmup
-    return (time.perf_counter() - wall) / n, (time.process_time() - cpu) / n
+    return (time.perf_counter() - wall) / len(batches), (time.process_time() - cpu) / len(batches)
+
+
+def seconds_per_update(config: TrainConfig, table: pl.DataFrame, batches: list, warmup: int) -> tuple[float, float]:
+    """Mean (wall, process CPU) seconds of `algo.update` over the batches, after `warmup` updates."""
+    algo = build_algo(config, table)
+    time_updates(algo, batches[:warmup])
+    return time_updates(algo, batches[warmup:])
 
 
 def algo_observation_shape(table: pl.DataFrame) -> tuple[int]:
@@ -109,6 +124,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--updates", type=int, default=8, help="timed updates per configuration")
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds; medians are printed")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids OpenMP stalls on shared CPUs)")
     parser.add_argument("--threads-compare", action="store_true", help="also time IQL LoRA-MoE with 2 threads")
     parser.add_argument("--demo", action="store_true", help="also run a whole CPU-preset IQL + BC training")
@@ -123,27 +139,45 @@ def main() -> None:
     batches = [dataset.sample_transition_batch(args.batch) for _ in range(args.warmup + args.updates)]
     base = TrainConfig(batch_size=args.batch, instructions=INSTRUCTIONS, action_bounds=BOUNDS)
     cpu = base.encoder  # the CPU preset: 1 trailing layer, 1 state token, frozen matmuls in bf16 where fast
-    variants = {
-        "MLP (256, 256)": {"encoder_type": "mlp"},
-        f"single LoRA r{cpu.rank * cpu.n_experts}": {"encoder_type": "lora"},
-        "LoRA-MoE (CPU preset)": {},
-        "LoRA-MoE, fp32 frozen matmuls": {"encoder": dataclasses.replace(cpu, compute_dtype="float32")},
-        "LoRA-MoE, 2 layers, 2 tok": {"encoder": dataclasses.replace(cpu, n_layers=2, n_state_tokens=2)},
-    }
     lora = f"single LoRA r{cpu.rank * cpu.n_experts}"
+    # name -> (config change, the single-LoRA row it is compared with: the same critics)
+    variants = {
+        "MLP (256, 256)": ({"encoder_type": "mlp"}, None),
+        lora: ({"encoder_type": "lora"}, lora),
+        "LoRA-MoE (CPU preset)": ({}, lora),
+        "LoRA-MoE, fp32 frozen matmuls": ({"encoder": dataclasses.replace(cpu, compute_dtype="float32")}, lora),
+        "LoRA-MoE, 2 layers, 2 tok": ({"encoder": dataclasses.replace(cpu, n_layers=2, n_state_tokens=2)}, lora),
+        f"{lora}, critics MLP": ({"encoder_type": "lora", "critic_encoder": "mlp"}, f"{lora}, critics MLP"),
+        "LoRA-MoE, critics MLP": ({"critic_encoder": "mlp"}, f"{lora}, critics MLP"),
+    }
 
-    print(f"torch threads {torch.get_num_threads()}, batch {args.batch}, {args.updates} timed updates each")
-    print("(tok = sample tokens; each sample also attends to its instruction's prefix token)\n")
+    print(f"torch threads {torch.get_num_threads()}, batch {args.batch}, {args.updates} timed updates each, "
+          f"median of {args.rounds} interleaved rounds")
+    print("(tok = sample tokens; each sample also attends to its instruction's prefix token; "
+          "x LoRA: against the single LoRA with the same critics)\n")
     print(f"{'algorithm':10} {'encoder':32} {'wall s/upd':>10} {'CPU s/upd':>10} {'CPU x MLP':>10} {'CPU x LoRA':>10}")
     results: dict[tuple, float] = {}
     for algorithm in ("iql", "bc"):
-        for name, change in variants.items():
-            config = dataclasses.replace(base, algorithm=algorithm, **change)
-            wall, cpu_s = seconds_per_update(config, table, batches, args.warmup)
+        # BC has no critic: with critics MLP it is the same network as without.
+        names = [n for n, (change, _) in variants.items() if algorithm != "bc" or "critic_encoder" not in change]
+        algos = {n: build_algo(dataclasses.replace(base, algorithm=algorithm, **variants[n][0]), table) for n in names}
+        for algo in algos.values():
+            time_updates(algo, batches[:args.warmup])
+        # Rounds interleave the configurations, so that a load change on a shared CPU hits them alike;
+        # each figure is the median over rounds.
+        timings: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
+        for _ in range(args.rounds):
+            for name, algo in algos.items():
+                timings[name].append(time_updates(algo, batches[args.warmup:]))
+        for name in names:
+            reference = variants[name][1]
+            wall = float(np.median([w for w, _ in timings[name]]))
+            cpu_s = float(np.median([c for _, c in timings[name]]))
             results[(algorithm, name)] = wall
             results[(algorithm, name, "cpu")] = cpu_s
             x_mlp = cpu_s / results[(algorithm, "MLP (256, 256)", "cpu")]
-            x_lora = cpu_s / results[(algorithm, lora, "cpu")] if (algorithm, lora, "cpu") in results else float("nan")
+            ref = results.get((algorithm, reference, "cpu"))
+            x_lora = cpu_s / ref if ref else float("nan")
             print(f"{algorithm:10} {name:32} {wall:10.3f} {cpu_s:10.3f} {x_mlp:10.1f} {x_lora:10.2f}")
 
     if args.threads_compare:

@@ -35,6 +35,9 @@ class Learner(_Strict):
     algorithm: Literal["iql", "cql", "td3plusbc", "bc"]
     reward_column: Optional[str] = None  # reward | referee_reward | combined_reward; bc needs none
     encoder: Literal["lora_moe", "lora", "mlp"] = "lora_moe"  # training.offline_rl.ENCODER_TYPES
+    # Critics' encoder (training.offline_rl.CRITIC_ENCODERS): "same" as the policy's, or "mlp" (the transformer
+    # stays in the policy only); ignored by bc and by encoder mlp.
+    critic_encoder: Literal["same", "mlp"] = "same"
 
     @model_validator(mode="after")
     def _reward_for_rl(self) -> "Learner":

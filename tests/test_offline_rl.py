@@ -184,6 +184,52 @@ def test_checkpoint_round_trip_reproduces_actions(tiny_dir, data_root):
         load_checkpoint(path)
 
 
+@pytest.mark.parametrize("encoder_type", ["lora_moe", "lora"])
+def test_critic_encoder_mlp_keeps_the_transformer_in_the_policy_only(tiny_dir, data_root, encoder_type):
+    from d3rlpy.models.torch import VectorEncoder, VectorEncoderWithAction
+
+    from training.critic_encoder import CriticMLPEncoder, CriticMLPEncoderWithAction
+    from training.lora_moe import LoRAMoEEncoder, moe_bodies
+
+    table = episode_table(n_episodes=6, steps=12)
+    result = train(table, tiny_config(tiny_dir, algorithm="iql", encoder_type=encoder_type, critic_encoder="mlp"),
+                   progress=False)
+    modules = result.algo.impl.modules
+    assert isinstance(modules.policy._encoder, LoRAMoEEncoder)
+    critics = [*modules.q_funcs, *modules.targ_q_funcs]
+    assert len(critics) == 4 and all(isinstance(q._encoder, CriticMLPEncoderWithAction) for q in critics)
+    assert all(isinstance(q._encoder.mlp, VectorEncoderWithAction) for q in critics)
+    assert isinstance(modules.value_func._encoder, CriticMLPEncoder)
+    assert isinstance(modules.value_func._encoder.mlp, VectorEncoder)
+    assert list(moe_bodies(result.algo)) == ["policy._encoder.body"]  # one transformer, the policy's
+    # The critic reads the instruction as a one-hot and the normalised state.
+    features = modules.value_func._encoder.features
+    obs = torch.tensor([[0.0] * 27 + [2.0], [0.0] * 27 + [7.0]])
+    assert features(obs)[:, 27:].tolist() == [[0.0, 0.0, 1.0], [0.0, 0.0, 1.0]]
+    assert np.isfinite(result.curve["critic_loss"].to_numpy()).all()
+    n_experts = 4 if encoder_type == "lora_moe" else 1
+    assert sum(result.expert_usage["policy._encoder.body"][0]) == 10 * 16 * min(2, n_experts)
+
+    path = save_checkpoint(result, "critic_mlp_policy", training_key="k")
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["train_config"]["critic_encoder"] == "mlp"
+    assert manifest["d3rlpy_config"]["critic_encoder_factory"]["type"] == "critic_mlp"
+    loaded = load_checkpoint(path)
+    rng = np.random.default_rng(5)
+    states = rng.normal(size=(16, 27)).astype(np.float32)
+    texts = [INSTRUCTIONS[i] for i in rng.integers(0, 3, 16)]
+    np.testing.assert_array_equal(loaded.act(states, texts), policy_actions(result.algo, states, texts, INSTRUCTIONS))
+    obs = torch.from_numpy(np.concatenate([states, rng.integers(0, 3, (16, 1))], 1).astype(np.float32))
+    loaded_v = loaded.algo.impl.modules.value_func(obs)
+    assert torch.equal(loaded_v, modules.value_func(obs))  # the critics' weights and statistics round-trip too
+
+
+def test_unknown_critic_encoder_is_refused(tiny_dir):
+    with pytest.raises(ValueError, match="critic_encoder 'transformer' is unknown"):
+        train(episode_table(n_episodes=4, steps=10), tiny_config(tiny_dir, critic_encoder="transformer"),
+              progress=False)
+
+
 def test_non_unit_action_bounds_are_learnt_and_enforced(tiny_dir):
     """A robot whose actions span [-3, 3]: its episodes are not rejected, and the policy acts beyond +-1."""
     bounds = (-3.0, 3.0)

@@ -51,7 +51,9 @@ def catalog(tmp_path, monkeypatch) -> Path:
                                                                    "moonwalk": ["glide backwards"]}},
                  ablation={"bc_mlp": {"dataset": "mini_all", "algorithm": "bc", "encoder": "mlp"},
                            "iql_lora": {"dataset": "mini_all", "algorithm": "iql", "reward_column": "reward",
-                                        "encoder": "lora"}})
+                                        "encoder": "lora"},
+                           "iql_critic_mlp": {"dataset": "mini_all", "algorithm": "iql", "reward_column": "reward",
+                                              "critic_encoder": "mlp"}})
     monkeypatch.setenv("ROBOCURATE_RECIPES", str(root))
     return root
 
@@ -240,7 +242,7 @@ def test_target_trains_reuses_and_evaluates_in_its_simulator(catalog, tmp_path):
 
 
 def test_ablation_variants_are_checkpoints_scored_on_the_same_seeds(catalog, data_root):
-    """Target beta declares two ablation variants: one asset trains both as ordinary checkpoints
+    """Target beta declares three ablation variants: one asset trains them as ordinary checkpoints
     and scores them side by side; curate_job leaves it out (it runs on demand)."""
     from foundations import storage
     from foundations.recipes import load_recipe
@@ -255,9 +257,16 @@ def test_ablation_variants_are_checkpoints_scored_on_the_same_seeds(catalog, dat
     result = dg.materialize([asset], run_config={"ops": {"ablation__beta": {"config": quick}}}, resources=RESOURCES)
     assert result.success
     assert len(list_checkpoints("beta-ablation-bc_mlp")) == 1 and len(list_checkpoints("beta-ablation-iql_lora")) == 1
+    # critic_encoder reaches training: the transformer in the policy, d3rlpy's MLP on the critics.
+    [critic_mlp] = list_checkpoints("beta-ablation-iql_critic_mlp")
+    d3 = json.loads((critic_mlp / "manifest.json").read_text())["d3rlpy_config"]
+    assert d3["actor_encoder_factory"]["type"] == "lora_moe"
+    assert d3["critic_encoder_factory"]["type"] == d3["value_encoder_factory"]["type"] == "critic_mlp"
+    lora = json.loads((list_checkpoints("beta-ablation-iql_lora")[0] / "manifest.json").read_text())
+    assert lora["d3rlpy_config"]["critic_encoder_factory"]["type"] == "lora_moe"
     scores = storage.read_partition(ABLATION_TABLE, "beta")
     overall = scores.filter(pl.col("instruction") == "all skills")
-    assert set(overall["policy"]) == {"bc_mlp", "iql_lora"}
+    assert set(overall["policy"]) == {"bc_mlp", "iql_lora", "iql_critic_mlp"}
     assert set(scores.filter(pl.col("instruction") != "all skills")["episodes"]) == {2}  # the same two seeds each
     meta = result.get_asset_materialization_events()[0].materialization.metadata
     assert "iql_lora" in meta["summary"].value and "lora" in meta["variants"].value

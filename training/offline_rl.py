@@ -2,7 +2,7 @@
 
 One `train` call: reject unusable episodes (returned, never dropped silently),
 build the MDPDataset, put the LoRA-MoE encoder (or a plain MLP baseline) on
-every network, run d3rlpy's fitter, and return the algorithm with a per-epoch
+every network (or, with `critic_encoder="mlp"`, on the policy only), run d3rlpy's fitter, and return the algorithm with a per-epoch
 learning curve, expert usage and timings.
 """
 from __future__ import annotations
@@ -28,6 +28,7 @@ from d3rlpy.optimizers.optimizers import _get_parameters_from_named_modules, reg
 from d3rlpy.serializable_config import CONFIG_STORAGE
 from d3rlpy.preprocessing import MinMaxActionScaler, MultiplyRewardScaler
 
+from training.critic_encoder import CriticMLPEncoderFactory
 from training.lora_moe import (
     LoRAMoEEncoderFactory,
     expert_usage,
@@ -48,6 +49,7 @@ __all__ = [
     "train",
     "make_algo",
     "make_encoder_factory",
+    "make_critic_encoder_factory",
     "policy_actions",
 ]
 
@@ -55,6 +57,10 @@ ALGORITHMS = ("iql", "cql", "td3plusbc", "bc")
 # lora_moe: routed LoRA experts; lora: one LoRA of the same parameter count (rank n_experts * rank,
 # the ablation of the routing); mlp: d3rlpy's VectorEncoder (256, 256), no language model.
 ENCODER_TYPES = ("lora_moe", "lora", "mlp")
+# Where the transformer sits in actor-critic algorithms: "same" puts the policy's encoder on the critics too
+# (Q-functions, IQL's value function and their targets); "mlp" gives the critics d3rlpy's MLP on the
+# normalised state and a one-hot instruction (training.critic_encoder) and keeps the transformer in the policy.
+CRITIC_ENCODERS = ("same", "mlp")
 
 # Presets: the CPU one trains 5,000 updates (400, the earlier budget, left IQL far from converged) with one trailing MiniLM layer
 # and one token per sample (benchmarks/train_benchmark.py measures the update cost); the GPU one
@@ -77,6 +83,9 @@ class TrainConfig:
         batch_size: transitions per update.
         encoder_type: "lora_moe" (default), "lora" (one adapter of the same parameter count) or "mlp"
             (d3rlpy's VectorEncoder, a baseline).
+        critic_encoder: "same" (the critics get `encoder_type` too) or "mlp" (the critics get d3rlpy's MLP
+            on the normalised state and a one-hot instruction; the policy keeps its transformer: see
+            training.critic_encoder). Ignored by bc (no critic) and by encoder_type "mlp" (all MLP anyway).
         encoder: LoRA-MoE settings; instructions and state statistics are filled in from the data.
         reward_column: "reward", "referee_reward" or "combined_reward" (ignored by bc).
         action_bounds: [low, high] of every action dimension, from the robot profile
@@ -100,6 +109,7 @@ class TrainConfig:
     n_steps_per_epoch: int = PRESETS["cpu"]["n_steps_per_epoch"]
     batch_size: int = PRESETS["cpu"]["batch_size"]
     encoder_type: str = "lora_moe"
+    critic_encoder: str = "same"
     encoder: LoRAMoEEncoderFactory = field(
         default_factory=lambda: LoRAMoEEncoderFactory(**PRESETS["cpu"]["encoder"])
     )
@@ -140,6 +150,8 @@ class TrainConfig:
             raise ValueError(f"algorithm {self.algorithm!r} is unknown; choose from {ALGORITHMS}")
         if self.encoder_type not in ENCODER_TYPES:
             raise ValueError(f"encoder_type {self.encoder_type!r} is unknown; choose from {ENCODER_TYPES}")
+        if self.critic_encoder not in CRITIC_ENCODERS:
+            raise ValueError(f"critic_encoder {self.critic_encoder!r} is unknown; choose from {CRITIC_ENCODERS}")
         if self.action_bounds is None:
             raise ValueError("action_bounds is not set: give the robot profile's [low, high] "
                              "(foundations.profile.load_profile(name).action_bounds)")
@@ -199,6 +211,16 @@ def make_encoder_factory(config: TrainConfig, instructions: list[str], clean: pl
     return factory
 
 
+def make_critic_encoder_factory(config: TrainConfig, instructions: list[str], clean: pl.DataFrame,
+                                encoder: EncoderFactory) -> EncoderFactory:
+    """The critics' encoder factory: `encoder` itself, or with critic_encoder "mlp" (and a transformer
+    policy) d3rlpy's MLP on the state normalised with `clean`'s statistics and a one-hot instruction."""
+    if config.critic_encoder == "same" or config.encoder_type == "mlp":
+        return encoder
+    mean, std = state_statistics(clean)
+    return CriticMLPEncoderFactory(n_instructions=len(instructions), state_mean=mean, state_std=std)
+
+
 def single_lora(factory: LoRAMoEEncoderFactory) -> LoRAMoEEncoderFactory:
     """The same encoder with one LoRA of the mixture's parameter count instead of routed experts.
 
@@ -228,9 +250,12 @@ if FusedAdamFactory.get_type() not in CONFIG_STORAGE[OptimizerFactory].config_li
     register_optimizer_factory(FusedAdamFactory)
 
 
-def make_algo(config: TrainConfig, encoder: EncoderFactory, scale: float, action_size: int) -> Any:
-    """An unbuilt d3rlpy algorithm of `config` with `encoder` on every network, rewards times `scale`
-    and actions scaled between the robot's bounds and the actor's [-1, 1]."""
+def make_algo(config: TrainConfig, encoder: EncoderFactory, scale: float, action_size: int,
+              critic_encoder: Optional[EncoderFactory] = None) -> Any:
+    """An unbuilt d3rlpy algorithm of `config` with `encoder` on the policy and `critic_encoder` (default:
+    `encoder`) on the Q-functions and value function, rewards times `scale` and actions scaled between
+    the robot's bounds and the actor's [-1, 1]."""
+    critic = critic_encoder or encoder
     scaler = MultiplyRewardScaler(scale) if config.normalize_reward else None
     low, high = check_bounds(config.action_bounds)
     actions = MinMaxActionScaler(minimum=np.full(action_size, low, np.float32),
@@ -240,8 +265,8 @@ def make_algo(config: TrainConfig, encoder: EncoderFactory, scale: float, action
     if config.algorithm == "iql":
         algo_config = d3rlpy.algos.IQLConfig(
             actor_encoder_factory=encoder,
-            critic_encoder_factory=encoder,
-            value_encoder_factory=encoder,
+            critic_encoder_factory=critic,
+            value_encoder_factory=critic,
             actor_learning_rate=config.actor_learning_rate,
             critic_learning_rate=config.critic_learning_rate,
             expectile=config.expectile,
@@ -251,7 +276,7 @@ def make_algo(config: TrainConfig, encoder: EncoderFactory, scale: float, action
     elif config.algorithm == "cql":
         algo_config = d3rlpy.algos.CQLConfig(
             actor_encoder_factory=encoder,
-            critic_encoder_factory=encoder,
+            critic_encoder_factory=critic,
             actor_learning_rate=config.actor_learning_rate,
             critic_learning_rate=config.critic_learning_rate,
             conservative_weight=config.conservative_weight,
@@ -260,7 +285,7 @@ def make_algo(config: TrainConfig, encoder: EncoderFactory, scale: float, action
     elif config.algorithm == "td3plusbc":
         algo_config = d3rlpy.algos.TD3PlusBCConfig(
             actor_encoder_factory=encoder,
-            critic_encoder_factory=encoder,
+            critic_encoder_factory=critic,
             actor_learning_rate=config.actor_learning_rate,
             critic_learning_rate=config.critic_learning_rate,
             alpha=config.td3_alpha,
@@ -353,7 +378,8 @@ def _train(table: pl.DataFrame, config: TrainConfig, progress: bool, init_from: 
 
     d3rlpy.seed(config.seed)
     encoder = make_encoder_factory(config, instructions, clean)
-    algo = make_algo(config, encoder, scale, dataset.dataset_info.action_size)
+    critic = make_critic_encoder_factory(config, instructions, clean, encoder)
+    algo = make_algo(config, encoder, scale, dataset.dataset_info.action_size, critic)
     evaluators = None
     if config.algorithm != "bc" and config.eval_episodes > 0:
         episodes = _evaluation_episodes(dataset, config.eval_episodes)

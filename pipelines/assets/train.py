@@ -101,11 +101,12 @@ def train_learner(context: dg.AssetExecutionContext, target: Target, learner: Le
 
 def learner_config(target: Target, learner: Learner, config: TrainingConfig) -> Any:
     """The TrainConfig the pipeline trains `learner` of `target` with: the target's preset and seed, the robot's
-    action bounds, the learner's algorithm, encoder and reward column, then the run's overrides."""
+    action bounds, the learner's algorithm, encoders and reward column, then the run's overrides."""
     from training.offline_rl import TrainConfig
 
     overrides = {"algorithm": learner.algorithm, "seed": target.training.seed, "num_threads": config.num_threads,
-                 "action_bounds": tuple(target.profile.action_bounds), "encoder_type": learner.encoder}
+                 "action_bounds": tuple(target.profile.action_bounds), "encoder_type": learner.encoder,
+                 "critic_encoder": learner.critic_encoder}
     if learner.reward_column:
         overrides["reward_column"] = learner.reward_column
     for field in ("n_steps", "n_steps_per_epoch"):
@@ -356,7 +357,8 @@ def ablate_target(context: dg.AssetExecutionContext, target: Target, config: Abl
         paths[variant] = path
         rows.append({"variant": variant, "dataset": f"{config.dataset or learner.dataset} {dataset['version']}",
                      "algorithm": learner.algorithm, "reward": learner.reward_column or "-",
-                     "encoder": learner.encoder, "updates": train_config.n_steps, "trained_now": trained,
+                     "encoder": learner.encoder, "critics": learner.critic_encoder, "updates": train_config.n_steps,
+                     "trained_now": trained,
                      "checkpoint": str(path)})
     variants = pl.DataFrame(rows)
     metadata = {"variants": md_table(variants.drop("checkpoint"))}
