@@ -4,9 +4,9 @@ For each simulated embodiment: simulate a fleet (the demo's operator mix, or --o
 bad operators as smooth as the expert), land and ingest it, publish the recipes, then run job
 `ablate_<target>`, which trains each variant of the target's `ablation` (datasets/targets/*.yaml:
 BC on all accepted data, BC on the curated cut, IQL with the referee reward alone and with the combined
-reward, IQL with a single LoRA, with d3rlpy's MLP encoder and with the LoRA-MoE transformer in the policy
-only (`critic_encoder: mlp`); the simulated fleets log no reward of
-their own, so there is no logged-reward variant) as ordinary checkpoints and scores
+reward, IQL with a single LoRA, with d3rlpy's MLP encoder and with the LoRA-MoE transformer on the critics
+too (`critic_encoder: same`; the CPU preset keeps it in the policy only); the simulated fleets log no reward
+of their own, so there is no logged-reward variant) as ordinary checkpoints and scores
 them on the same seeds with 95 % bootstrap intervals. The same table is one click away in the UI
 (asset ["ablation", <target>]).
 

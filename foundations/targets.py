@@ -36,8 +36,8 @@ class Learner(_Strict):
     reward_column: Optional[str] = None  # reward | referee_reward | combined_reward; bc needs none
     encoder: Literal["lora_moe", "lora", "mlp"] = "lora_moe"  # training.offline_rl.ENCODER_TYPES
     # Critics' encoder (training.offline_rl.CRITIC_ENCODERS): "same" as the policy's, or "mlp" (the transformer
-    # stays in the policy only); ignored by bc and by encoder mlp.
-    critic_encoder: Literal["same", "mlp"] = "same"
+    # stays in the policy only); None: the training preset's (cpu: mlp, gpu: same). Ignored by bc and encoder mlp.
+    critic_encoder: Optional[Literal["same", "mlp"]] = None
 
     @model_validator(mode="after")
     def _reward_for_rl(self) -> "Learner":

@@ -187,9 +187,9 @@ def test_factory_validation_and_d3rlpy_serialisation(tiny_dir):
 
 def test_iql_trains_with_the_real_minilm_backbone():
     table = episode_table(n_episodes=6, steps=20)
-    config = TrainConfig(
+    config = TrainConfig(  # the transformer on every network (the GPU preset's way): one trunk shared by six
         algorithm="iql", n_steps=20, n_steps_per_epoch=10, batch_size=16, eval_episodes=2, num_threads=1,
-        action_bounds=(-1.0, 1.0),
+        action_bounds=(-1.0, 1.0), critic_encoder="same",
     )
     result = train(table, config, progress=False)
     assert result.curve["epoch"].to_list() == [1, 2]

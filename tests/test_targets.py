@@ -52,8 +52,8 @@ def catalog(tmp_path, monkeypatch) -> Path:
                  ablation={"bc_mlp": {"dataset": "mini_all", "algorithm": "bc", "encoder": "mlp"},
                            "iql_lora": {"dataset": "mini_all", "algorithm": "iql", "reward_column": "reward",
                                         "encoder": "lora"},
-                           "iql_critic_mlp": {"dataset": "mini_all", "algorithm": "iql", "reward_column": "reward",
-                                              "critic_encoder": "mlp"}})
+                           "iql_critics_same": {"dataset": "mini_all", "algorithm": "iql", "reward_column": "reward",
+                                                "critic_encoder": "same"}})
     monkeypatch.setenv("ROBOCURATE_RECIPES", str(root))
     return root
 
@@ -257,16 +257,17 @@ def test_ablation_variants_are_checkpoints_scored_on_the_same_seeds(catalog, dat
     result = dg.materialize([asset], run_config={"ops": {"ablation__beta": {"config": quick}}}, resources=RESOURCES)
     assert result.success
     assert len(list_checkpoints("beta-ablation-bc_mlp")) == 1 and len(list_checkpoints("beta-ablation-iql_lora")) == 1
-    # critic_encoder reaches training: the transformer in the policy, d3rlpy's MLP on the critics.
-    [critic_mlp] = list_checkpoints("beta-ablation-iql_critic_mlp")
-    d3 = json.loads((critic_mlp / "manifest.json").read_text())["d3rlpy_config"]
-    assert d3["actor_encoder_factory"]["type"] == "lora_moe"
-    assert d3["critic_encoder_factory"]["type"] == d3["value_encoder_factory"]["type"] == "critic_mlp"
-    lora = json.loads((list_checkpoints("beta-ablation-iql_lora")[0] / "manifest.json").read_text())
-    assert lora["d3rlpy_config"]["critic_encoder_factory"]["type"] == "lora_moe"
+    # critic_encoder reaches training: the CPU preset keeps the transformer in the policy and gives the critics
+    # d3rlpy's MLP; a learner's `critic_encoder: same` puts the transformer on the critics too.
+    lora = json.loads((list_checkpoints("beta-ablation-iql_lora")[0] / "manifest.json").read_text())["d3rlpy_config"]
+    assert lora["actor_encoder_factory"]["type"] == "lora_moe"
+    assert lora["critic_encoder_factory"]["type"] == lora["value_encoder_factory"]["type"] == "critic_mlp"
+    [same] = list_checkpoints("beta-ablation-iql_critics_same")
+    d3 = json.loads((same / "manifest.json").read_text())["d3rlpy_config"]
+    assert d3["critic_encoder_factory"]["type"] == d3["value_encoder_factory"]["type"] == "lora_moe"
     scores = storage.read_partition(ABLATION_TABLE, "beta")
     overall = scores.filter(pl.col("instruction") == "all skills")
-    assert set(overall["policy"]) == {"bc_mlp", "iql_lora", "iql_critic_mlp"}
+    assert set(overall["policy"]) == {"bc_mlp", "iql_lora", "iql_critics_same"}
     assert set(scores.filter(pl.col("instruction") != "all skills")["episodes"]) == {2}  # the same two seeds each
     meta = result.get_asset_materialization_events()[0].materialization.metadata
     assert "iql_lora" in meta["summary"].value and "lora" in meta["variants"].value

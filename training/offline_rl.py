@@ -62,13 +62,14 @@ ENCODER_TYPES = ("lora_moe", "lora", "mlp")
 # normalised state and a one-hot instruction (training.critic_encoder) and keeps the transformer in the policy.
 CRITIC_ENCODERS = ("same", "mlp")
 
-# Presets: the CPU one trains 5,000 updates (400, the earlier budget, left IQL far from converged) with one trailing MiniLM layer
-# and one token per sample (benchmarks/train_benchmark.py measures the update cost); the GPU one
-# runs the whole backbone.
+# Presets: the CPU one trains 5,000 updates (400, the earlier budget, left IQL far from converged) with one trailing MiniLM layer,
+# one token per sample and the transformer in the policy only (critics on d3rlpy's MLP: an IQL update costs about
+# a third of the all-transformer one, with no loss in the ablation; benchmarks/train_benchmark.py measures it);
+# the GPU one runs the whole backbone on every network.
 PRESETS: dict[str, dict[str, Any]] = {
-    "cpu": {"n_steps": 5000, "n_steps_per_epoch": 500, "batch_size": 64, "device": "cpu:0",
+    "cpu": {"n_steps": 5000, "n_steps_per_epoch": 500, "batch_size": 64, "device": "cpu:0", "critic_encoder": "mlp",
             "encoder": {"n_layers": 1, "n_state_tokens": 1}},
-    "gpu": {"n_steps": 20000, "n_steps_per_epoch": 1000, "batch_size": 256, "device": "cuda:0",
+    "gpu": {"n_steps": 20000, "n_steps_per_epoch": 1000, "batch_size": 256, "device": "cuda:0", "critic_encoder": "same",
             "encoder": {"n_layers": 0, "n_state_tokens": 4}},
 }
 
@@ -109,7 +110,7 @@ class TrainConfig:
     n_steps_per_epoch: int = PRESETS["cpu"]["n_steps_per_epoch"]
     batch_size: int = PRESETS["cpu"]["batch_size"]
     encoder_type: str = "lora_moe"
-    critic_encoder: str = "same"
+    critic_encoder: str = PRESETS["cpu"]["critic_encoder"]
     encoder: LoRAMoEEncoderFactory = field(
         default_factory=lambda: LoRAMoEEncoderFactory(**PRESETS["cpu"]["encoder"])
     )

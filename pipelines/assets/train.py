@@ -105,8 +105,9 @@ def learner_config(target: Target, learner: Learner, config: TrainingConfig) -> 
     from training.offline_rl import TrainConfig
 
     overrides = {"algorithm": learner.algorithm, "seed": target.training.seed, "num_threads": config.num_threads,
-                 "action_bounds": tuple(target.profile.action_bounds), "encoder_type": learner.encoder,
-                 "critic_encoder": learner.critic_encoder}
+                 "action_bounds": tuple(target.profile.action_bounds), "encoder_type": learner.encoder}
+    if learner.critic_encoder:
+        overrides["critic_encoder"] = learner.critic_encoder
     if learner.reward_column:
         overrides["reward_column"] = learner.reward_column
     for field in ("n_steps", "n_steps_per_epoch"):
@@ -357,7 +358,7 @@ def ablate_target(context: dg.AssetExecutionContext, target: Target, config: Abl
         paths[variant] = path
         rows.append({"variant": variant, "dataset": f"{config.dataset or learner.dataset} {dataset['version']}",
                      "algorithm": learner.algorithm, "reward": learner.reward_column or "-",
-                     "encoder": learner.encoder, "critics": learner.critic_encoder, "updates": train_config.n_steps,
+                     "encoder": learner.encoder, "critics": "-" if learner.algorithm == "bc" or learner.encoder == "mlp" else train_config.critic_encoder, "updates": train_config.n_steps,
                      "trained_now": trained,
                      "checkpoint": str(path)})
     variants = pl.DataFrame(rows)
