@@ -118,37 +118,42 @@ def still_steps(df: pl.DataFrame, profile: RobotProfile) -> pl.DataFrame:
         chain = pl.when(pl.col("measure") == m).then(pl.col(f"_m_{m}")).otherwise(chain)
     frame = frame.with_columns(_pi=chain / pl.col("target"))
 
-    def rate(col: str) -> pl.Expr:
-        # Mean over the next h steps minus the mean over the last h, per STILL_S: noise averages out.
+    def rate(col: str, k: int) -> pl.Expr:
+        # Mean over the next k steps minus the mean over the last k, per k steps: noise averages out.
         # Near the ends the means hold fewer steps, so the last steps are judged by themselves.
-        back = pl.col(col).rolling_mean(h, min_samples=1)
-        ahead = pl.col(col).reverse().rolling_mean(h, min_samples=1).reverse().shift(-1)
-        return ((ahead - back) / (h * dt)).forward_fill().over(_EP)
+        back = pl.col(col).rolling_mean(k, min_samples=1)
+        ahead = pl.col(col).reverse().rolling_mean(k, min_samples=1).reverse().shift(-1)
+        return ((ahead - back) / (k * dt)).forward_fill().over(_EP)
+
+    def majority(still: pl.Expr) -> pl.Expr:
+        # Still when most steps within STILL_S (centred) are: isolated flips of noise are voted
+        # down, and a pause's edges stay where they are (a moving average would blur them inward).
+        return still.fill_null(False).cast(pl.Float64).rolling_mean(h, min_samples=1, center=True).over(_EP) > 0.5
 
     has_joints = profile.joint_velocity is not None and profile.joint_velocity.feature in cols
     # A base's odometry is dead-reckoned and drifts (an end effector's pose, from kinematics, does
-    # not); joint encoders do not drift: joints that barely move over STILL_S say the base is still
-    # even when its drifting odometry seems to creep.
-    joints_still = (
-        profile_slice(profile.joint_velocity).list.eval(pl.element().abs()).list.max()
-        .rolling_mean(h, min_samples=1, center=True).over(_EP) < STILL_JOINT_SPEED
-        if has_joints else pl.lit(False)
-    )
+    # not); joint encoders do not drift: joints that barely move say the base is still even when
+    # its drifting odometry seems to creep.
+    joints_still = majority(
+        profile_slice(profile.joint_velocity).list.eval(pl.element().abs()).list.max() < STILL_JOINT_SPEED
+    ) if has_joints else pl.lit(False)
     still: list[pl.Expr] = []
     if "_bx" in motion:
-        speed = (rate("_bx").pow(2) + rate("_by").pow(2)).sqrt()
-        still += [speed < IDLE_SPEED, rate("_byaw").abs() < IDLE_YAW_RATE]
+        # Drift grows as the square root of time, so a base's rate needs the full STILL_S on each side.
+        speed = (rate("_bx", h).pow(2) + rate("_by", h).pow(2)).sqrt()
+        still += [speed < IDLE_SPEED, rate("_byaw", h).abs() < IDLE_YAW_RATE]
     elif motion:
-        ee_speed = pl.sum_horizontal([rate(c).pow(2) for c in motion]).sqrt()
+        # An end effector's pose does not drift: half of STILL_S on each side averages its noise.
+        ee_speed = pl.sum_horizontal([rate(c, max(1, h // 2)).pow(2) for c in motion]).sqrt()
         still.append(ee_speed < IDLE_EE_SPEED)
     else:
         still.append(pl.col("_cmd_max").rolling_mean(h, min_samples=1).over(_EP) < IDLE_ACTION)
         if has_joints:
             joint_speed = profile_slice(profile.joint_velocity).list.eval(pl.element().abs()).list.max()
             still.append(joint_speed.rolling_mean(h, min_samples=1).over(_EP) < IDLE_JOINT_SPEED)
-    pose_still = pl.all_horizontal(still).fill_null(False)
+    pose_still = majority(pl.all_horizontal(still)) if motion else pl.all_horizontal(still).fill_null(False)
     if "_bx" in motion:
-        pose_still = pose_still | joints_still.fill_null(False)
+        pose_still = pose_still | joints_still
     reached = (pl.col("_pi") >= 1).fill_null(False).cum_max().over(_EP)
     frame = frame.with_columns(
         _reached=reached,
