@@ -85,8 +85,8 @@ __all__ = [
 
 COMPONENTS = ("progress", "smoothness", "completeness", "idle", "saturation", *TEMPORAL_COMPONENTS)
 DEFAULT_WEIGHTS: dict[str, float] = {
-    "progress": 0.11, "smoothness": 0.06, "completeness": 0.04, "idle": 0.1, "saturation": 0.17,
-    "on_task": 0.08, "specificity": 0.06, "efficiency": 0.01, "hesitation": 0.3, "consistency": 0.08,
+    "progress": 0.14, "smoothness": 0.04, "completeness": 0.07, "idle": 0.08, "saturation": 0.2,
+    "on_task": 0.11, "specificity": 0.05, "efficiency": 0.02, "hesitation": 0.2, "consistency": 0.09,
 }
 # What a low value of each component means, for the explanation of a score.
 HINTS: dict[str, str] = {
