@@ -2,7 +2,8 @@
 
 The fleets (TUNING_FLEETS, every embodiment each) are simulated, ingested and validated once into
 `--cache` (about 1.5 min a seed on one core); after that, a fit takes seconds: the components are
-computed once per fleet and only their weighted means change. `pipeline_benchmark.py` refuses
+computed once per fleet (as the pipeline's `episode_scores` computes them: the nominal length from
+the robot profile) and only their weighted means change. `pipeline_benchmark.py` refuses
 these seeds, so the figures it reports come from fleets the weights never saw.
 
     python benchmarks/score_weights.py                 # fit, print the weights and per-fleet AUROCs
