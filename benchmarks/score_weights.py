@@ -2,7 +2,8 @@
 
 The fleets (TUNING_FLEETS, every embodiment each) are simulated, ingested and validated once into
 `--cache` (about 1.5 min a seed on one core); after that, a fit takes seconds: the components are
-computed once per fleet and only their weighted means change. `pipeline_benchmark.py` refuses
+computed once per fleet (as the pipeline's `episode_scores` computes them: the nominal length from
+the robot profile) and only their weighted means change. `pipeline_benchmark.py` refuses
 these seeds, so the figures it reports come from fleets the weights never saw.
 
     python benchmarks/score_weights.py                 # fit, print the weights and per-fleet AUROCs
@@ -48,14 +49,18 @@ def fleet_components(cache: Path, embodiment: str, seed: int) -> tuple[np.ndarra
     table, truth = cache / f"{embodiment}_{seed}.parquet", cache / f"{embodiment}_{seed}.truth.parquet"
     if not truth.exists():
         sim = cache / "fleet" / f"{embodiment}_{seed}"
-        emb.simulate_fleet(n, sim, seed=seed, operators=operators, **({"noise": noise} if noise else {}))
+        if not (sim / "ground_truth.jsonl").exists():  # a fleet simulated before an interrupted ingest is kept
+            emb.simulate_fleet(n, sim, seed=seed, operators=operators, **({"noise": noise} if noise else {}))
         mapping = load_mapping(emb.source)
         result = ingest_files(sorted(sim.rglob("*.mcap")), mapping, progress=False, batch_dir=sim)
         report = validate_episodes(result.episodes, rate_hz=mapping.control.rate_hz, action_bounds=mapping.action_bounds)
         report.accepted.write_parquet(table)
         pl.DataFrame(read_ground_truth(sim)).select("sha256", "operator").write_parquet(truth)
     df = pl.read_parquet(table)
-    scores = score_episodes(df, load_profile(emb.robot_profile)).join(
+    profile, rate_hz = load_profile(emb.robot_profile), load_mapping(emb.source).control.rate_hz
+    # The nominal length as the pipeline's episode_scores asset takes it (from the robot profile).
+    nominal = round(profile.nominal_episode_s * rate_hz) if profile.nominal_episode_s else None
+    scores = score_episodes(df, profile, nominal_steps=nominal).join(
         df.group_by("episode_id").agg(pl.col("source_sha256").first()), on="episode_id"
     ).join(pl.read_parquet(truth), left_on="source_sha256", right_on="sha256")
     return scores.select(COMPONENTS).to_numpy().astype(float), scores["operator"].is_in(GOOD).to_numpy()

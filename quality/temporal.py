@@ -29,18 +29,22 @@ is the skill done and positive is toward it. All in [0, 1], higher is better, pe
   or sweeping back and forth, approaching and leaving the target). FLOOR in the
   denominator makes noise alone score near 0.
 
-A step is *still* when, over STILL_S moving averages (before and after it), the base moves slower than IDLE_SPEED
-and turns slower than IDLE_YAW_RATE or, without a base, the end effector moves slower than
-IDLE_EE_SPEED. What the task moves is what counts: commands do not enter, so an operator holding
-a pose with non-zero torques is as idle as one who let go. A base's odometry is dead-reckoned and
-drifts (a random walk reads as slow motion over a second), so a base is also still when its
-joints, when declared, barely move: the fastest joint's speed, averaged over STILL_S, below
+A step is *still* when most steps within STILL_S around it (a centred majority vote, so that
+isolated flips of noise are voted down and a pause's edges stay where they are: a moving average
+blurred each edge inward by up to STILL_S / 2) are still by what the profile declares: the base
+moves slower than IDLE_SPEED and turns slower than IDLE_YAW_RATE, its rates taken as the mean
+position over the next STILL_S minus the mean over the last STILL_S; or, without a base, the end
+effector moves slower than IDLE_EE_SPEED, its rate over half of STILL_S on each side (its pose, from
+kinematics, does not drift, so shorter windows suffice and blur a pause's edges less). What the task
+moves is what counts: commands do not enter, so an operator holding a pose with non-zero torques is
+as idle as one who let go. A base's odometry is dead-reckoned and drifts (a random walk reads as
+slow motion over a second), so a base is also still when its joints, when declared, barely move:
+by the same majority vote, most steps within STILL_S have every joint slower than
 STILL_JOINT_SPEED (encoders do not drift; a leg or wheel that does not turn moves no base).
-Without a base or an end effector, a step is still when its commands are below IDLE_ACTION and
-its joints (when declared) slower than IDLE_JOINT_SPEED, on average. Steps after the target was
-reached are never still. The moving averages blur the edges of a pause by up to STILL_S / 2,
-so trims keep a little of the stillness next to the motion; motion slower than the thresholds
-(a robot easing to a stop) counts as still.
+Without a base or an end effector, a step is still when its commands are below IDLE_ACTION and its
+joints (when declared) slower than IDLE_JOINT_SPEED, on average over STILL_S. Steps after the
+target was reached are never still. Motion slower than the thresholds (a robot easing to a stop)
+counts as still.
 """
 from __future__ import annotations
 
@@ -54,7 +58,7 @@ __all__ = ["TEMPORAL_COMPONENTS", "idle_trims", "still_steps", "temporal_compone
 
 TEMPORAL_COMPONENTS = ("on_task", "specificity", "efficiency", "hesitation", "consistency")
 WINDOW_S = 1.0  # seconds: the windows progress and motion are averaged over
-STILL_S = 1.0  # seconds: the moving averages that say whether a step is still (shorter ones let odometry noise through)
+STILL_S = 1.0  # seconds: the windows that say whether a step is still (shorter ones let odometry noise through)
 MIN_WINDOWS = 4  # short episodes get shorter windows, so at least this many
 ON_TASK_PACE = 1.0  # share of the pace that reaches the target in a nominal episode
 FLOOR = 0.05  # target units: added to the denominators of the ratios, so that noise alone scores near 0
@@ -64,7 +68,7 @@ IDLE_SPEED = 0.05  # m/s of the base
 IDLE_YAW_RATE = 0.05  # rad/s of the base
 IDLE_EE_SPEED = 0.01  # m/s of the end effector
 IDLE_JOINT_SPEED = 0.2  # rad/s of every joint
-STILL_JOINT_SPEED = 0.5  # rad/s: the fastest joint's speed averaged over STILL_S (see *still*)
+STILL_JOINT_SPEED = 0.5  # rad/s: the fastest joint slower than this on most steps within STILL_S (see *still*)
 
 _EP = "episode_id"
 
@@ -118,37 +122,42 @@ def still_steps(df: pl.DataFrame, profile: RobotProfile) -> pl.DataFrame:
         chain = pl.when(pl.col("measure") == m).then(pl.col(f"_m_{m}")).otherwise(chain)
     frame = frame.with_columns(_pi=chain / pl.col("target"))
 
-    def rate(col: str) -> pl.Expr:
-        # Mean over the next h steps minus the mean over the last h, per STILL_S: noise averages out.
+    def rate(col: str, k: int) -> pl.Expr:
+        # Mean over the next k steps minus the mean over the last k, per k steps: noise averages out.
         # Near the ends the means hold fewer steps, so the last steps are judged by themselves.
-        back = pl.col(col).rolling_mean(h, min_samples=1)
-        ahead = pl.col(col).reverse().rolling_mean(h, min_samples=1).reverse().shift(-1)
-        return ((ahead - back) / (h * dt)).forward_fill().over(_EP)
+        back = pl.col(col).rolling_mean(k, min_samples=1)
+        ahead = pl.col(col).reverse().rolling_mean(k, min_samples=1).reverse().shift(-1)
+        return ((ahead - back) / (k * dt)).forward_fill().over(_EP)
+
+    def majority(still: pl.Expr) -> pl.Expr:
+        # Still when most steps within STILL_S (centred) are: isolated flips of noise are voted
+        # down, and a pause's edges stay where they are (a moving average would blur them inward).
+        return still.fill_null(False).cast(pl.Float64).rolling_mean(h, min_samples=1, center=True).over(_EP) > 0.5
 
     has_joints = profile.joint_velocity is not None and profile.joint_velocity.feature in cols
     # A base's odometry is dead-reckoned and drifts (an end effector's pose, from kinematics, does
-    # not); joint encoders do not drift: joints that barely move over STILL_S say the base is still
-    # even when its drifting odometry seems to creep.
-    joints_still = (
-        profile_slice(profile.joint_velocity).list.eval(pl.element().abs()).list.max()
-        .rolling_mean(h, min_samples=1, center=True).over(_EP) < STILL_JOINT_SPEED
-        if has_joints else pl.lit(False)
-    )
+    # not); joint encoders do not drift: joints that barely move say the base is still even when
+    # its drifting odometry seems to creep.
+    joints_still = majority(
+        profile_slice(profile.joint_velocity).list.eval(pl.element().abs()).list.max() < STILL_JOINT_SPEED
+    ) if has_joints else pl.lit(False)
     still: list[pl.Expr] = []
     if "_bx" in motion:
-        speed = (rate("_bx").pow(2) + rate("_by").pow(2)).sqrt()
-        still += [speed < IDLE_SPEED, rate("_byaw").abs() < IDLE_YAW_RATE]
+        # Drift grows as the square root of time, so a base's rate needs the full STILL_S on each side.
+        speed = (rate("_bx", h).pow(2) + rate("_by", h).pow(2)).sqrt()
+        still += [speed < IDLE_SPEED, rate("_byaw", h).abs() < IDLE_YAW_RATE]
     elif motion:
-        ee_speed = pl.sum_horizontal([rate(c).pow(2) for c in motion]).sqrt()
+        # An end effector's pose does not drift: half of STILL_S on each side averages its noise.
+        ee_speed = pl.sum_horizontal([rate(c, max(1, h // 2)).pow(2) for c in motion]).sqrt()
         still.append(ee_speed < IDLE_EE_SPEED)
     else:
         still.append(pl.col("_cmd_max").rolling_mean(h, min_samples=1).over(_EP) < IDLE_ACTION)
         if has_joints:
             joint_speed = profile_slice(profile.joint_velocity).list.eval(pl.element().abs()).list.max()
             still.append(joint_speed.rolling_mean(h, min_samples=1).over(_EP) < IDLE_JOINT_SPEED)
-    pose_still = pl.all_horizontal(still).fill_null(False)
+    pose_still = majority(pl.all_horizontal(still)) if motion else pl.all_horizontal(still).fill_null(False)
     if "_bx" in motion:
-        pose_still = pose_still | joints_still.fill_null(False)
+        pose_still = pose_still | joints_still
     reached = (pl.col("_pi") >= 1).fill_null(False).cum_max().over(_EP)
     frame = frame.with_columns(
         _reached=reached,

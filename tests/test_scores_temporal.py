@@ -6,8 +6,8 @@ import pytest
 
 from foundations.profile import load_profile
 from quality.scores import COMPONENTS, DEFAULT_WEIGHTS, HINTS, lowest_scores, score_episodes
-from quality.temporal import TEMPORAL_COMPONENTS, idle_trims, temporal_components
-from synthetic_episodes import DT, arm_episode, arm_profile, episode, table
+from quality.temporal import TEMPORAL_COMPONENTS, idle_trims, still_steps, temporal_components
+from synthetic_episodes import DT, PAUSE, arm_episode, arm_profile, episode, table
 
 ANT = load_profile("ant")
 ARM = arm_profile()
@@ -110,6 +110,32 @@ def test_legged_pause_is_seen_through_drifting_odometry_by_the_joints():
     # Without declared joint velocities only the pose speaks, and the drift hides most of the pause.
     no_joints = ANT.model_copy(update={"joint_velocity": None})
     assert _row(temporal_components(eps, no_joints), "drifting")["idle_inside"] < paused["idle_inside"] - 0.15
+
+
+def _still_indices(df: pl.DataFrame, profile, episode_id: str) -> list[int]:
+    steps = still_steps(df, profile).filter(pl.col("episode_id") == episode_id)
+    return steps.with_row_index("i").filter(pl.col("_still"))["i"].to_list()
+
+
+@pytest.mark.parametrize("noise", [0.0, NOISE])
+def test_a_legged_pause_is_still_from_edge_to_edge(noise):
+    # A majority vote over STILL_S keeps the pause's edges where they are; a moving average of the
+    # joint speeds blurred each edge inward by up to half a second (a third of a 3 s pause lost).
+    n = 200
+    start, end = int(PAUSE[0] * n), int(PAUSE[1] * n)
+    still = _still_indices(table(episode("paused", "p", n=n, odometry_noise=noise)), ANT, "p")
+    assert abs(still[0] - start) <= 2 and abs(still[-1] - (end - 1)) <= 2
+    assert len(still) == still[-1] - still[0] + 1  # one stretch: noise flips no step inside it
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.002])
+def test_an_arm_pause_is_still_inside_its_edges(noise):
+    # The end effector's rate is measured over half of STILL_S on each side (its pose does not
+    # drift), then voted on: still only inside the pause, and over most of it.
+    start, end = int(PAUSE[0] * ARM_N), int(PAUSE[1] * ARM_N)
+    still = _still_indices(table(arm_episode("paused_sweep", "p", n=ARM_N, ee_noise=noise)), ARM, "p")
+    assert still and start <= still[0] and still[-1] < end
+    assert len(still) >= 0.45 * (end - start)
 
 
 def test_consistency_follows_the_first_heading(legged):
