@@ -195,7 +195,7 @@ class LocalLLMBackend:
         `adapter_dir`: a peft LoRA adapter (`quality.referee_tuning`) merged into the model at
         load; it is part of the model id, so judgements of the tuned and the base model never mix.
         `quantize="int8"`: torch's dynamic int8 quantisation of the decoder's Linear layers (CPU;
-        about 1.7x the prompts/s of float32 here, label probabilities up to ~0.24 away from
+        1.3-1.5x the prompts per CPU second of float32 here, label probabilities up to 0.28 from
         float32's: see README), also part of the model id. Off by default."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
