@@ -18,6 +18,7 @@ available. The robot profile (datasets/robots/) says how segments are described 
 true progress is.
 
     python benchmarks/referee_benchmark.py --sim 6 --prompts 16 [--embodiment ant]
+    python benchmarks/referee_benchmark.py --sim 12 --prompts 48 --threads 2 --throughput-only --int8
 """
 from __future__ import annotations
 
@@ -116,17 +117,25 @@ def raw_forward_rate(backend: LocalLLMBackend, texts: list[str], batch_size: int
         for row, s in enumerate(chunk):
             ids[row, width - len(s) :], mask[row, width - len(s) :] = torch.tensor(s), 1
         batches.append((ids, mask))
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     with torch.inference_mode():
         for ids, mask in batches:
             backend._model(input_ids=ids, attention_mask=mask, logits_to_keep=1)
-    return len(texts) / (time.perf_counter() - start)
+    return len(texts) / (time.perf_counter() - start), len(texts) / (time.process_time() - cpu)
 
 
 def timed(fn):
     start = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - start
+
+
+def timed_cpu(fn):
+    """`fn()`, its wall seconds and this process's CPU seconds (all threads; on a CPU shared with
+    other jobs, wall time measures the load, CPU time the work)."""
+    start, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - start, time.process_time() - cpu
 
 
 def main() -> None:
@@ -144,6 +153,10 @@ def main() -> None:
     parser.add_argument("--segment-steps", type=int, default=40, help="control steps per segment (the pipeline's 40)")
     parser.add_argument("--fine-tune", action="store_true",
                         help="also fine-tune the referee (LoRA) on half the episodes and compare on the other half")
+    parser.add_argument("--int8", action="store_true",
+                        help="also judge the prompts with quantize='int8' and compare its probabilities with float32's")
+    parser.add_argument("--throughput-only", action="store_true",
+                        help="batched and raw forward rates only (no unbatched run, no cache run, no agreement)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
@@ -165,24 +178,48 @@ def main() -> None:
     _, load_s = timed(lambda: backend.judge(texts[:1]))  # loads the model, computes the shared prefix
     print(f"model {backend.model_id}: loaded and first prompt in {load_s:.1f} s")
 
-    rates = {}
-    for name, batch_size, share in (("unbatched", 1, True), ("batched", args.batch_size, True),
-                                    ("batched, no shared prefix", args.batch_size, False)):  # fmt: skip
+    rates, cpu_rates, probs = {}, {}, {}
+    runs = [("batched", args.batch_size, True)]
+    if not args.throughput_only:
+        runs = [("unbatched", 1, True), *runs, ("batched, no shared prefix", args.batch_size, False)]
+    for name, batch_size, share in runs:
         backend.batch_size, backend.share_prefix = batch_size, share
         tokens_before = backend.computed_tokens
-        probs, seconds = timed(lambda: backend.judge(texts))
-        rates[name] = len(texts) / seconds
+        probs[name], seconds, cpu = timed_cpu(lambda: backend.judge(texts))
+        rates[name], cpu_rates[name] = len(texts) / seconds, len(texts) / cpu
         computed = backend.computed_tokens - tokens_before  # deterministic, unlike time on a shared CPU
-        print(f"  {name:28s} {len(texts)} prompts in {seconds:6.1f} s = {rates[name]:6.2f} prompts/s, "
-              f"{computed} tokens through the model")
+        print(f"  {name:28s} {len(texts)} prompts in {seconds:6.1f} s = {rates[name]:6.2f} prompts/s "
+              f"({cpu_rates[name]:5.2f} per CPU second), {computed} tokens through the model")
     backend.batch_size, backend.share_prefix = args.batch_size, True
-    rates["raw forward"] = raw_forward_rate(backend, texts, args.batch_size)
+    rates["raw forward"], cpu_rates["raw forward"] = raw_forward_rate(backend, texts, args.batch_size)
     tokens = [len(s) for s in backend.encode(texts)]
     print(f"  {'raw batched forward pass':28s} {len(texts)} prompts = {rates['raw forward']:6.2f} prompts/s "
-          f"(the bare model on the same full prompts, {np.mean(tokens):.0f} tokens each)")
-    print(f"throughput: batched / unbatched = {rates['batched'] / rates['unbatched']:.2f}x; "
-          f"shared prefix gains {rates['batched'] / rates['batched, no shared prefix']:.2f}x; "
-          f"referee / raw forward pass = {rates['batched'] / rates['raw forward']:.0%}")  # fmt: skip
+          f"({cpu_rates['raw forward']:5.2f} per CPU second; the bare model on the same full prompts, "
+          f"{np.mean(tokens):.0f} tokens each)")
+    if not args.throughput_only:
+        print(f"throughput: batched / unbatched = {rates['batched'] / rates['unbatched']:.2f}x; "
+              f"shared prefix gains {rates['batched'] / rates['batched, no shared prefix']:.2f}x")  # fmt: skip
+    print(f"referee / raw forward pass = {rates['batched'] / rates['raw forward']:.0%} "
+          f"(per CPU second {cpu_rates['batched'] / cpu_rates['raw forward']:.0%}); "
+          f"referee / the old 1.1 prompts/s = {rates['batched'] / 1.1:.2f}x")  # fmt: skip
+    if args.int8:
+        q8 = LocalLLMBackend(args.model_dir, batch_size=args.batch_size, num_threads=args.threads, quantize="int8")
+        q8.judge(texts[:1])
+        got, seconds, cpu = timed_cpu(lambda: q8.judge(texts))
+        rates["batched int8"], cpu_rates["batched int8"] = len(texts) / seconds, len(texts) / cpu
+        fp = np.array([[p[k] for k in sorted(p)] for p in probs["batched"]])
+        q = np.array([[p[k] for k in sorted(p)] for p in got])
+        deviation = {"max_abs": float(np.abs(q - fp).max()), "mean_abs": float(np.abs(q - fp).mean()),
+                     "same_label": float((q.argmax(1) == fp.argmax(1)).mean())}  # fmt: skip
+        print(f"  {'batched, int8':28s} {len(texts)} prompts in {seconds:6.1f} s = {rates['batched int8']:6.2f} "
+              f"prompts/s ({cpu_rates['batched int8']:5.2f} per CPU second) = "
+              f"{rates['batched int8'] / rates['batched']:.2f}x float32; label probabilities vs float32: max |diff| {deviation['max_abs']:.3f}, mean "
+              f"{deviation['mean_abs']:.4f}, same most likely label {deviation['same_label']:.0%}")  # fmt: skip
+    if args.throughput_only:
+        if args.json:
+            args.json.write_text(json.dumps({"source": source, "model_id": backend.model_id, "prompts_per_s": rates,
+                                             "prompts_per_cpu_s": cpu_rates}, indent=2))  # fmt: skip
+        return
 
     k = args.segment_steps
     with tempfile.TemporaryDirectory() as tmp:
@@ -207,7 +244,8 @@ def main() -> None:
               f"balanced {a['balanced_accuracy']} (chance 0.25)")  # fmt: skip
         return a
 
-    results: dict = {"source": source, "model_id": backend.model_id, "prompts_per_s": rates, "cold_s": cold_s,
+    results: dict = {"source": source, "model_id": backend.model_id, "prompts_per_s": rates,
+                     "prompts_per_cpu_s": cpu_rates, "cold_s": cold_s,
                      "rerun_s": warm_s, "cold": cold, "rerun": warm}  # fmt: skip
     if not args.fine_tune:
         results["agreement"] = report("base model, all episodes", labels_cold.segments, df)

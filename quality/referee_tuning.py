@@ -114,6 +114,8 @@ def train_adapter(
         raise ValueError(f"labels {unknown} are not among the question's {list(question.labels)}")
     if backend.adapter_dir is not None:
         raise ValueError("train_adapter needs the base model; this backend already merged an adapter")
+    if backend.quantize is not None:
+        raise ValueError(f"train_adapter needs the float model; this backend is quantised ({backend.quantize})")
     start = time.perf_counter()
     torch.manual_seed(config.seed)
     backend._load()

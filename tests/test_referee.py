@@ -268,6 +268,35 @@ def test_batched_left_padding_matches_unbatched_and_naive(tiny_model_dir):
     assert batched.computed_tokens < batched.prompt_tokens
 
 
+def test_batches_share_a_task_prefix_and_int8_stays_close(tiny_model_dir):
+    _, seg = segment_table(mixed_episodes(), ANT, 20)
+    prompts = seg["text"].to_list()
+    backend = LocalLLMBackend(tiny_model_dir, batch_size=4)
+    batches = backend.batches(prompts)
+    question = len(backend._question_prefix)
+    # Prompts of one task share more than the question: their batch computes that part once.
+    assert question > 0 and max(n for _, _, n in batches) > question
+    assert all(s[:n] == batch[0][:n] for _, batch, n in batches for s in batch)
+    got = np.array([[p[k] for k in "ABCD"] for p in backend.judge(prompts)])
+    ref = np.array([[p[k] for k in "ABCD"] for p in LocalLLMBackend(tiny_model_dir, batch_size=1).judge(prompts)])
+    np.testing.assert_allclose(got, ref, atol=2e-5)
+    for i in (0, len(prompts) // 2):
+        np.testing.assert_allclose(got[i], naive_probs(tiny_model_dir, prompts[i]), atol=2e-5)
+
+    # int8 (dynamic quantisation of the decoder's Linear layers) is another model id, close to float32.
+    q8 = LocalLLMBackend(tiny_model_dir, batch_size=4, quantize="int8")
+    assert q8.model_id == backend.model_id + "+int8"
+    q8_probs = np.array([[p[k] for k in "ABCD"] for p in q8.judge(prompts)])
+    assert any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in q8._model.model.modules())
+    np.testing.assert_allclose(q8_probs.sum(1), 1.0, atol=1e-5)
+    # It moves probabilities (random weights at a large scale amplify it; SmolLM2: see README) but
+    # keeps the answers: a broken quantisation would not.
+    assert 0 < np.abs(q8_probs - got).max() < 0.3 and np.abs(q8_probs - got).mean() < 0.05
+    assert (q8_probs.argmax(1) == got.argmax(1)).mean() >= 0.8
+    with pytest.raises(ValueError, match="quantize"):
+        LocalLLMBackend(tiny_model_dir, quantize="int4")
+
+
 def test_label_episodes_rewards_labels_and_cache(tiny_model_dir, data_root):
     df = mixed_episodes()
     backend = LocalLLMBackend(tiny_model_dir, batch_size=4)
