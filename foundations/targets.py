@@ -33,14 +33,14 @@ class Learner(_Strict):
 
     dataset: str  # a recipe name: the asset ["hub", dataset] publishes it
     algorithm: Literal["iql", "cql", "td3plusbc", "bc"]
-    reward_column: Optional[str] = None  # reward | referee_reward | combined_reward; bc needs none
+    reward_column: Optional[str] = None  # reward | referee_reward | combined_reward | progress_reward; bc none
     encoder: Literal["lora_moe", "lora", "mlp"] = "lora_moe"  # training.offline_rl.ENCODER_TYPES
 
     @model_validator(mode="after")
     def _reward_for_rl(self) -> "Learner":
         if self.algorithm != "bc" and not self.reward_column:
             raise ValueError(f"algorithm {self.algorithm} learns from rewards: set reward_column "
-                             "(reward, referee_reward or combined_reward)")
+                             "(reward, referee_reward, combined_reward or progress_reward)")
         return self
 
 
