@@ -341,7 +341,8 @@ def ablate_target(context: dg.AssetExecutionContext, target: Target, config: Abl
     if config.variants is not None:
         unknown = sorted(set(config.variants) - set(chosen))
         if unknown or not config.variants:
-            raise dg.Failure(f"ablation variants {unknown or '[]'} are not in {_where(target)} (known: {', '.join(chosen)})")
+            raise dg.Failure(f"ablation variants {unknown or '[]'} are not in {_where(target)} (known: {', '.join(chosen)})",
+                             allow_retries=False)
         chosen = {v: chosen[v] for v in config.variants}
     paths, rows = {}, []
     for variant, learner in chosen.items():
