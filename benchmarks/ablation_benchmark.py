@@ -4,14 +4,16 @@ For each simulated embodiment: simulate a fleet (the demo's operator mix, or --o
 bad operators as smooth as the expert), land and ingest it, publish the recipes, then run job
 `ablate_<target>`, which trains each variant of the target's `ablation` (datasets/targets/*.yaml:
 BC on all accepted data, BC on the curated cut, IQL with the referee reward alone and with the combined
-reward, IQL with a single LoRA, with d3rlpy's MLP encoder and with the LoRA-MoE transformer on the critics
-too (`critic_encoder: same`; the CPU preset keeps it in the policy only); the simulated fleets log no reward
-of their own, so there is no logged-reward variant) as ordinary checkpoints and scores
+reward, IQL with the robot's measured-progress reward alone (the simulated fleets log no reward of their own:
+it stands in for the logged one), IQL with a single LoRA, with d3rlpy's MLP encoder and with the LoRA-MoE
+transformer on the critics too (`critic_encoder: same`; the CPU preset keeps it in the policy only)) as
+ordinary checkpoints and scores
 them on the same seeds with 95 % bootstrap intervals. The same table is one click away in the UI
 (asset ["ablation", <target>]).
 
     ROBOCURATE_HOME=$(mktemp -d) python benchmarks/ablation_benchmark.py --operators hard --episodes 60
-    (--n-steps and --seeds shrink a run; without them the target's preset and seeds apply)
+    (--n-steps and --seeds shrink a run; without them the target's preset and seeds apply; --variants
+    iql_referee iql_progress trains and scores only those)
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-steps", type=int, default=None, help="updates per variant (default: the preset's)")
     parser.add_argument("--seeds", type=int, default=None, help="rollouts per skill (default: the target's seeds)")
+    parser.add_argument("--variants", nargs="*", default=None, help="only these variants (default: every one)")
     args = parser.parse_args()
 
     import dagster as dg
@@ -64,6 +67,8 @@ def main() -> None:
             config |= {"n_steps": args.n_steps, "n_steps_per_epoch": max(1, args.n_steps // 10)}
         if args.seeds:
             config["seeds"] = list(range(1000, 1000 + args.seeds))
+        if args.variants:
+            config["variants"] = [v for v in args.variants if v in target.ablation]
         started = time.perf_counter()
         run_job(defs, instance, f"ablate_{target.name}", ops={f"ablation__{target.name}": config} if config else None)
         table = storage.read_partition(ABLATION_TABLE, target.name)

@@ -194,3 +194,20 @@ def episode_progress(df: pl.DataFrame, profile: RobotProfile, *, steps: pl.DataF
         .with_columns(progress=(pl.col("progress_raw") / pl.col("target")).clip(0.0, 1.0))
         .select(_EP, "language_instruction", "measure", "target", "progress_raw", "progress", "progress_note")
     )
+
+
+def progress_rewards(df: pl.DataFrame, profile: RobotProfile) -> pl.DataFrame:
+    """Per-step reward from the robot's own measured progress: episode_id, step, progress_reward (Float32).
+
+    progress_reward at step t is the change of the measure since step t-1 divided by the skill's
+    signed target, (progress_raw_t - progress_raw_(t-1)) / target; at an episode's first step it is
+    progress_raw there (0: every measure counts from the first step). An episode's rewards add up to its
+    final progress_raw / target, unclipped: moving the wrong way earns negative reward. Aligned like the
+    referee's reward (the change that arrives at step t). Null where either step's measure is null or NaN (unknown
+    instruction, missing or short features; `step_progress`'s progress_note says why) or the target is 0:
+    never invented.
+    """
+    raw = pl.col("progress_raw").fill_nan(None)  # a NaN pose measures nothing
+    change = pl.when(pl.int_range(pl.len()).over(_EP) == 0).then(raw).otherwise(raw - raw.shift(1).over(_EP))
+    reward = pl.when(pl.col("target") != 0).then(change / pl.col("target"))
+    return step_progress(df, profile).select(_EP, pl.col("step").cast(pl.Int32), reward.cast(pl.Float32).alias("progress_reward"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import numpy as np
 import polars as pl
@@ -18,6 +18,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from foundations.catalog import config_error, config_path, list_configs
+from foundations.profile import RobotProfile
+from foundations.progress import progress_rewards
 from foundations.schema import QUARANTINE_SCHEMA
 
 DEFAULT_LICENSE = "apache-2.0"
@@ -143,12 +145,16 @@ def parse_recipe(raw: Any, *, path: Path | None = None) -> Recipe:
     return recipe.model_copy(update={"path": path})
 
 
-def with_rewards(episodes: pl.DataFrame, referee: pl.DataFrame | None, recipe: Recipe) -> pl.DataFrame:
-    """Join the referee's per-step reward and add `combined_reward` =
-    environment reward (0 where none was logged) + `referee_weight` x referee reward.
+def with_rewards(episodes: pl.DataFrame, referee: pl.DataFrame | None, recipe: Recipe,
+                 profiles: Mapping[str, RobotProfile] | None = None) -> pl.DataFrame:
+    """Join the referee's per-step reward, add the robot's measured `progress_reward` and
+    `combined_reward` = environment reward (0 where none was logged) + `referee_weight` x referee reward.
 
-    Without referee labels both columns are null: the dataset says plainly that no
-    dense reward exists rather than inventing one.
+    Without referee labels `referee_reward` and `combined_reward` are null: the dataset says
+    plainly that no dense reward exists rather than inventing one. `progress_reward`
+    (`foundations.progress.progress_rewards`) is the change of the instruction's measure per step over
+    the skill's target, from the robot profile of each row's source (`profiles` {source: profile}; by
+    default the profiles the recipe's source mappings name); null where it cannot be measured.
     """
     if referee is None:
         referee = pl.DataFrame(schema={"episode_id": pl.String, "step": pl.Int32, "referee_reward": pl.Float32})
@@ -156,6 +162,17 @@ def with_rewards(episodes: pl.DataFrame, referee: pl.DataFrame | None, recipe: R
         referee.select("episode_id", pl.col("step").cast(pl.Int32), pl.col("referee_reward").cast(pl.Float32)),
         on=["episode_id", "step"], how="left",
     )
+    if profiles is None:
+        from foundations.ingest.mapping import load_mapping
+
+        profiles = {source: load_mapping(source).profile for source in recipe.sources}
+    parts = [progress_rewards(joined.filter(pl.col("source") == source), profile)
+             for source, profile in profiles.items() if profile is not None]
+    progress = pl.concat([p for p in parts if p.height], how="vertical") if any(p.height for p in parts) else None
+    if progress is None:
+        progress = pl.DataFrame(schema={"episode_id": pl.String, "step": pl.Int32, "progress_reward": pl.Float32})
+    joined = joined.join(progress.with_columns(pl.col("episode_id").cast(joined.schema["episode_id"])),
+                         on=["episode_id", "step"], how="left", maintain_order="left")
     combined = pl.col("reward").fill_null(0.0) + recipe.referee_weight * pl.col("referee_reward")
     return joined.with_columns(combined.cast(pl.Float32).alias("combined_reward"))
 

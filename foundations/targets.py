@@ -33,7 +33,7 @@ class Learner(_Strict):
 
     dataset: str  # a recipe name: the asset ["hub", dataset] publishes it
     algorithm: Literal["iql", "cql", "td3plusbc", "bc"]
-    reward_column: Optional[str] = None  # reward | referee_reward | combined_reward; bc needs none
+    reward_column: Optional[str] = None  # reward | referee_reward | combined_reward | progress_reward; bc none
     encoder: Literal["lora_moe", "lora", "mlp"] = "lora_moe"  # training.offline_rl.ENCODER_TYPES
     # Critics' encoder (training.offline_rl.CRITIC_ENCODERS): "same" as the policy's, or "mlp" (the transformer
     # stays in the policy only); None: the training preset's (cpu: mlp, gpu: same). Ignored by bc and encoder mlp.
@@ -43,7 +43,7 @@ class Learner(_Strict):
     def _reward_for_rl(self) -> "Learner":
         if self.algorithm != "bc" and not self.reward_column:
             raise ValueError(f"algorithm {self.algorithm} learns from rewards: set reward_column "
-                             "(reward, referee_reward or combined_reward)")
+                             "(reward, referee_reward, combined_reward or progress_reward)")
         return self
 
 

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument("--to", type=Path, required=True, metavar="DIR",
                      help="LeRobot: a new or empty folder; Minari: a datasets root")
     exp.add_argument("--reward", help="the published column rewards come from (default: the first of combined_reward, "
-                     "reward, referee_reward with a value on every step)")
+                     "reward, referee_reward, progress_reward with a value on every step)")
 
     versions = sub.add_parser("versions", help="list the published versions of a dataset")
     versions.add_argument("name")

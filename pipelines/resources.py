@@ -61,6 +61,9 @@ class RefereeResource(dg.ConfigurableResource):
     teacher_base_url: Optional[str] = None
     teacher_model: Optional[str] = None
     teacher_api: Literal["chat", "completions", "systemone"] = "completions"
+    # openai and teacher, api "completions": a tokenizer folder or Hub id whose chat template wraps each
+    # prompt, so a raw-prompt endpoint reads what the model's chat endpoint would (None: sent as is).
+    chat_template_from: Optional[str] = None
 
     def make_backend(self, adapter_dir: Optional[str] = None):
         from quality.llm_backends import LocalLLMBackend, OpenAICompatibleBackend
@@ -70,7 +73,7 @@ class RefereeResource(dg.ConfigurableResource):
                 raise ValueError("referee backend 'openai' needs base_url and model")
             return OpenAICompatibleBackend(
                 self.base_url, self.model, api=self.api, api_key_env=self.api_key_env, batch_size=self.batch_size,
-                retries=self.retries,
+                retries=self.retries, chat_template_from=self.chat_template_from if self.api == "completions" else None,
             )
         return LocalLLMBackend(self.model_dir, batch_size=self.batch_size, adapter_dir=adapter_dir)
 
@@ -83,4 +86,5 @@ class RefereeResource(dg.ConfigurableResource):
         if not self.teacher_model:
             raise ValueError("referee teacher_base_url needs teacher_model, the served model's name")
         return OpenAICompatibleBackend(self.teacher_base_url, self.teacher_model, api=self.teacher_api,
-                                       api_key_env=self.api_key_env, batch_size=self.batch_size, retries=self.retries)
+                                       api_key_env=self.api_key_env, batch_size=self.batch_size, retries=self.retries,
+                                       chat_template_from=self.chat_template_from if self.teacher_api == "completions" else None)

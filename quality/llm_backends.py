@@ -152,6 +152,15 @@ def model_dir_id(model_dir: Path) -> str:
     return f"{model_dir.name}@{digest.hexdigest()[:16]}"
 
 
+def chat_text(tokenizer: Any, message: str) -> str:
+    """`message` as the user turn of the tokenizer's chat template, ready for the assistant's answer:
+    the exact text both backends send (a base model without a chat template reads the message as is)."""
+    if getattr(tokenizer, "chat_template", None):
+        conversation = [{"role": "user", "content": message}]
+        return tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    return message
+
+
 # ---------------------------------------------------------------------------------------------
 # Local transformers backend.
 
@@ -262,10 +271,7 @@ class LocalLLMBackend:
         return [i[0] for i in ids]
 
     def _chat(self, message: str) -> str:
-        if getattr(self._tokenizer, "chat_template", None):
-            conversation = [{"role": "user", "content": message}]
-            return self._tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
-        return message  # a base model without a chat template reads the message as is
+        return chat_text(self._tokenizer, message)
 
     def encode(self, prompts: list[str], question: Question = REFEREE_QUESTION) -> list[list[int]]:
         """Token ids of the full prompts, chat template applied."""
@@ -403,7 +409,10 @@ class OpenAICompatibleBackend:
 
     `api="chat"` sends the rendered message to /v1/chat/completions (`logprobs`,
     `top_logprobs`); `api="completions"` sends it as a raw prompt to /v1/completions
-    (`logprobs=k`), several prompts per request; `api="systemone"` asks `transformers serve`'s
+    (`logprobs=k`), several prompts per request (`batch_size=1` for servers that take one, such as
+    llama-cpp-python's), wrapped in the chat template of `chat_template_from` (a transformers
+    tokenizer folder or Hub id) when given: an instruct model then reads through the raw-prompt
+    endpoint exactly the text the embedded backend gives it; `api="systemone"` asks `transformers serve`'s
     /v1/systemone, which renders state and question itself and returns the probabilities.
     Letters outside the returned top-k get probability 0 before normalising. A server that
     returns no logprobs is an error, never a reason to parse the generated text.
@@ -425,9 +434,13 @@ class OpenAICompatibleBackend:
         batch_size: int = 16,
         retries: int = 3,
         backoff_s: float = 1.0,
+        chat_template_from: str | Path | None = None,
     ):
         if api not in ("chat", "completions", "systemone"):
             raise ValueError(f"api must be 'chat', 'completions' or 'systemone', got {api!r}")
+        if chat_template_from is not None and api != "completions":
+            raise ValueError(f"chat_template_from applies to api='completions' only (the {api!r} endpoint "
+                             "applies the server's own template)")
         url = base_url.rstrip("/")
         self.base_url = url[: -len("/v1")] if url.endswith("/v1") else url
         self.model, self.api, self.api_key_env = model, api, api_key_env
@@ -436,7 +449,18 @@ class OpenAICompatibleBackend:
         # A server that is down or overloaded gets `retries` more tries, `backoff_s` doubling between
         # them; then the run fails with a clear message (bounded: never an endless wait).
         self.retries, self.backoff_s = max(0, retries), max(0.0, backoff_s)
-        self.model_id = model_id or f"{api}:{model}@{self.base_url}"
+        self._template = None
+        template_tag = ""
+        if chat_template_from is not None:
+            from transformers import AutoTokenizer
+
+            self._template = AutoTokenizer.from_pretrained(str(chat_template_from))
+            template = getattr(self._template, "chat_template", None)
+            if not template:
+                raise RefereeBackendError(f"{chat_template_from} has no chat template; leave chat_template_from unset")
+            # Another template is another prompt: part of the model id, so cached judgements never mix.
+            template_tag = f"+template:{hashlib.sha256(str(template).encode()).hexdigest()[:12]}"
+        self.model_id = model_id or f"{api}:{model}@{self.base_url}{template_tag}"
         self.prompt_tokens = 0
         self._lock = threading.Lock()  # requests run in threads; the token count is shared
 
@@ -510,6 +534,8 @@ class OpenAICompatibleBackend:
     def _completions(self, prompts: list[str], question: Question) -> list[dict[str, float]]:
         path = "/v1/completions"
         rendered = [question.render(p) for p in prompts]
+        if self._template is not None:
+            rendered = [chat_text(self._template, r) for r in rendered]
         # A list of prompts is one request (OpenAI spec, vLLM); a single one goes as a string,
         # which servers without list support (transformers serve) also take.
         body = {"model": self.model, "prompt": rendered if len(rendered) > 1 else rendered[0], "max_tokens": 1,

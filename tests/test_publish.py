@@ -200,6 +200,51 @@ def test_select_filters_join_scores_and_report_exclusions(tmp_path):
     assert both.height > 0 and (both.get_column("split") == both.get_column("split_right")).all()
 
 
+def _walk(episode_id: str, instruction: str, xs: list[float], yaws: list[float] | None = None) -> pl.DataFrame:
+    """A hand-built Ant episode whose base pose moves through `xs` (metres) and `yaws` (radians)."""
+    n = len(xs)
+    yaws = yaws if yaws is not None else [0.0] * n
+    return pl.DataFrame({
+        "episode_id": [episode_id] * n, "step": list(range(n)), "source": ["ant_fleet_ros2"] * n,
+        "language_instruction": [instruction] * n, "reward": [None] * n,
+        POSE: [[x, 0.0, w] for x, w in zip(xs, yaws)],
+    }, schema_overrides={"step": pl.Int32, "reward": pl.Float32, POSE: pl.List(pl.Float32)})
+
+
+def test_progress_reward_is_the_measured_progress_per_step():
+    from foundations.profile import load_profile
+    from foundations.progress import step_progress
+    from foundations.recipes import with_rewards
+
+    nan = float("nan")
+    episodes = pl.concat([
+        _walk("fwd", "walk forward", [0.0, 0.1, 0.3, 0.25, 0.65]),     # 2 m target: rewards 0.05, 0.1, -0.025, 0.2
+        _walk("left", "turn left", [0.0] * 4, [3.0, -3.0, -2.5, -2.5]),  # crosses the +-pi seam; 3 rad target
+        _walk("gap", "walk forward", [0.0, 0.2, nan, 0.6, 0.8]),       # odometry lost at step 2
+        _walk("odd", "dance", [0.0, 0.5, 1.0]),                       # no skill measures it
+    ])
+    referee = pl.DataFrame({"episode_id": ["fwd"] * 5, "step": list(range(5)), "referee_reward": [0.5] * 5},
+                           schema_overrides={"step": pl.Int32})
+    out = with_rewards(episodes, referee, load_recipe("ant_skills_curated"))
+    assert out.height == episodes.height and out.select("episode_id", "step").equals(episodes.select("episode_id", "step"))
+    got = {e: g["progress_reward"].to_list() for (e,), g in out.group_by("episode_id", maintain_order=True)}
+    assert got["fwd"] == pytest.approx([0.0, 0.05, 0.1, -0.025, 0.2], abs=1e-6)
+    seam = 2 * np.pi - 6.0  # 3.0 -> -3.0 is a 0.28 rad left turn, not -6 rad
+    assert got["left"] == pytest.approx([0.0, seam / 3, 0.5 / 3, 0.0], abs=1e-6)
+    # Null where the measure is missing at the step or its predecessor (and, for an angle, after): never invented.
+    assert got["gap"][:2] == pytest.approx([0.0, 0.1], abs=1e-6) and got["gap"][2:4] == [None, None]
+    assert got["gap"][4] == pytest.approx(0.1, abs=1e-6)
+    assert got["odd"] == [None] * 3
+    # An episode's rewards add up to its measured progress over the target (unclipped).
+    final = step_progress(episodes, load_profile("ant")).group_by("episode_id").agg(pl.col("progress_raw", "target").last())
+    fwd = final.filter(pl.col("episode_id") == "fwd").row(0, named=True)
+    assert sum(got["fwd"]) == pytest.approx(fwd["progress_raw"] / fwd["target"], abs=1e-6)
+    assert out["progress_reward"].dtype == pl.Float32
+    # The referee's column and the combined one are untouched by it.
+    assert out.filter(pl.col("episode_id") == "fwd")["combined_reward"].to_list() == pytest.approx([0.5] * 5)
+    assert out.filter(pl.col("episode_id") != "fwd")["referee_reward"].null_count() == 12
+
+
 def test_splits_are_stable_and_independent_of_other_episodes():
     ids = pl.Series([f"ep-{i:04d}" for i in range(2000)])
     splits = {"train": 0.8, "test": 0.2}

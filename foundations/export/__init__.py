@@ -43,9 +43,9 @@ def export(name: str, version: str, fmt: str, to: Path, *, reward: str | None = 
            root: Path | None = None) -> ExportResult:
     """Export version `version` ("latest", "1.2.0" or "v1.2.0") of dataset `name` as `fmt` to `to`.
 
-    `reward` names the published column the rewards come from (default: the first of
-    combined_reward, reward, referee_reward with a value on every step). `root` is the hub folder
-    (default: the data root's `hub/`). Raises ValueError for an unknown format or unusable reward
+    `reward` names the published column the rewards come from (default: the first of combined_reward,
+    reward, referee_reward, progress_reward with a value on every step). `root` is the hub folder (default:
+    the data root's `hub/`). Raises ValueError for an unknown format or unusable reward
     column, LookupError for an unknown dataset or version, FileExistsError when the destination is taken.
     """
     if fmt not in FORMATS:

@@ -19,8 +19,9 @@ from foundations.feature_stats import IMAGE_PREFIX
 from foundations.recipes import SPLIT
 
 # The environment reward plus the weighted referee reward, then the logged reward alone, then the
-# referee's alone (foundations.recipes.with_rewards): the first one with a value on every step is the reward.
-REWARD_COLUMNS = ("combined_reward", "reward", "referee_reward")
+# referee's alone, then the robot's measured progress (foundations.recipes.with_rewards): the first one
+# with a value on every step is the reward.
+REWARD_COLUMNS = ("combined_reward", "reward", "referee_reward", "progress_reward")
 FLAGS = ("is_first", "is_last", "is_terminal")
 
 

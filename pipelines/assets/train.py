@@ -345,14 +345,22 @@ class AblationConfig(TrainingConfig):
 
     seeds: Optional[list[int]] = None
     steps: Optional[int] = None
+    variants: Optional[list[str]] = None  # train and score only these variants of the target's ablation
 
 
 def ablate_target(context: dg.AssetExecutionContext, target: Target, config: AblationConfig) -> dg.MaterializeResult:
     """Train (or reuse) every variant of `target.ablation` and score them on the same seeds."""
     from training.evaluation import per_skill, scores_png
 
+    chosen = dict(target.ablation)
+    if config.variants is not None:
+        unknown = sorted(set(config.variants) - set(chosen))
+        if unknown or not config.variants:
+            raise dg.Failure(f"ablation variants {unknown or '[]'} are not in {_where(target)} (known: {', '.join(chosen)})",
+                             allow_retries=False)
+        chosen = {v: chosen[v] for v in config.variants}
     paths, rows = {}, []
-    for variant, learner in target.ablation.items():
+    for variant, learner in chosen.items():
         path, trained, dataset, train_config = train_learner(
             context, target, learner, f"{target.name}-ablation-{variant}", config)
         paths[variant] = path
