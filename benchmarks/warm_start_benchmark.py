@@ -196,10 +196,9 @@ def main() -> None:
               on_epoch=scorer("warm", train_seed))
         print("day 2, from scratch:", flush=True)
         scratch = train(tables[2], seeded, progress=False, on_epoch=scorer("scratch", train_seed))
-
-    scores = pl.concat(rollouts).with_columns(pl.lit(grow).alias("grown_skill"), pl.lit(args.n_steps).alias("n"))
-    if args.save:
-        scores.write_parquet(args.save)
+        scores = pl.concat(rollouts).with_columns(pl.lit(grow).alias("grown_skill"), pl.lit(args.n_steps).alias("n"))
+        if args.save:  # after each training seed, so that a run cut short can still be reported
+            scores.write_parquet(args.save)
     report(scores)
     print(f"\nday 1 {day1.seconds:.0f} s, day 2 from scratch {scratch.seconds:.0f} s of training "
           f"({scratch.seconds_per_update:.3f} s/update); whole run {time.perf_counter() - started:.0f} s")
