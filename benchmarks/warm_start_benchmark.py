@@ -69,7 +69,7 @@ def growth(day1: pl.DataFrame, day2: pl.DataFrame, reward: str) -> pl.DataFrame:
           .alias(f"kept_{reward}_day{d}") for d in (1, 2)))
     return (count(day1, 1).join(count(day2, 2), on="language_instruction", how="full", coalesce=True)
             .join(changes, on="language_instruction", how="full", coalesce=True).fill_null(0)
-            .with_columns((pl.col("steps_day2") - pl.col("steps_day1")).alias("steps_added"))
+            .with_columns((pl.col("steps_day2").cast(pl.Int64) - pl.col("steps_day1")).alias("steps_added"))
             .sort("language_instruction"))
 
 
@@ -88,14 +88,21 @@ def main() -> None:
     parser.add_argument("--train-seeds", type=int, default=1,
                         help="repeat day 1, warm start and from scratch with this many training seeds (the target's "
                              "seed, +1, ...): one training run per arm leaves the training seed's luck in the figures")
+    parser.add_argument("--first-train-seed", type=int,
+                        help="start the training seeds here instead of at the target's seed (to add seeds to an "
+                             "earlier run: --report reads the two --save files joined)")
     parser.add_argument("--data-root", type=Path, help="data root (default: a fresh temporary folder)")
     parser.add_argument("--versions", nargs=2, metavar=("DAY1", "DAY2"),
                         help="train on these published versions in --data-root (of an earlier run) instead of simulating")
+    parser.add_argument("--reset-optimizer", action="store_true",
+                        help="diagnostic: the warm start keeps day 1's weights but starts Adam's moments afresh "
+                             "(the nightly retraining carries them over); trains no from-scratch run: report it "
+                             "with --report on its --save rollouts joined to the from-scratch rows of a plain run")
     parser.add_argument("--save", type=Path, help="also write every rollout here (Parquet)")
-    parser.add_argument("--report", type=Path, help="only print the tables of rollouts saved with --save")
+    parser.add_argument("--report", type=Path, nargs="+", help="only print the tables of rollouts saved with --save")
     args = parser.parse_args()
-    if args.report:
-        return report(pl.read_parquet(args.report))
+    if args.report:  # several files (runs of other training seeds) are joined
+        return report(pl.concat([pl.read_parquet(p) for p in args.report], how="diagonal_relaxed"))
     if args.versions and not args.data_root:
         parser.error("--versions reads an earlier run's data: give its --data-root")
     if args.n_steps % args.checkpoints:
@@ -184,21 +191,27 @@ def main() -> None:
           f"N = {args.n_steps}, scored every {every} updates on {len(seeds)} seeds per skill", flush=True)
 
     warm_steps = int(round(args.warm_max * args.n_steps / every)) * every
-    for train_seed in range(config.seed, config.seed + args.train_seeds):
+    first = config.seed if args.first_train_seed is None else args.first_train_seed
+    for train_seed in range(first, first + args.train_seeds):
         seeded = dataclasses.replace(config, seed=train_seed)
         print(f"day 1, from scratch (training seed {train_seed}):", flush=True)
         day1 = train(tables[1], seeded, progress=False)
         if day1.instructions != instructions:
             raise SystemExit(f"day 1 lacks instructions of day 2 ({day1.instructions}): no warm start possible")
         scorer("warm", train_seed)(0, day1.algo)  # the warm start before any update on day 2: day 1's model
+        if args.reset_optimizer:  # cleared here, the optimizer state that `init_from` copies is empty
+            day1.algo.reset_optimizer_states()
         print("day 2, warm start from day 1:", flush=True)
         train(tables[2], seeded, progress=False, init_from=day1.algo, n_steps=warm_steps,
               on_epoch=scorer("warm", train_seed))
-        print("day 2, from scratch:", flush=True)
-        scratch = train(tables[2], seeded, progress=False, on_epoch=scorer("scratch", train_seed))
+        if not args.reset_optimizer:  # the from-scratch run does not depend on it: a plain run has it
+            print("day 2, from scratch:", flush=True)
+            scratch = train(tables[2], seeded, progress=False, on_epoch=scorer("scratch", train_seed))
         scores = pl.concat(rollouts).with_columns(pl.lit(grow).alias("grown_skill"), pl.lit(args.n_steps).alias("n"))
         if args.save:  # after each training seed, so that a run cut short can still be reported
             scores.write_parquet(args.save)
+    if args.reset_optimizer:
+        return
     report(scores)
     print(f"\nday 1 {day1.seconds:.0f} s, day 2 from scratch {scratch.seconds:.0f} s of training "
           f"({scratch.seconds_per_update:.3f} s/update); whole run {time.perf_counter() - started:.0f} s")
