@@ -139,16 +139,18 @@ def main() -> None:
     batches = [dataset.sample_transition_batch(args.batch) for _ in range(args.warmup + args.updates)]
     base = TrainConfig(batch_size=args.batch, instructions=INSTRUCTIONS, action_bounds=BOUNDS)
     cpu = base.encoder  # the CPU preset: 1 trailing layer, 1 state token, frozen matmuls in bf16 where fast
-    lora = f"single LoRA r{cpu.rank * cpu.n_experts}"
-    # name -> (config change, the single-LoRA row it is compared with: the same critics)
+    lora, lora_all = f"single LoRA r{cpu.rank * cpu.n_experts}", f"single LoRA r{cpu.rank * cpu.n_experts}, every net"
+    # name -> (config change, the single-LoRA row it is compared with: the transformer in the same places).
+    # The CPU preset keeps the transformer in the policy (critic_encoder "mlp"); "every net" puts it on the
+    # critics too (critic_encoder "same"); BC has no critic, so those rows are IQL only.
     variants = {
         "MLP (256, 256)": ({"encoder_type": "mlp"}, None),
         lora: ({"encoder_type": "lora"}, lora),
         "LoRA-MoE (CPU preset)": ({}, lora),
         "LoRA-MoE, fp32 frozen matmuls": ({"encoder": dataclasses.replace(cpu, compute_dtype="float32")}, lora),
         "LoRA-MoE, 2 layers, 2 tok": ({"encoder": dataclasses.replace(cpu, n_layers=2, n_state_tokens=2)}, lora),
-        f"{lora}, critics MLP": ({"encoder_type": "lora", "critic_encoder": "mlp"}, f"{lora}, critics MLP"),
-        "LoRA-MoE, critics MLP": ({"critic_encoder": "mlp"}, f"{lora}, critics MLP"),
+        lora_all: ({"encoder_type": "lora", "critic_encoder": "same"}, lora_all),
+        "LoRA-MoE, every net": ({"critic_encoder": "same"}, lora_all),
     }
 
     print(f"torch threads {torch.get_num_threads()}, batch {args.batch}, {args.updates} timed updates each, "
