@@ -38,7 +38,7 @@ def main() -> None:
 
     from foundations import landing, storage
     from foundations.targets import list_targets, load_target
-    from pipelines.assets.train import ABLATION_TABLE
+    from pipelines.assets.train import ABLATION_PAIRED_TABLE, ABLATION_TABLE
     from pipelines.runner import dagster_home, ingest_pending, run_job
     from simulator.embodiments import EMBODIMENTS, get_embodiment
 
@@ -78,6 +78,11 @@ def main() -> None:
         for row in overall.iter_rows(named=True):
             print(f"    {row['policy']:<18}{row['normalized_score']:7.1f}  [{row['ci95_low']:6.1f}, {row['ci95_high']:6.1f}]"
                   f"  ({row['episodes']} rollouts)")
+        paired = storage.read_partition(ABLATION_PAIRED_TABLE, target.name)
+        print("  paired on the same rollouts (better - worse [95 % bootstrap CI]; * = the interval excludes 0):")
+        for row in paired.iter_rows(named=True):
+            print(f"    {row['better']:<18} - {row['worse']:<18}{row['difference']:+7.1f}  "
+                  f"[{row['ci95_low']:+6.1f}, {row['ci95_high']:+6.1f}]{' *' if row['separated'] else ''}")
         per_skill = table.filter(pl.col("instruction") != "all skills").pivot(
             on="instruction", index="policy", values="normalized_score")
         print(per_skill)

@@ -326,6 +326,32 @@ def test_bootstrap_intervals_cover_the_mean_and_shrink_with_rollouts():
     assert many[1] - many[0] < few[1] - few[0]
 
 
+def test_paired_differences_see_a_gap_that_per_policy_intervals_miss():
+    from training.evaluation import paired_differences, per_skill
+
+    # Both policies share each seed's luck (sd 20); "policy" is 5 points better on every seed, "twin" the same as
+    # "baseline" but for a little noise of its own. Paraphrase rollouts are left out of the comparison.
+    rng = np.random.default_rng(1)
+    rows = []
+    for instruction in ("a", "b"):
+        for seed in range(20):
+            luck = rng.normal(50, 20)
+            for policy, score in (("baseline", luck), ("policy", luck + 5 + rng.normal(0, 1)),
+                                  ("twin", luck + rng.normal(0, 1))):
+                rows.append({"policy": policy, "instruction": instruction, "seed": seed, "progress": 0.0,
+                             "fell": False, "normalized_score": score, "phrasing": "declared"})
+    rows.append({**rows[0], "instruction": "a paraphrase", "phrasing": "paraphrase", "normalized_score": 1e6})
+    rollouts = pl.DataFrame(rows)
+    overall = {r["policy"]: r for r in per_skill(rollouts).filter(pl.col("instruction") == "all skills").iter_rows(named=True)}
+    assert overall["baseline"]["ci95_high"] > overall["policy"]["ci95_low"]  # the per-policy intervals overlap
+    paired = {(r["better"], r["worse"]): r for r in paired_differences(rollouts).iter_rows(named=True)}
+    gap = paired[("policy", "baseline")]
+    assert 4.0 < gap["ci95_low"] < gap["difference"] < gap["ci95_high"] < 6.0 and gap["separated"]
+    assert gap["rollouts"] == 40
+    [(better, worse)] = [k for k in paired if set(k) == {"baseline", "twin"}]
+    assert not paired[(better, worse)]["separated"] and paired[(better, worse)]["difference"] < 1.0
+
+
 def test_score_plot_draws_a_one_seed_interval_whose_rounding_crosses_its_mean():
     from training.evaluation import scores_png
 

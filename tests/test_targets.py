@@ -246,7 +246,7 @@ def test_ablation_variants_are_checkpoints_scored_on_the_same_seeds(catalog, dat
     and scores them side by side; curate_job leaves it out (it runs on demand)."""
     from foundations import storage
     from foundations.recipes import load_recipe
-    from pipelines.assets.train import ABLATION_TABLE, training_assets
+    from pipelines.assets.train import ABLATION_PAIRED_TABLE, ABLATION_TABLE, training_assets
     from pipelines.jobs import curate_job
     from training.checkpoints import list_checkpoints
 
@@ -271,6 +271,10 @@ def test_ablation_variants_are_checkpoints_scored_on_the_same_seeds(catalog, dat
     assert set(scores.filter(pl.col("instruction") != "all skills")["episodes"]) == {2}  # the same two seeds each
     meta = result.get_asset_materialization_events()[0].materialization.metadata
     assert "iql_lora" in meta["summary"].value and "lora" in meta["variants"].value
+    paired = storage.read_partition(ABLATION_PAIRED_TABLE, "beta")  # every pair of the three, on the same rollouts
+    per_policy = scores.filter((pl.col("instruction") != "all skills") & (pl.col("policy") == "bc_mlp"))["episodes"].sum()
+    assert paired.height == 3 and (paired["difference"] >= 0).all() and set(paired["rollouts"]) == {per_policy}
+    assert set(paired["better"]) | set(paired["worse"]) == set(overall["policy"]) and "better" in meta["paired"].value
     assert "ablation/beta" not in {k.to_user_string() for k in curate_job.selection.resolve(training_assets())}
 
     # `variants` trains and scores only those (here reusing the checkpoint); an unknown name fails, naming the known.

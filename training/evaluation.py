@@ -161,6 +161,35 @@ def per_skill(rollouts: pl.DataFrame) -> pl.DataFrame:
     ).sort("policy", "instruction")
 
 
+def paired_differences(rollouts: pl.DataFrame) -> pl.DataFrame:
+    """Every pair of policies compared rollout by rollout on the declared skills.
+
+    For each pair, `better` minus `worse` (the higher mean first) of the normalized score on the
+    same (instruction, seed): the mean over skills of the per-skill mean difference, its 95 %
+    bootstrap interval stratified by skill, and `separated` when the interval excludes 0. Pairing
+    removes what both policies share on a seed (an easy start, a hard target), so these intervals
+    are narrower than the gap between two per-policy intervals. They resample rollouts, not
+    training runs: a second training seed can move a difference by more than its interval.
+    """
+    if "phrasing" in rollouts.columns:
+        rollouts = rollouts.filter(pl.col("phrasing") == "declared")
+    wide = rollouts.pivot(on="policy", index=["instruction", "seed"], values="normalized_score").drop_nulls()
+    policies = sorted(set(rollouts["policy"].unique()) & set(wide.columns))
+    by_skill = wide.partition_by("instruction", as_dict=False)
+    rows = []
+    for i, a in enumerate(policies):
+        for b in policies[i + 1:]:
+            groups = [(g[a] - g[b]).to_numpy() for g in by_skill]
+            mean = float(np.mean([d.mean() for d in groups]))
+            better, worse, sign = (a, b, 1.0) if mean >= 0 else (b, a, -1.0)
+            low, high = sorted(sign * x for x in bootstrap_ci(groups))
+            rows.append({"better": better, "worse": worse, "difference": sign * mean, "ci95_low": low,
+                         "ci95_high": high, "separated": low > 0, "rollouts": int(sum(len(d) for d in groups))})
+    schema = {"better": pl.String, "worse": pl.String, "difference": pl.Float64, "ci95_low": pl.Float64,
+              "ci95_high": pl.Float64, "separated": pl.Boolean, "rollouts": pl.Int64}
+    return pl.DataFrame(rows, schema=schema).sort("difference", descending=True)
+
+
 def scores_png(table: pl.DataFrame) -> bytes:
     """Normalized score per instruction and policy with 95 % bootstrap intervals (a `per_skill` table)."""
     import matplotlib

@@ -337,6 +337,7 @@ def _checkpoint_asset(target: Target, role: str, dataset: str, algorithm: str) -
 
 
 ABLATION_TABLE = "ablation"  # lake table, one partition per target
+ABLATION_PAIRED_TABLE = "ablation_paired"  # every pair of variants, rollout by rollout (same partitions)
 ABLATION_GROUP = "ablation"  # outside curate_job: run on demand (job ablate_<target>, the UI, the benchmark)
 
 
@@ -350,7 +351,7 @@ class AblationConfig(TrainingConfig):
 
 def ablate_target(context: dg.AssetExecutionContext, target: Target, config: AblationConfig) -> dg.MaterializeResult:
     """Train (or reuse) every variant of `target.ablation` and score them on the same seeds."""
-    from training.evaluation import per_skill, scores_png
+    from training.evaluation import paired_differences, per_skill, scores_png
 
     chosen = dict(target.ablation)
     if config.variants is not None:
@@ -377,6 +378,8 @@ def ablate_target(context: dg.AssetExecutionContext, target: Target, config: Abl
     rollouts, not_evaluated = _rollouts(context, target, evaluation, paths, paraphrase=False)
     table = per_skill(rollouts)
     storage.write_partition(table, ABLATION_TABLE, target.name)
+    paired = paired_differences(rollouts)
+    storage.write_partition(paired, ABLATION_PAIRED_TABLE, target.name)
     overall = (table.filter(pl.col("instruction") == "all skills")
                .select(pl.col("policy").alias("variant"), "normalized_score", "ci95_low", "ci95_high", "episodes"))
     summary = variants.join(overall, on="variant", how="left").drop("checkpoint")
@@ -384,6 +387,7 @@ def ablate_target(context: dg.AssetExecutionContext, target: Target, config: Abl
         **metadata,
         "summary": md_table(summary),
         "per_skill": md_table(table),
+        "paired": md_table(paired),
         **png_metadata(scores_png(table), f"{target.name}_ablation_scores"),
         "not_evaluated": dg.MetadataValue.json(not_evaluated),
     })
@@ -400,7 +404,7 @@ def ablation_asset(target: Target) -> dg.AssetsDefinition:
         retry_policy=RETRY,
         description=f"Ablation of target {target.name}: variants {', '.join(target.ablation)} "
         f"({_where(target)}, key ablation), each a checkpoint <target>-ablation-<variant>, scored on the same seeds "
-        "with 95 % bootstrap intervals.",
+        "with 95 % bootstrap intervals, and every pair of variants compared rollout by rollout (metadata `paired`).",
         kinds={"pytorch", "d3rlpy"},
         tags={"target": target.name},
     )
