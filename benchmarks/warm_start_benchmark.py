@@ -24,8 +24,8 @@ the 95 % interval of the paired (same seed) difference.
 
     OMP_NUM_THREADS=1 nice -n 5 python benchmarks/warm_start_benchmark.py --embodiment ant --n-steps 1000 --seeds 6
     OMP_NUM_THREADS=1 nice -n 5 python benchmarks/warm_start_benchmark.py --embodiment ant --episodes 72 \
-        --held-back 0.8 --n-steps 2000 --checkpoints 4 --warm-max 0.5 --seeds 10 --data-root /tmp/w/ant
-    (then, on the same data: --data-root /tmp/w/ant --versions 1.0.0 1.1.0 --train-seeds 4)
+        --held-back 0.8 --n-steps 2000 --checkpoints 4 --warm-max 0.5 --seeds 10 --data-root runs/warm-ant
+    (then, on the same data: --data-root runs/warm-ant --versions 1.0.0 1.1.0 --train-seeds 4)
     (data and Dagster runs go to a fresh temporary folder unless --data-root names one)
 """
 from __future__ import annotations
