@@ -35,28 +35,22 @@ instruction's progress measure is. Components (columns of `score_episodes`):
   much progress it made per unit of actuation, whether it paused mid-task, and whether its motion
   went the instructed way.
 
-quality_score is the weighted mean of the components that are not null, with
-DEFAULT_WEIGHTS; weights passed in override the defaults per component, and a weight of 0 drops
-a component. The weights were fitted (benchmarks/score_weights.py) by a rank search: hill climbs
-on a 0.05 grid from random starting weights, maximising the mean plus half the minimum of the
-AUROCs (expert and medium against the other operators) over simulated fleets of every embodiment
-that the pipeline benchmark refuses to report: seeds 5 and 7 with the demo operators, seeds 101,
-202, 303 and 404 with the hard operators (smooth wrong-skill, weak, wandering, hesitant) and noisy,
-drifting odometry; the best climbs' weights, averaged; DEFAULT_WEIGHTS are one such fit rounded
-to two decimals (the script prints its fit beside them). The fit scores the fleets as the
-pipeline does, with the nominal length from the robot profile. Fitted with one seed held out, the
-weights scored the held-out seed about as well as the seeds they were fitted on. When stillness
-became a majority vote (`quality.temporal`), a refit scored the tuning fleets no better (mean AUROC
-0.981 with the refit and with these weights) and their hard Ant fleets a little worse, so these
-weights were kept. Hesitation,
-saturation and progress weigh most; smoothness little, because it rates a smooth operator doing
-the wrong task as good, and efficiency little, because a noisy but competent operator spends
-more actuation for the same progress.
+quality_score combines the components. By default it is the estimated probability that a competent
+operator (expert or medium) produced the episode, from boosted trees over the components that are
+monotone increasing in each (`quality.score_model`: why trees, how they were fitted, on which
+simulated fleets; `benchmarks/fit_score.py` refits them). A run that passes `weights` gets their
+weighted mean instead: the components that are not null, each weight overriding DEFAULT_WEIGHTS, a
+weight of 0 dropping a component. DEFAULT_WEIGHTS were fitted by a rank search on the first six tuning
+fleets (`benchmarks/fit_score.py --weights`); hesitation, saturation and progress weigh most, smoothness
+little, because it rates a smooth operator doing the wrong task as good, and efficiency little, because
+a noisy but competent operator spends more actuation for the same progress.
 
-Every score comes with `lowest_component`, the component that lowered it most (largest
-weight x (1 - value)), and a short `explanation` naming it, its value and what it means.
-Each episode's leading and trailing idle steps (`quality.temporal.idle_trims`) are recorded
-beside its scores: idle_start_steps, idle_start_s, idle_end_steps, idle_end_s.
+Every score comes with `lowest_component`, the component that lowered it most: the one whose raise to 1
+(the others as they are) would raise the score most, which for a weighted mean is the largest
+weight x (1 - value); and a short `explanation` naming it, its value, the score it would then have and
+what a low value means. Each episode's leading and trailing idle steps
+(`quality.temporal.idle_trims`) are recorded beside its scores: idle_start_steps, idle_start_s,
+idle_end_steps, idle_end_s.
 
 The jerk scales were calibrated on the simulated quadruped fleet (20 Hz torque commands in
 [-1, 1]): action jerk of a 1 Hz gait at amplitude 0.6 is about 0.04 and of uniform random
@@ -65,25 +59,25 @@ commands about 1.4; joint jerk of stable gaits 50 to 1000 rad/s^3, of random fla
 """
 from __future__ import annotations
 
-import functools
 import io
 import math
-import operator
 from typing import Mapping
 
+import numpy as np
 import polars as pl
 
 from foundations.geometry import wrap_angle
 from foundations.profile import RobotProfile
 from foundations.progress import episode_progress, profile_slice, step_progress, vector_norm
 from foundations.schema import ACTION
+from quality.score_model import load_score_model
 from quality.temporal import (
     IDLE_ACTION, IDLE_EE_SPEED, IDLE_JOINT_SPEED, IDLE_SPEED, IDLE_YAW_RATE, TEMPORAL_COMPONENTS, idle_trims,
     still_steps, temporal_components,
 )
 
 __all__ = [
-    "COMPONENTS", "DEFAULT_WEIGHTS", "HINTS", "TRIM_COLUMNS", "episode_progress", "idle_trims", "lowest_scores",
+    "COMPONENTS", "DEFAULT_WEIGHTS", "HINTS", "TRIM_COLUMNS", "combine", "episode_progress", "idle_trims", "lowest_scores",
     "score_episodes", "score_histogram_png", "step_progress",
 ]
 
@@ -114,7 +108,10 @@ SATURATION_MARGIN = 0.01  # fraction of the action range
 _EP = "episode_id"
 
 
-def _weights(weights: Mapping[str, float] | None) -> dict[str, float]:
+def _weights(weights: Mapping[str, float] | None) -> dict[str, float] | None:
+    """None (the model combines the components), or DEFAULT_WEIGHTS overridden by `weights`, checked."""
+    if weights is None:
+        return None
     merged = {**DEFAULT_WEIGHTS, **(weights or {})}
     unknown = sorted(set(merged) - set(COMPONENTS))
     if unknown:
@@ -245,16 +242,12 @@ def score_episodes(
         completeness=pl.when(pl.col("terminal")).then(0.0)
         .otherwise((pl.col("n_steps") / pl.col("nominal")).clip(0.0, 1.0)),
     )
-    # Summed in COMPONENTS order by plain additions: with sum_horizontal the last bit of a score
-    # varied between runs, and published versions are content-addressed.
-    weighted = functools.reduce(operator.add, [(pl.col(c) * w[c]).fill_null(0.0) for c in COMPONENTS])
-    total_weight = functools.reduce(
-        operator.add, [pl.when(pl.col(c).is_not_null()).then(w[c]).otherwise(0.0) for c in COMPONENTS])
-    quality = pl.when(total_weight > 0).then(weighted / total_weight)
-    components = scored.join(over_time.lazy(), on=_EP, how="left").collect()
+    components = scored.join(over_time.lazy(), on=_EP, how="left").collect().with_columns(
+        pl.col(*COMPONENTS).cast(pl.Float64))
+    x = components.select(COMPONENTS).to_numpy().astype(np.float64)  # null -> NaN
     return (
-        components.with_columns(pl.col(*COMPONENTS).cast(pl.Float64)).with_columns(quality_score=quality)
-        .with_columns(**_explain(w))
+        components.with_columns(quality_score=pl.Series(combine(x, w), dtype=pl.Float64).fill_nan(None))
+        .hstack(_explain(x, w))
         .join(trims, on=_EP, how="left")
         .select(_EP, "language_instruction", "n_steps", *COMPONENTS, "quality_score", "lowest_component",
                 "explanation", "progress_raw", "progress_note", "action_jerk", "joint_jerk", "idle_fraction",
@@ -265,21 +258,62 @@ def score_episodes(
     )
 
 
+def combine(x: np.ndarray, weights: Mapping[str, float] | None = None) -> np.ndarray:
+    """quality_score of each row of a components matrix (columns in COMPONENTS order, NaN for null):
+    the score model's probability, or with `weights` (as checked by score_episodes) their weighted mean of
+    the components that are not null (NaN when none is)."""
+    if weights is None:
+        return load_score_model().probability(x)
+    return _ranking(x, weights)
+
+
+def _ranking(x: np.ndarray, weights: Mapping[str, float] | None) -> np.ndarray:
+    """What orders the scores without saturating: the model's log-odds, or the weighted mean itself."""
+    if weights is None:
+        return load_score_model().log_odds(x)
+    weighted, total = np.zeros(len(x)), np.zeros(len(x))
+    # Summed in COMPONENTS order by plain additions: published versions are content-addressed, so the
+    # last bit of a score must not vary between runs.
+    for i, c in enumerate(COMPONENTS):
+        present = ~np.isnan(x[:, i])
+        weighted = weighted + np.where(present, x[:, i] * weights[c], 0.0)
+        total = total + np.where(present, weights[c], 0.0)
+    return np.where(total > 0, weighted / np.where(total > 0, total, 1.0), np.nan)
+
+
 _TEMPORAL_RAW = ("forward_progress", "other_progress", "effort", "idle_inside")
 
 
-def _explain(w: dict[str, float]) -> dict[str, pl.Expr]:
-    """lowest_component (largest weight x (1 - value); the first in COMPONENTS on ties) and explanation."""
-    cost = {c: (w[c] * (1.0 - pl.col(c))) for c in COMPONENTS if w[c] > 0}
-    worst = pl.max_horizontal(list(cost.values()))
-    lowest = pl.coalesce([pl.when(cost[c] == worst).then(pl.lit(c)) for c in cost])
-    text = pl.lit(None, pl.String)
-    for c in reversed(list(cost)):
-        text = pl.when(lowest == c).then(pl.concat_str([
-            pl.lit(f"{c} "), pl.col(c).round(2).cast(pl.String), pl.lit(f" (weight {w[c]:g}): {HINTS[c]}")])
-        ).otherwise(text)
-    text = pl.when(worst <= 1e-9).then(pl.lit("every component at 1")).otherwise(text)
-    return {"lowest_component": lowest, "explanation": text}
+def _explain(x: np.ndarray, w: dict[str, float] | None) -> pl.DataFrame:
+    """lowest_component: the component whose raise to 1, the others as they are, would raise the score
+    most (the first in COMPONENTS on ties; null when none is measured); its explanation gives the score
+    it would then have. Compared in log-odds, where a model's near-0 and near-1 scores still differ."""
+    base = _ranking(x, w)
+    raised_rank = np.full(x.shape, -np.inf)
+    raised_score = np.full(x.shape, np.nan)
+    for i in range(x.shape[1]):
+        present = ~np.isnan(x[:, i])
+        raised = x.copy()
+        raised[present, i] = 1.0
+        raised_rank[:, i] = np.where(present, _ranking(raised, w), -np.inf)
+        raised_score[:, i] = combine(raised, w)
+    rows = np.arange(len(x))
+    lowest = raised_rank.argmax(axis=1)
+    measured = np.isfinite(raised_rank[rows, lowest]) & np.isfinite(base)
+    gains = np.where(measured, raised_rank[rows, lowest] - base, np.nan)
+    return pl.DataFrame({
+        "lowest_component": pl.Series(np.where(measured, np.array(COMPONENTS, dtype=object)[lowest], None),
+                                      dtype=pl.String),
+        "_value": np.where(measured, x[rows, lowest], np.nan),
+        "_then": np.where(measured, raised_score[rows, lowest], np.nan), "_gain": gains,
+    }).fill_nan(None).select(
+        "lowest_component",
+        explanation=pl.when(pl.col("_gain") <= 1e-9).then(pl.lit("no single component would raise the score"))
+        .otherwise(pl.concat_str([
+            pl.col("lowest_component"), pl.lit(" "), pl.col("_value").round(2).cast(pl.String),
+            pl.lit(" (at 1 the score would be "), pl.col("_then").round(2).cast(pl.String), pl.lit("): "),
+            pl.col("lowest_component").replace_strict(HINTS, default=None)])),
+    )
 
 
 def lowest_scores(scores: pl.DataFrame, n: int = 10) -> pl.DataFrame:

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from foundations.profile import load_profile
 from foundations.schema import ACTION
+from quality.score_model import load_score_model
 from quality.scores import (
     COMPONENTS,
     DEFAULT_WEIGHTS,
@@ -117,13 +118,13 @@ def test_hesitation_and_saturation_lower_their_components(scores):
     assert bang["quality_score"] < _row(scores, "walker")["quality_score"]
 
 
-def test_quality_score_is_the_weighted_mean_of_present_components(fleet, scores):
+def test_passed_weights_give_the_weighted_mean_of_present_components(fleet):
     weights = {**{c: 0.0 for c in COMPONENTS}, "progress": 1.0, "idle": 1.0}
     custom = score_episodes(fleet, ANT, weights=weights)
     hesitant = _row(custom, "hesitant")
     assert hesitant["quality_score"] == pytest.approx((hesitant["progress"] + hesitant["idle"]) / 2)
-    # With the defaults, a null progress drops out and the other weights are renormalised.
-    dancer = _row(scores, "dancer")
+    # Empty weights are DEFAULT_WEIGHTS: a null progress drops out and the other weights are renormalised.
+    dancer = _row(score_episodes(fleet, ANT, weights={}), "dancer")
     rest = [c for c in COMPONENTS if dancer[c] is not None]
     assert "progress" not in rest and "on_task" not in rest  # both need the instruction's skill
     expected = sum(DEFAULT_WEIGHTS[c] * dancer[c] for c in rest) / sum(DEFAULT_WEIGHTS[c] for c in rest)
@@ -132,6 +133,25 @@ def test_quality_score_is_the_weighted_mean_of_present_components(fleet, scores)
         score_episodes(fleet, ANT, weights={"speed": 1.0})
     with pytest.raises(ValueError, match="must be finite and >= 0"):
         score_episodes(fleet, ANT, weights={"progress": -1.0})
+
+
+def test_the_default_score_is_the_shipped_model_and_monotone_in_every_component(scores):
+    model = load_score_model()
+    assert model.components == COMPONENTS and model.value.shape[0] > 0
+    x = scores.select(COMPONENTS).to_numpy().astype(float)
+    assert scores["quality_score"].to_numpy() == pytest.approx(model.probability(x), abs=1e-12)
+    # Raising any one component (nulls stay null) never lowers a score, on these episodes and on random ones.
+    rng = np.random.default_rng(0)
+    grid = np.vstack([x, rng.uniform(0, 1, (500, len(COMPONENTS)))])
+    grid[rng.uniform(size=grid.shape) < 0.1] = np.nan
+    base = model.log_odds(grid)
+    for i in range(len(COMPONENTS)):
+        raised = grid.copy()
+        raised[:, i] = np.where(np.isnan(grid[:, i]), np.nan, np.minimum(1.0, grid[:, i] + 0.2))
+        assert (model.log_odds(raised) >= base - 1e-12).all(), COMPONENTS[i]
+    assert np.ptp(base) > 1.0  # it separates, it is not flat
+    with pytest.raises(ValueError, match="components"):
+        model.probability(x[:, :3])
 
 
 def test_nominal_steps_and_bad_profiles(fleet):

@@ -1,10 +1,12 @@
 """Time-aware score components, idle trims and explanations on hand-built legged and arm episodes."""
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 import pytest
 
 from foundations.profile import load_profile
+from quality.score_model import load_score_model
 from quality.scores import COMPONENTS, DEFAULT_WEIGHTS, HINTS, lowest_scores, score_episodes
 from quality.temporal import TEMPORAL_COMPONENTS, idle_trims, still_steps, temporal_components
 from synthetic_episodes import DT, PAUSE, arm_episode, arm_profile, episode, table
@@ -15,9 +17,8 @@ NOISE = 0.02  # m and rad of odometry noise, with drift: ten times what a still 
 ARM_N = 100  # 5 s, the arm fleet's nominal length
 
 
-@pytest.fixture(scope="module")
-def legged() -> pl.DataFrame:
-    eps = table(
+def legged_table() -> pl.DataFrame:
+    return table(
         episode("walker", "walker"),
         episode("turn_left", "wrong_skill", instruction="walk forward"),  # smooth, but another skill
         episode("weak", "weak"),
@@ -28,7 +29,11 @@ def legged() -> pl.DataFrame:
         episode("idle", "noisy_idle", odometry_noise=NOISE),
         episode("paused", "noisy_paused", odometry_noise=NOISE),
     )
-    return score_episodes(eps, ANT, nominal_steps=200)
+
+
+@pytest.fixture(scope="module")
+def legged() -> pl.DataFrame:
+    return score_episodes(legged_table(), ANT, nominal_steps=200)
 
 
 @pytest.fixture(scope="module")
@@ -178,15 +183,44 @@ def test_idle_trims_record_steps_and_seconds_at_each_end():
     assert reached["idle_end_steps"] == 0
 
 
+def _raised(row: dict, score) -> dict[str, float]:
+    """The score with each measured component raised to 1, the others as they are."""
+    x = np.array([[np.nan if row[c] is None else row[c] for c in COMPONENTS]])
+    out = {}
+    for i, c in enumerate(COMPONENTS):
+        if row[c] is not None:
+            raised = x.copy()
+            raised[0, i] = 1.0
+            out[c] = float(score(raised)[0])
+    return out
+
+
 def test_explanations_name_the_component_that_cost_most(legged):
+    model = load_score_model()
     for row in legged.iter_rows(named=True):
+        odds = _raised(row, model.log_odds)
+        assert odds[row["lowest_component"]] == pytest.approx(max(odds.values()))
+        if "no single component" not in row["explanation"]:
+            assert row["explanation"].startswith(row["lowest_component"] + " ")
+            assert HINTS[row["lowest_component"]] in row["explanation"]
+            then = _raised(row, model.probability)[row["lowest_component"]]
+            assert f"at 1 the score would be {round(then, 2)})" in row["explanation"]
+    # What a curator would say: standing, pausing, another skill, too slow.
+    assert _row(legged, "paused")["lowest_component"] == "hesitation"
+    assert _row(legged, "idle")["lowest_component"] in ("on_task", "hesitation")
+    assert _row(legged, "wrong_skill")["lowest_component"] in ("on_task", "specificity", "progress")
+    assert _row(legged, "weak")["lowest_component"] in ("on_task", "progress")
+    assert _row(legged, "walker")["explanation"] == "no single component would raise the score"
+    # With weights, the largest weight x (1 - value) is named, with the weighted mean it would then have.
+    weighted = score_episodes(legged_table(), ANT, weights={}, nominal_steps=200)
+    for row in weighted.iter_rows(named=True):
         cost = {c: DEFAULT_WEIGHTS[c] * (1 - row[c]) for c in COMPONENTS if row[c] is not None}
         assert cost[row["lowest_component"]] == pytest.approx(max(cost.values()))
-        assert row["explanation"].startswith(row["lowest_component"] + " ")
-        assert HINTS[row["lowest_component"]] in row["explanation"]
-    wrong = _row(legged, "wrong_skill")
+    wrong = _row(weighted, "wrong_skill")
+    measured = sum(DEFAULT_WEIGHTS[c] for c in COMPONENTS if wrong[c] is not None)
+    then = wrong["quality_score"] + DEFAULT_WEIGHTS["progress"] / measured
     assert wrong["lowest_component"] == "progress"
-    assert f"progress 0.0 (weight {DEFAULT_WEIGHTS['progress']:g})" in wrong["explanation"]
+    assert f"progress 0.0 (at 1 the score would be {round(then, 2)})" in wrong["explanation"]
     lowest = lowest_scores(legged, 3)
     assert lowest.columns == ["episode_id", "language_instruction", "quality_score", "lowest_component", "explanation"]
     assert lowest["quality_score"].is_sorted() and lowest.height == 3

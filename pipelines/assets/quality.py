@@ -239,7 +239,8 @@ def promote_validation(context: dg.AssetExecutionContext, data_root: DataRoot):
 
 
 class ScoreConfig(dg.Config):
-    """Weights of the score components; None keeps the documented defaults of quality.scores."""
+    """None: the shipped score model combines the components (quality.score_model). A mapping (even
+    empty): their weighted mean instead, these weights overriding quality.scores.DEFAULT_WEIGHTS."""
 
     weights: Optional[dict[str, float]] = None
 
@@ -250,7 +251,8 @@ class ScoreConfig(dg.Config):
     deps=["validated_episodes"],
     description="Per-episode quality in [0, 1]: progress toward the instruction, what the robot did over "
     "time (on task, the instructed skill rather than another, efficiency, pauses, consistency), smoothness, "
-    "idle time, saturation and completeness, their weighted combination, and the component that lowered "
+    "idle time, saturation and completeness, combined into the estimated probability that a competent operator "
+    "produced the episode (monotone boosted trees; or a weighted mean of given weights), and the component that lowered "
     "each score most. Also writes `idle_trims`: each episode's leading and trailing idle steps.",
     kinds={"polars", "parquet"},
 )
