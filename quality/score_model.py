@@ -9,13 +9,14 @@ needs no scikit-learn and gives the same bits on every run.
 
 Why trees and not a weighted mean: an episode is only as good as its weakest aspect, and how much
 one component matters depends on the others (a short pause costs little in an episode that reached
-its target, much in one that did not). On the tuning fleets, fitted with each seed left out, the
-trees separated the operators better than the best weighted mean on the legged fleets and as well
-on the arm fleets (the fit script prints the figures). Every tree is constrained to be monotone
-increasing in every component, so raising a component never lowers a score: the model can weigh
-and combine the components, but it cannot learn that jerky or idle is good from a simulator's quirk.
-A component that is null (not measurable for this episode) follows the branch the fit chose for
-missing values.
+its target, much in one that did not). Every tree is monotone increasing in every component, so
+raising a component never lowers a score: the model weighs and combines the components, but cannot
+learn that jerky or idle is good from a simulator's quirk. A component's scale is a calibration that
+another robot bends, so the fit also saw copies of every fleet with each component raised to a random
+power; without them the trees learnt sharp thresholds of the simulated fleets. Fitted with each tuning
+seed left out, the trees separated the legged fleets' operators better than the weighted mean and the
+arm's about as well (the fit script's docstring has the figures). A component that is null (not
+measurable for this episode) follows the branch the fit chose for missing values.
 """
 from __future__ import annotations
 
