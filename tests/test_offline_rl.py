@@ -321,6 +321,9 @@ def test_bootstrap_intervals_cover_the_mean_and_shrink_with_rollouts():
     assert (table["normalized_score"] < table["ci95_high"]).all()
     overall = {r["policy"]: r for r in table.filter(pl.col("instruction") == "all skills").iter_rows(named=True)}
     assert overall["baseline"]["ci95_high"] < overall["policy"]["ci95_low"]
+    # The same rollouts in another row order give the same intervals, to the bit.
+    shuffled = per_skill(pl.DataFrame(rows).sample(fraction=1.0, shuffle=True, seed=3))
+    assert shuffled.select("ci95_low", "ci95_high").equals(table.select("ci95_low", "ci95_high"))
     few = bootstrap_ci([rng.normal(0, 20, 5)])
     many = bootstrap_ci([rng.normal(0, 20, 80)])
     assert many[1] - many[0] < few[1] - few[0]
@@ -348,6 +351,8 @@ def test_paired_differences_see_a_gap_that_per_policy_intervals_miss():
     gap = paired[("policy", "baseline")]
     assert 4.0 < gap["ci95_low"] < gap["difference"] < gap["ci95_high"] < 6.0 and gap["separated"]
     assert gap["rollouts"] == 40
+    again = paired_differences(rollouts.sample(fraction=1.0, shuffle=True, seed=3))
+    assert again.sort("better", "worse").equals(paired_differences(rollouts).sort("better", "worse"))
     [(better, worse)] = [k for k in paired if set(k) == {"baseline", "twin"}]
     assert not paired[(better, worse)]["separated"] and paired[(better, worse)]["difference"] < 1.0
 

@@ -147,8 +147,11 @@ def per_skill(rollouts: pl.DataFrame) -> pl.DataFrame:
                       .otherwise(pl.lit("all paraphrases")).alias("instruction"))
     )
     table = pl.concat([by_skill, overall.select(by_skill.columns)])
+    # Groups in a fixed order (and rollouts by seed within them), so that the seeded bootstrap gives the
+    # same interval however the rollouts' rows arrive.
+    ordered = rollouts.sort("policy", "instruction", "phrasing", *(["seed"] if "seed" in rollouts.columns else []))
     scores = {key: group["normalized_score"].to_numpy()
-              for key, group in rollouts.group_by("policy", "instruction", "phrasing")}
+              for key, group in ordered.group_by("policy", "instruction", "phrasing", maintain_order=True)}
     intervals = []
     for policy, instruction, phrasing in table.select("policy", "instruction", "phrasing").iter_rows():
         if instruction in ("all skills", "all paraphrases"):
@@ -173,7 +176,8 @@ def paired_differences(rollouts: pl.DataFrame) -> pl.DataFrame:
     """
     if "phrasing" in rollouts.columns:
         rollouts = rollouts.filter(pl.col("phrasing") == "declared")
-    wide = rollouts.pivot(on="policy", index=["instruction", "seed"], values="normalized_score").drop_nulls()
+    wide = (rollouts.pivot(on="policy", index=["instruction", "seed"], values="normalized_score").drop_nulls()
+            .sort("instruction", "seed"))  # a fixed order, so the seeded bootstrap does not depend on row order
     policies = sorted(set(rollouts["policy"].unique()) & set(wide.columns))
     by_skill = wide.partition_by("instruction", as_dict=False)
     rows = []
