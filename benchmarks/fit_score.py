@@ -150,6 +150,8 @@ def fit_model(fleets, copies: int = AUGMENT_COPIES, spread: float = AUGMENT_SPRE
 
 def export_model(model, components: tuple[str, ...], fitted: dict) -> dict:
     """The trees as plain lists for quality.score_model (leaf values carry the learning rate already)."""
+    # scikit-learn has no public accessor for a fitted tree's nodes; the write step checks the export
+    # against predict_proba, so a change in these private attributes fails loudly, not silently.
     trees = []
     for (predictor,) in model._predictors:  # one predictor per iteration for a binary classifier
         nodes = predictor.nodes

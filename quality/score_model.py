@@ -88,7 +88,11 @@ class ScoreModel:
 
     def probability(self, x: np.ndarray) -> np.ndarray:
         """The score: 1 / (1 + exp(-log_odds)), in (0, 1)."""
-        return 1.0 / (1.0 + np.exp(-self.log_odds(x)))
+        return self.to_probability(self.log_odds(x))
+
+    @staticmethod
+    def to_probability(log_odds: np.ndarray) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-log_odds))
 
 
 @functools.cache

@@ -245,9 +245,10 @@ def score_episodes(
     components = scored.join(over_time.lazy(), on=_EP, how="left").collect().with_columns(
         pl.col(*COMPONENTS).cast(pl.Float64))
     x = components.select(COMPONENTS).to_numpy().astype(np.float64)  # null -> NaN
+    ranking = _ranking(x, w)
     return (
-        components.with_columns(quality_score=pl.Series(combine(x, w), dtype=pl.Float64).fill_nan(None))
-        .hstack(_explain(x, w))
+        components.with_columns(quality_score=pl.Series(_score(ranking, w), dtype=pl.Float64).fill_nan(None))
+        .hstack(_explain(x, w, ranking))
         .join(trims, on=_EP, how="left")
         .select(_EP, "language_instruction", "n_steps", *COMPONENTS, "quality_score", "lowest_component",
                 "explanation", "progress_raw", "progress_note", "action_jerk", "joint_jerk", "idle_fraction",
@@ -262,9 +263,12 @@ def combine(x: np.ndarray, weights: Mapping[str, float] | None = None) -> np.nda
     """quality_score of each row of a components matrix (columns in COMPONENTS order, NaN for null):
     the score model's probability, or with `weights` (as checked by score_episodes) their weighted mean of
     the components that are not null (NaN when none is)."""
-    if weights is None:
-        return load_score_model().probability(x)
-    return _ranking(x, weights)
+    return _score(_ranking(x, weights), weights)
+
+
+def _score(ranking: np.ndarray, weights: Mapping[str, float] | None) -> np.ndarray:
+    """The score from what `_ranking` gives: the model's log-odds as a probability; a weighted mean as it is."""
+    return load_score_model().to_probability(ranking) if weights is None else ranking
 
 
 def _ranking(x: np.ndarray, weights: Mapping[str, float] | None) -> np.ndarray:
@@ -284,19 +288,20 @@ def _ranking(x: np.ndarray, weights: Mapping[str, float] | None) -> np.ndarray:
 _TEMPORAL_RAW = ("forward_progress", "other_progress", "effort", "idle_inside")
 
 
-def _explain(x: np.ndarray, w: dict[str, float] | None) -> pl.DataFrame:
+def _explain(x: np.ndarray, w: dict[str, float] | None, base: np.ndarray) -> pl.DataFrame:
     """lowest_component: the component whose raise to 1, the others as they are, would raise the score
     most (the first in COMPONENTS on ties; null when none is measured); its explanation gives the score
-    it would then have. Compared in log-odds, where a model's near-0 and near-1 scores still differ."""
-    base = _ranking(x, w)
+    it would then have. Compared in log-odds (`base`: the episodes' own `_ranking`), where a model's
+    near-0 and near-1 scores still differ."""
     raised_rank = np.full(x.shape, -np.inf)
     raised_score = np.full(x.shape, np.nan)
     for i in range(x.shape[1]):
         present = ~np.isnan(x[:, i])
         raised = x.copy()
         raised[present, i] = 1.0
-        raised_rank[:, i] = np.where(present, _ranking(raised, w), -np.inf)
-        raised_score[:, i] = combine(raised, w)
+        rank = _ranking(raised, w)
+        raised_rank[:, i] = np.where(present, rank, -np.inf)
+        raised_score[:, i] = _score(rank, w)
     rows = np.arange(len(x))
     lowest = raised_rank.argmax(axis=1)
     measured = np.isfinite(raised_rank[rows, lowest]) & np.isfinite(base)
