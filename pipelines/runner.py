@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from pathlib import Path
 
 import dagster as dg
@@ -15,6 +16,9 @@ from foundations import storage
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REPO_DAGSTER_YAML = REPO_ROOT / "dagster.yaml"
+# Who runs an in-process run: a run whose process is gone (killed, out of memory) is released by the next one.
+PID_TAG, HOST_TAG = "robocurate/pid", "robocurate/host"
+IN_PROGRESS = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
 
 
 def dagster_home() -> Path:
@@ -43,16 +47,47 @@ def run_job(
     `resources` and `ops` configure this run, e.g. resources={"referee": {"segment_steps": 40}},
     ops={"policy__<target>": {"n_steps": 200}} (op names are the asset keys joined by "__").
     """
+    release_dead_runs(instance)
     result = defs.resolve_job_def(name).execute_in_process(
         instance=instance,
         partition_key=partition_key,
         raise_on_error=False,
         run_config=_run_config(log_level, resources, ops),
+        tags={PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()},
     )
     if not result.success:
         failed = [e.step_key for e in result.all_events if e.is_step_failure]
         raise RuntimeError(f"{name} failed (steps: {', '.join(failed) or 'see the Dagster UI'}); run `robocurate dev` to inspect")
     return result
+
+
+def release_dead_runs(instance: dg.DagsterInstance) -> list[str]:
+    """Mark failed the in-process runs of this machine whose process has ended, and free their pool slots.
+
+    A run killed mid-step (SIGKILL, out of memory) keeps its status and its slot in the "training" pool
+    (dagster.yaml: one at a time), so every later training would wait for it forever, silently; without a
+    daemon nothing else frees it. Runs of live processes, of other machines and of the daemon are left alone.
+    Returns the ids released."""
+    released = []
+    runs = instance.get_runs(filters=dg.RunsFilter(statuses=IN_PROGRESS, tags={HOST_TAG: socket.gethostname()}))
+    for run in runs:
+        pid = int(run.tags.get(PID_TAG, "0"))
+        if pid and not _alive(pid):
+            instance.report_run_failed(run, message=f"its process ({pid}) ended before the run did; released by "
+                                                    f"pid {os.getpid()}")
+            instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+            released.append(run.run_id)
+    return released
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _run_config(log_level: str, resources: dict | None, ops: dict | None) -> dict:
