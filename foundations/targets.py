@@ -58,6 +58,9 @@ class Training(_Strict):
     # new version starts from the previous one's weights and trains this share of n_steps; null: always
     # from scratch.
     warm_start_share: Optional[float] = Field(0.5, gt=0, le=1)
+    # Decay of the moving average of the policy's weights each run ends with (training.policy_average);
+    # 0: the last update's weights; None: TrainConfig's default.
+    policy_ema: Optional[float] = Field(None, ge=0, lt=1)
 
 
 class Evaluation(_Strict):

@@ -18,6 +18,7 @@ from training.checkpoints import (
 )
 from training.lora_moe import LoRAMoEEncoderFactory, adapter_state_dict
 from training.offline_rl import TrainConfig, build_mdp_dataset, policy_actions, split_trainable, train
+from training.policy_average import PolicyAverage, policy_module
 from test_publish import do_publish, make_episodes, write_recipe
 from training_tables import INSTRUCTIONS, episode_table, tiny_bert_dir
 
@@ -128,6 +129,44 @@ def test_train_bc_and_iql_and_report_rejections(tiny_dir):
     states = np.stack(table[STATE].to_list()[:5])
     actions = policy_actions(bc.algo, states, ["walk forward"], bc.instructions)
     assert actions.shape == (5, 8) and np.all(np.abs(actions) <= 1.0)
+
+
+def test_policy_average_is_the_mean_then_a_moving_average():
+    layer = torch.nn.Linear(1, 1, bias=False)
+    frozen = torch.nn.Parameter(torch.ones(1), requires_grad=False)
+    layer.register_parameter("frozen", frozen)
+    average = PolicyAverage(layer, decay=0.5)  # a plain mean for 1 / (1 - 0.5) = 2 updates, then weight 0.5
+    seen = []
+    for value in (2.0, 4.0, 8.0):
+        with torch.no_grad():
+            layer.weight.fill_(value)
+        average.update()
+        with average.swapped_in():
+            seen.append(layer.weight.item())
+        assert layer.weight.item() == value  # the trained weights come back
+    assert seen == [2.0, 3.0, 5.5] and frozen.item() == 1.0
+    average.apply()
+    assert layer.weight.item() == 5.5
+
+
+def test_trained_policy_is_the_average_of_its_updates(tiny_dir):
+    """The average changes what the run ends with, never how it trains; 0 keeps the last update's weights."""
+    table = episode_table(n_episodes=6, steps=12)
+    runs = {}
+    for ema in (0.0, 0.9):
+        seen = []
+        config = tiny_config(tiny_dir, algorithm="bc", n_steps=20, n_steps_per_epoch=10, actor_learning_rate=3e-3,
+                             policy_ema=ema)
+        result = train(table, config, progress=False,
+                       on_epoch=lambda step, algo: seen.append(torch.cat([p.detach().flatten().clone() for p in
+                                                                           policy_module(algo).parameters()])))
+        final = torch.cat([p.detach().flatten() for p in policy_module(result.algo).parameters()])
+        runs[ema] = (result.curve["loss"].to_list(), seen, final)
+    assert runs[0.0][0] == runs[0.9][0]  # the same updates
+    assert torch.equal(runs[0.9][1][-1], runs[0.9][2])  # what on_epoch scored last is what the run returns
+    assert not torch.equal(runs[0.9][2], runs[0.0][2])
+    with pytest.raises(ValueError, match=r"policy_ema=1.0 must be in \[0, 1\)"):
+        train(table, tiny_config(tiny_dir, algorithm="bc", policy_ema=1.0), progress=False)
 
 
 def test_mlp_baseline_trains_on_the_same_observations(tiny_dir):

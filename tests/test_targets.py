@@ -46,7 +46,7 @@ def catalog(tmp_path, monkeypatch) -> Path:
         write_recipe(root, name)
     write_target(root, "alpha")
     write_target(root, "beta", robot="ant", policy={"dataset": "mini_all", "algorithm": "iql", "reward_column": "reward"},
-                 training={"seed": 3}, evaluation={"simulator": "ant", "seeds": [1000], "steps": 10,
+                 training={"seed": 3, "policy_ema": 0.5}, evaluation={"simulator": "ant", "seeds": [1000], "steps": 10,
                                                    "paraphrases": {"walk forward": ["go forwards"],
                                                                    "moonwalk": ["glide backwards"]}},
                  ablation={"bc_mlp": {"dataset": "mini_all", "algorithm": "bc", "encoder": "mlp"},
@@ -83,6 +83,7 @@ def test_targets_load_with_defaults(catalog):
         ({"name": "other"}, "key 'name': 'other' but the file is bad.yaml"),
         ({"evaluation": {"seeds": []}}, "key 'evaluation.seeds'"),
         ({"training": {"n_steps": 0}}, "key 'training.n_steps'"),
+        ({"training": {"policy_ema": 1.0}}, "key 'training.policy_ema'"),
     ],
 )
 def test_bad_targets_name_the_file_and_key(catalog, overrides, message):
@@ -198,6 +199,7 @@ def test_target_trains_reuses_and_evaluates_in_its_simulator(catalog, tmp_path):
     assert manifest["dataset"]["name"] == "mini_all" and manifest["dataset"]["version"] == published.version
     assert {s["source_file"] for s in manifest["dataset"]["sources"]} == {"fleet_a.mcap", "fleet_b.mcap", "broken.mcap"}
     assert manifest["train_config"]["reward_column"] == "reward" and manifest["train_config"]["seed"] == 3
+    assert manifest["train_config"]["policy_ema"] == 0.5  # the target's training.policy_ema
     assert manifest["observation"]["action_bounds"] == [-1.0, 1.0] and manifest["recipe"]["name"] == "mini_all"
     assert len(list_checkpoints("beta-baseline")) == 1
 

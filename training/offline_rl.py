@@ -38,6 +38,7 @@ from training.lora_moe import (
     text_ids,
 )
 from training.mdp_dataset import build_mdp_dataset, check_bounds, reward_scale, split_trainable, state_statistics
+from training.policy_average import PolicyAverage, policy_module
 
 __all__ = [
     "ALGORITHMS",
@@ -98,6 +99,10 @@ class TrainConfig:
             are bounded by construction (a segment's rewards sum to [-1, 1]), and 1/std turned a
             weak referee's nearly constant reward into unit-variance noise (x570 on the demo
             fleet; IQL's normalized score rose from 19 to 49 without it).
+        policy_ema: decay of the moving average of the policy's trained weights that the run ends with
+            (training.policy_average: the mean of the updates so far, then an exponential moving average
+            over the last ~1/(1 - decay) updates); 0 keeps the last update's weights. Every
+            algorithm gets it, BC too, so that baselines are averaged alike.
         eval_episodes: episodes scored by the TD-error and initial-value evaluators each epoch.
         num_threads: torch threads while training (restored afterwards). On a CPU shared with
             other work, 1 thread avoids OpenMP threads waiting on each other (measured 10x slower
@@ -128,6 +133,7 @@ class TrainConfig:
     td3_alpha: float = 2.5  # TD3+BC
     conservative_weight: float = 5.0  # CQL
     normalize_reward: bool = False
+    policy_ema: float = 0.999
     eval_episodes: int = 8
     num_threads: Optional[int] = None  # torch intra-op threads for this call; None leaves torch's setting
 
@@ -157,6 +163,9 @@ class TrainConfig:
             raise ValueError("action_bounds is not set: give the robot profile's [low, high] "
                              "(foundations.profile.load_profile(name).action_bounds)")
         check_bounds(self.action_bounds)
+        if not 0.0 <= self.policy_ema < 1.0:
+            raise ValueError(f"policy_ema={self.policy_ema} must be in [0, 1): e.g. 0.999, or 0 to keep the last "
+                             "update's weights")
         if self.n_steps_per_epoch < 1 or self.batch_size < 1:
             raise ValueError("n_steps_per_epoch and batch_size must be positive")
         if self.n_steps < self.n_steps_per_epoch:
@@ -400,6 +409,7 @@ def _train(table: pl.DataFrame, config: TrainConfig, progress: bool, init_from: 
         except RuntimeError as exc:  # shapes differ: another vocabulary, state layout or encoder
             raise ValueError(f"cannot warm-start from a model of another shape: {exc}") from None
     mark_targets(algo)
+    average = PolicyAverage(policy_module(algo), config.policy_ema) if config.policy_ema else None
     per_epoch = min(config.n_steps_per_epoch, n_steps)
     rows: list[dict[str, Any]] = []
     for epoch, metrics in algo.fitter(
@@ -411,10 +421,14 @@ def _train(table: pl.DataFrame, config: TrainConfig, progress: bool, init_from: 
         logger_adapter=NoopAdapterFactory(),
         show_progress=progress,
         evaluators=evaluators,
+        callback=average.update if average else None,
     ):
         rows.append({"epoch": epoch, "step": epoch * per_epoch, **metrics, "aux_loss": pop_aux_loss(algo)})
         if on_epoch is not None:
-            on_epoch(epoch * per_epoch, algo)
+            with average.swapped_in() if average else contextlib.nullcontext():
+                on_epoch(epoch * per_epoch, algo)
+    if average:
+        average.apply()
 
     curve = pl.DataFrame(rows)
     per_update = (

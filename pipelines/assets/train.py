@@ -110,6 +110,8 @@ def learner_config(target: Target, learner: Learner, config: TrainingConfig) -> 
         overrides["critic_encoder"] = learner.critic_encoder
     if learner.reward_column:
         overrides["reward_column"] = learner.reward_column
+    if target.training.policy_ema is not None:
+        overrides["policy_ema"] = target.training.policy_ema
     for field in ("n_steps", "n_steps_per_epoch"):
         value = getattr(config, field) or getattr(target.training, field)
         if value is not None:
