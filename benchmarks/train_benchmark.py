@@ -38,6 +38,7 @@ from training.offline_rl import (
     quiet_d3rlpy,
     train,
 )
+from training.policy_average import PolicyAverage, policy_module
 
 INSTRUCTIONS = ["turn left", "turn right", "walk forward"]
 BOUNDS = (-1.0, 1.0)  # actions are tanh-squashed below
@@ -72,18 +73,20 @@ def synthetic_table(n_episodes: int, steps: int, seed: int = 0) -> pl.DataFrame:
     ).cast(POLARS_SCHEMA)  # type: ignore[arg-type]
 
 
-def build_algo(config: TrainConfig, table: pl.DataFrame) -> Any:
-    """A built d3rlpy algorithm of `config`, target networks marked, as `train` builds it."""
+def build_algo(config: TrainConfig, table: pl.DataFrame) -> tuple[Any, PolicyAverage | None]:
+    """A built d3rlpy algorithm of `config`, target networks marked, and its policy average, as `train`
+    builds them."""
     encoder = make_encoder_factory(config, INSTRUCTIONS, table)
     critic = make_critic_encoder_factory(config, INSTRUCTIONS, table, encoder)
     algo = make_algo(config, encoder, 1.0, action_size=8, critic_encoder=critic)
     algo.create_impl(algo_observation_shape(table), 8)
     mark_targets(algo)
-    return algo
+    return algo, PolicyAverage(policy_module(algo), config.policy_ema) if config.policy_ema else None
 
 
-def time_updates(algo: Any, batches: list) -> tuple[float, float]:
-    """Mean (wall, process CPU) seconds of `algo.update` over the batches.
+def time_updates(algo: Any, batches: list, average: PolicyAverage | None = None) -> tuple[float, float]:
+    """Mean (wall, process CPU) seconds of `algo.update` over the batches, each followed by folding the
+    policy into `average` as `train` does.
 
     On a CPU shared with other work, wall time swings with their load; with one
     torch thread the process CPU time is the steadier measure of the cost.
@@ -91,14 +94,16 @@ def time_updates(algo: Any, batches: list) -> tuple[float, float]:
     wall, cpu = time.perf_counter(), time.process_time()
     for batch in batches:
         algo.update(batch)
+        if average is not None:
+            average.update()
     return (time.perf_counter() - wall) / len(batches), (time.process_time() - cpu) / len(batches)
 
 
 def seconds_per_update(config: TrainConfig, table: pl.DataFrame, batches: list, warmup: int) -> tuple[float, float]:
     """Mean (wall, process CPU) seconds of `algo.update` over the batches, after `warmup` updates."""
-    algo = build_algo(config, table)
-    time_updates(algo, batches[:warmup])
-    return time_updates(algo, batches[warmup:])
+    algo, average = build_algo(config, table)
+    time_updates(algo, batches[:warmup], average)
+    return time_updates(algo, batches[warmup:], average)
 
 
 def algo_observation_shape(table: pl.DataFrame) -> tuple[int]:
@@ -163,14 +168,14 @@ def main() -> None:
         # BC has no critic: with critics MLP it is the same network as without.
         names = [n for n, (change, _) in variants.items() if algorithm != "bc" or "critic_encoder" not in change]
         algos = {n: build_algo(dataclasses.replace(base, algorithm=algorithm, **variants[n][0]), table) for n in names}
-        for algo in algos.values():
-            time_updates(algo, batches[:args.warmup])
+        for algo, average in algos.values():
+            time_updates(algo, batches[:args.warmup], average)
         # Rounds interleave the configurations, so that a load change on a shared CPU hits them alike;
         # each figure is the median over rounds.
         timings: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
         for _ in range(args.rounds):
-            for name, algo in algos.items():
-                timings[name].append(time_updates(algo, batches[args.warmup:]))
+            for name, (algo, average) in algos.items():
+                timings[name].append(time_updates(algo, batches[args.warmup:], average))
         for name in names:
             reference = variants[name][1]
             wall = float(np.median([w for w, _ in timings[name]]))
