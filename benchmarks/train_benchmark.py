@@ -38,7 +38,7 @@ from training.offline_rl import (
     quiet_d3rlpy,
     train,
 )
-from training.policy_average import PolicyAverage, policy_module
+from training.policy_average import PolicyAverage, average_policy
 
 INSTRUCTIONS = ["turn left", "turn right", "walk forward"]
 BOUNDS = (-1.0, 1.0)  # actions are tanh-squashed below
@@ -81,7 +81,7 @@ def build_algo(config: TrainConfig, table: pl.DataFrame) -> tuple[Any, PolicyAve
     algo = make_algo(config, encoder, 1.0, action_size=8, critic_encoder=critic)
     algo.create_impl(algo_observation_shape(table), 8)
     mark_targets(algo)
-    return algo, PolicyAverage(policy_module(algo), config.policy_ema) if config.policy_ema else None
+    return algo, average_policy(algo, config.policy_ema)
 
 
 def time_updates(algo: Any, batches: list, average: PolicyAverage | None = None) -> tuple[float, float]:

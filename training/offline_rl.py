@@ -38,7 +38,7 @@ from training.lora_moe import (
     text_ids,
 )
 from training.mdp_dataset import build_mdp_dataset, check_bounds, reward_scale, split_trainable, state_statistics
-from training.policy_average import PolicyAverage, policy_module
+from training.policy_average import average_policy
 
 __all__ = [
     "ALGORITHMS",
@@ -409,7 +409,7 @@ def _train(table: pl.DataFrame, config: TrainConfig, progress: bool, init_from: 
         except RuntimeError as exc:  # shapes differ: another vocabulary, state layout or encoder
             raise ValueError(f"cannot warm-start from a model of another shape: {exc}") from None
     mark_targets(algo)
-    average = PolicyAverage(policy_module(algo), config.policy_ema) if config.policy_ema else None
+    average = average_policy(algo, config.policy_ema)
     per_epoch = min(config.n_steps_per_epoch, n_steps)
     rows: list[dict[str, Any]] = []
     for epoch, metrics in algo.fitter(

@@ -4,14 +4,13 @@ Offline actors swing from update to update, and a checkpoint used to be whicheve
 left: on the demo's Ant fleet three training seeds put IQL ahead of BC on all data by +15.1, -1.9 and +3.7
 points. With both learners ending on the average of their last ~1,000 updates the same seeds gave +16.2,
 +14.5 and +14.2: the policy higher in every seed (104-105 against 91-95), BC on all data steadier (87-90
-against 77-93; README, "What the demo measured"). d3rlpy keeps moving
-averages only of its target critics, so this module keeps one of the policy (BC's imitator), and
-`training.offline_rl.train` swaps it in at the end.
+against 77-93; README, "What the demo measured"). d3rlpy keeps moving averages only of its target critics,
+so this module keeps one of the policy (BC's imitator), and `training.offline_rl.train` swaps it in at the end.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import torch
 
@@ -20,6 +19,11 @@ def policy_module(algo: Any) -> torch.nn.Module:
     """The network a trained d3rlpy algorithm acts with: `policy` (IQL, CQL, TD3+BC) or BC's `imitator`."""
     modules = algo.impl.modules
     return modules.policy if hasattr(modules, "policy") else modules.imitator
+
+
+def average_policy(algo: Any, decay: float) -> Optional["PolicyAverage"]:
+    """The average of a built algorithm's policy with `decay`, or None when decay is 0 (no average)."""
+    return PolicyAverage(policy_module(algo), decay) if decay else None
 
 
 class PolicyAverage:
