@@ -102,7 +102,9 @@ class TrainConfig:
         policy_ema: decay of the moving average of the policy's trained weights that the run ends with
             (training.policy_average: the mean of the updates so far, then an exponential moving average
             over the last ~1/(1 - decay) updates); 0 keeps the last update's weights. Every
-            algorithm gets it, BC too, so that baselines are averaged alike.
+            algorithm gets it, BC too, so that baselines are averaged alike. The learning curve's
+            td_error and initial_state_value come from d3rlpy's evaluators inside its fitter, so they see
+            the last update's policy, not the average.
         eval_episodes: episodes scored by the TD-error and initial-value evaluators each epoch.
         num_threads: torch threads while training (restored afterwards). On a CPU shared with
             other work, 1 thread avoids OpenMP threads waiting on each other (measured 10x slower
